@@ -1,1 +1,668 @@
-//! placeholder
+//! The client side: given an image, it emits the GATT writes of either protocol and reacts to
+//! the device's notifications. Like the device engine it does no I/O.
+//!
+//! # Run loop
+//!
+//! 1. Drain [`Sender::poll_transmit`]: write each [`Transmit`] to its characteristic, with or
+//!    without response as it says. While a write request is unanswered, only write commands
+//!    come out (ATT allows one request in flight).
+//! 2. Feed back what happened: [`Sender::handle_write_result`] when a write request is
+//!    answered, [`Sender::handle_notification`] for each OTA Control notification,
+//!    [`Sender::handle_disconnected`] when the link drops (a fast session then resumes on the
+//!    next connection), [`Sender::handle_timeout`] at [`Sender::poll_timeout`].
+//! 3. Drain [`Sender::poll_event`] for progress and the outcome.
+
+use heapless::Deque;
+use sha2::{Digest, Sha256};
+
+use crate::protocol::fast::{self, Command, DecodeError, Response};
+use crate::protocol::{Characteristic, MAX_ATTRIBUTE_LEN, Reason, legacy, max_value_len};
+use crate::time::Instant;
+
+/// A write the transport must perform; its bytes are in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Transmit {
+    /// Characteristic to write.
+    pub characteristic: Characteristic,
+    /// Write request (true) or write command (false).
+    pub with_response: bool,
+    /// Bytes at the start of the buffer.
+    pub len: usize,
+}
+
+/// How the update ends, or progress on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ClientEvent {
+    /// The device accepted the update; transfer starts at `offset` (non-zero when resuming).
+    Started {
+        /// First byte to send.
+        offset: u32,
+        /// Image size.
+        total: u32,
+        /// Chunk payload size in use.
+        chunk_size: u16,
+        /// Window the device announced.
+        window: u32,
+    },
+    /// Every byte before `acked` is on the device.
+    Progress {
+        /// Acknowledged bytes.
+        acked: u32,
+        /// Image size.
+        total: u32,
+    },
+    /// The device verified the image and selected `slot` for the next boot.
+    Activated {
+        /// The selected slot (`None` for the legacy protocol, which does not say).
+        slot: Option<u8>,
+    },
+    /// The device reboots into the new image.
+    Rebooting,
+    /// The update failed.
+    Failed(ClientError),
+}
+
+/// Why an update failed on the client side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The device refused a command or a write.
+    #[error("device refused: {reason}")]
+    Refused {
+        /// The refused command's opcode (0: data).
+        opcode: u8,
+        /// Why.
+        reason: Reason,
+    },
+    /// A write request failed with an ATT error that carries no reason of ours.
+    #[error("write rejected with ATT error {0:#04x}")]
+    AttError(u8),
+    /// Legacy: the device answered REQUEST with NAK.
+    #[error(
+        "device refused the update request (REQUEST_NAK): it may be busy, on trial or have no OTA slot; run `ble-ota info`"
+    )]
+    RequestNak,
+    /// Legacy: the device answered DONE with NAK.
+    #[error(
+        "device refused the image (DONE_NAK): it is corrupt, truncated, for another chip or too large; check it with `ble-ota image inspect`"
+    )]
+    DoneNak,
+    /// The device sent something this client does not understand.
+    #[error("unexpected notification from device: {0}")]
+    Protocol(DecodeError),
+    /// The link dropped during a legacy update, which cannot resume.
+    #[error(
+        "link dropped during a legacy update; run it again (the fast protocol resumes instead)"
+    )]
+    Disconnected,
+    /// No progress despite repeated STATUS requests.
+    #[error("device stopped acknowledging data; move closer or retry")]
+    Stalled,
+    /// The image is empty or larger than 4 GiB.
+    #[error("image size {0} is not supported")]
+    BadImage(usize),
+}
+
+/// Client-side knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SenderConfig {
+    /// ATT MTU when the transport knows it (HCI); `None` (btleplug, Web Bluetooth): trust the
+    /// device's announced chunk size.
+    pub att_mtu: Option<u16>,
+    /// Send REBOOT after END succeeded (fast protocol).
+    pub reboot: bool,
+    /// Ask for STATUS after this long without an acknowledgement.
+    pub stall_timeout_ms: u32,
+    /// Give up after this many STATUS requests in a row without progress.
+    pub max_stalls: u8,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            att_mtu: None,
+            reboot: true,
+            stall_timeout_ms: 2000,
+            max_stalls: 5,
+        }
+    }
+}
+
+/// Pushes an image with either protocol.
+#[derive(Debug)]
+pub enum Sender<'a> {
+    /// The seed's protocol.
+    Legacy(LegacySender<'a>),
+    /// The fast protocol.
+    Fast(FastSender<'a>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Sender::Legacy($s) => $e,
+            Sender::Fast($s) => $e,
+        }
+    };
+}
+
+impl<'a> Sender<'a> {
+    /// Returns the next write to perform.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        delegate!(self, s => s.poll_transmit(now, buf))
+    }
+    /// A write request was answered (`Err(att_error)` when refused).
+    pub fn handle_write_result(&mut self, now: Instant, result: Result<(), u8>) {
+        delegate!(self, s => s.handle_write_result(now, result))
+    }
+    /// A notification arrived on OTA Control.
+    pub fn handle_notification(&mut self, now: Instant, data: &[u8]) {
+        delegate!(self, s => s.handle_notification(now, data))
+    }
+    /// The link dropped.
+    pub fn handle_disconnected(&mut self) {
+        delegate!(self, s => s.handle_disconnected())
+    }
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        delegate!(self, s => s.handle_timeout(now))
+    }
+    /// Returns when to call `handle_timeout` next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        delegate!(self, s => s.poll_timeout())
+    }
+    /// Returns the next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        delegate!(self, s => s.events.pop_front())
+    }
+    /// Returns true once the update succeeded or failed.
+    pub fn is_finished(&self) -> bool {
+        delegate!(self, s => s.is_finished())
+    }
+    /// Returns `(acknowledged, total)` bytes.
+    pub fn progress(&self) -> (u32, u32) {
+        delegate!(self, s => s.progress())
+    }
+}
+
+type Events = Deque<ClientEvent, 8>;
+
+fn push(events: &mut Events, e: ClientEvent) {
+    if events.is_full() {
+        events.pop_front();
+    }
+    let _ = events.push_back(e);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LegacyState {
+    SendPacketSize,
+    SendRequest,
+    AwaitRequestAck,
+    Streaming,
+    SendDone,
+    AwaitDoneAck,
+    Done,
+    Failed,
+}
+
+/// The seed's protocol: packet size, REQUEST, data as write requests, DONE.
+#[derive(Debug)]
+pub struct LegacySender<'a> {
+    image: &'a [u8],
+    packet_size: u16,
+    state: LegacyState,
+    sent: u32,
+    acked: u32,
+    in_flight: bool,
+    events: Events,
+}
+
+impl<'a> LegacySender<'a> {
+    /// Prepares to send `image` in packets of `att_mtu - 3` bytes (at most 512), as the seed's
+    /// client does.
+    pub fn new(image: &'a [u8], att_mtu: u16) -> Result<Self, ClientError> {
+        if image.is_empty() || image.len() > u32::MAX as usize {
+            return Err(ClientError::BadImage(image.len()));
+        }
+        Ok(LegacySender {
+            image,
+            packet_size: max_value_len(att_mtu).max(1) as u16,
+            state: LegacyState::SendPacketSize,
+            sent: 0,
+            acked: 0,
+            in_flight: false,
+            events: Deque::new(),
+        })
+    }
+
+    fn total(&self) -> u32 {
+        self.image.len() as u32
+    }
+
+    fn emit(&mut self, e: ClientEvent) {
+        push(&mut self.events, e);
+    }
+
+    fn fail(&mut self, e: ClientError) {
+        self.state = LegacyState::Failed;
+        self.emit(ClientEvent::Failed(e));
+    }
+
+    fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if self.in_flight {
+            return None;
+        }
+        let (characteristic, len) = match self.state {
+            LegacyState::SendPacketSize => {
+                buf.get_mut(..2)?
+                    .copy_from_slice(&self.packet_size.to_le_bytes());
+                (Characteristic::Data, 2)
+            }
+            LegacyState::SendRequest => {
+                *buf.first_mut()? = legacy::REQUEST;
+                self.state = LegacyState::AwaitRequestAck;
+                (Characteristic::Control, 1)
+            }
+            LegacyState::Streaming => {
+                let start = self.sent as usize;
+                let n = (self.image.len() - start).min(self.packet_size as usize);
+                buf.get_mut(..n)?
+                    .copy_from_slice(&self.image[start..start + n]);
+                self.sent += n as u32;
+                (Characteristic::Data, n)
+            }
+            LegacyState::SendDone => {
+                *buf.first_mut()? = legacy::DONE;
+                self.state = LegacyState::AwaitDoneAck;
+                (Characteristic::Control, 1)
+            }
+            _ => return None,
+        };
+        self.in_flight = true;
+        Some(Transmit {
+            characteristic,
+            with_response: true,
+            len,
+        })
+    }
+
+    fn handle_write_result(&mut self, _now: Instant, result: Result<(), u8>) {
+        self.in_flight = false;
+        if let Err(code) = result {
+            let e = match Reason::from_att_error(code) {
+                Some(reason) => ClientError::Refused { opcode: 0, reason },
+                None => ClientError::AttError(code),
+            };
+            return self.fail(e);
+        }
+        match self.state {
+            LegacyState::SendPacketSize => self.state = LegacyState::SendRequest,
+            LegacyState::Streaming => {
+                self.acked = self.sent;
+                self.emit(ClientEvent::Progress {
+                    acked: self.acked,
+                    total: self.total(),
+                });
+                if self.sent == self.total() {
+                    self.state = LegacyState::SendDone;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_notification(&mut self, _now: Instant, data: &[u8]) {
+        match (self.state, data) {
+            (LegacyState::AwaitRequestAck, [legacy::REQUEST_ACK]) => {
+                self.state = LegacyState::Streaming;
+                self.emit(ClientEvent::Started {
+                    offset: 0,
+                    total: self.total(),
+                    chunk_size: self.packet_size,
+                    window: self.packet_size as u32,
+                });
+            }
+            (LegacyState::AwaitRequestAck, [legacy::REQUEST_NAK]) => {
+                self.fail(ClientError::RequestNak)
+            }
+            (LegacyState::AwaitDoneAck, [legacy::DONE_ACK]) => {
+                self.state = LegacyState::Done;
+                self.emit(ClientEvent::Activated { slot: None });
+                self.emit(ClientEvent::Rebooting);
+            }
+            (LegacyState::AwaitDoneAck, [legacy::DONE_NAK]) => self.fail(ClientError::DoneNak),
+            // The control value echoes our own writes on some stacks; anything else is ignored
+            // as the seed's client does.
+            _ => {}
+        }
+    }
+
+    fn handle_disconnected(&mut self) {
+        if !self.is_finished() {
+            self.fail(ClientError::Disconnected);
+        }
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) {}
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.state, LegacyState::Done | LegacyState::Failed)
+    }
+
+    fn progress(&self) -> (u32, u32) {
+        (self.acked, self.total())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastState {
+    SendBegin,
+    AwaitBegin,
+    Streaming,
+    AwaitEnd,
+    SendReboot,
+    AwaitReboot,
+    Done,
+    Failed,
+}
+
+/// The fast protocol: windowed write commands, cumulative ACKs, rewinds, resume, END check.
+#[derive(Debug)]
+pub struct FastSender<'a> {
+    image: &'a [u8],
+    sha256: [u8; 32],
+    config: SenderConfig,
+    state: FastState,
+    chunk: u16,
+    window: u32,
+    acked: u32,
+    next: u32,
+    request_in_flight: bool,
+    status_wanted: bool,
+    last_progress: Instant,
+    stalls: u8,
+    rewinds: u32,
+    events: Events,
+}
+
+impl<'a> FastSender<'a> {
+    /// Prepares to send `image`; hashes it once.
+    pub fn new(image: &'a [u8], config: SenderConfig) -> Result<Self, ClientError> {
+        if image.is_empty() || image.len() > u32::MAX as usize {
+            return Err(ClientError::BadImage(image.len()));
+        }
+        Ok(FastSender {
+            image,
+            sha256: Sha256::digest(image).into(),
+            config,
+            state: FastState::SendBegin,
+            chunk: 1,
+            window: 0,
+            acked: 0,
+            next: 0,
+            request_in_flight: false,
+            status_wanted: false,
+            last_progress: Instant(0),
+            stalls: 0,
+            rewinds: 0,
+            events: Deque::new(),
+        })
+    }
+
+    /// Returns the image's SHA-256 (the session's identity).
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    /// Returns how many times the device reported a gap.
+    pub fn rewinds(&self) -> u32 {
+        self.rewinds
+    }
+
+    fn total(&self) -> u32 {
+        self.image.len() as u32
+    }
+
+    fn emit(&mut self, e: ClientEvent) {
+        push(&mut self.events, e);
+    }
+
+    fn fail(&mut self, e: ClientError) {
+        self.state = FastState::Failed;
+        self.emit(ClientEvent::Failed(e));
+    }
+
+    fn control(&mut self, cmd: Command, buf: &mut [u8]) -> Option<Transmit> {
+        let len = cmd.encode(buf).ok()?;
+        self.request_in_flight = true;
+        Some(Transmit {
+            characteristic: Characteristic::Control,
+            with_response: true,
+            len,
+        })
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if !self.request_in_flight {
+            match self.state {
+                FastState::SendBegin => {
+                    self.state = FastState::AwaitBegin;
+                    let cmd = Command::Begin {
+                        size: self.total(),
+                        sha256: self.sha256,
+                        flags: 0,
+                    };
+                    return self.control(cmd, buf);
+                }
+                FastState::SendReboot => {
+                    self.state = FastState::AwaitReboot;
+                    return self.control(Command::Reboot, buf);
+                }
+                FastState::Streaming if self.status_wanted => {
+                    self.status_wanted = false;
+                    return self.control(Command::Status, buf);
+                }
+                FastState::Streaming if self.acked == self.total() => {
+                    self.state = FastState::AwaitEnd;
+                    return self.control(Command::End, buf);
+                }
+                _ => {}
+            }
+        }
+        if self.state != FastState::Streaming
+            || self.next >= self.total()
+            || self.next - self.acked >= self.window
+        {
+            return None;
+        }
+        let room = (self.window - (self.next - self.acked)) as usize;
+        let n = (self.total() - self.next).min(self.chunk as u32) as usize;
+        let n = n
+            .min(room)
+            .min(buf.len().saturating_sub(fast::CHUNK_HEADER_LEN));
+        if n == 0 {
+            return None;
+        }
+        let start = self.next as usize;
+        buf[..fast::CHUNK_HEADER_LEN].copy_from_slice(&fast::encode_chunk_header(self.next));
+        buf[fast::CHUNK_HEADER_LEN..fast::CHUNK_HEADER_LEN + n]
+            .copy_from_slice(&self.image[start..start + n]);
+        if self.next == self.acked {
+            // The stall clock runs from the moment data is outstanding.
+            self.last_progress = now;
+        }
+        self.next += n as u32;
+        Some(Transmit {
+            characteristic: Characteristic::Data,
+            with_response: false,
+            len: fast::CHUNK_HEADER_LEN + n,
+        })
+    }
+
+    fn handle_write_result(&mut self, _now: Instant, result: Result<(), u8>) {
+        self.request_in_flight = false;
+        if let Err(code) = result {
+            let e = match Reason::from_att_error(code) {
+                Some(reason) => ClientError::Refused { opcode: 0, reason },
+                None => ClientError::AttError(code),
+            };
+            self.fail(e);
+        }
+    }
+
+    fn handle_notification(&mut self, now: Instant, data: &[u8]) {
+        if self.is_finished() {
+            return;
+        }
+        let resp = match Response::decode(data) {
+            Ok(r) => r,
+            // INFO cut by the MTU, or a legacy byte echoed: not for us.
+            Err(_)
+                if data.len() <= 1
+                    || data.first() == Some(&(fast::op::RESPONSE_FLAG | fast::op::INFO)) =>
+            {
+                return;
+            }
+            Err(e) => return self.fail(ClientError::Protocol(e)),
+        };
+        match resp {
+            Response::BeginOk {
+                resume_offset,
+                chunk_size,
+                window,
+                ..
+            } if self.state == FastState::AwaitBegin => {
+                let own = self
+                    .config
+                    .att_mtu
+                    .map(|m| max_value_len(m).saturating_sub(fast::CHUNK_HEADER_LEN) as u16)
+                    .unwrap_or(u16::MAX);
+                self.chunk = chunk_size
+                    .min(own)
+                    .min((MAX_ATTRIBUTE_LEN - fast::CHUNK_HEADER_LEN) as u16)
+                    .max(1);
+                self.window = window.max(self.chunk as u32);
+                self.acked = resume_offset.min(self.total());
+                self.next = self.acked;
+                self.last_progress = now;
+                self.stalls = 0;
+                self.state = FastState::Streaming;
+                self.emit(ClientEvent::Started {
+                    offset: self.acked,
+                    total: self.total(),
+                    chunk_size: self.chunk,
+                    window: self.window,
+                });
+            }
+            Response::Ack { next } if self.state == FastState::Streaming => {
+                if next > self.acked && next <= self.total() {
+                    self.acked = next;
+                    self.next = self.next.max(next);
+                    self.last_progress = now;
+                    self.stalls = 0;
+                    self.emit(ClientEvent::Progress {
+                        acked: next,
+                        total: self.total(),
+                    });
+                } else if next == self.acked && self.status_pending_reply() {
+                    // STATUS answered with no progress: resend everything after it.
+                    self.next = next;
+                }
+            }
+            Response::Rewind { next } if self.state == FastState::Streaming => {
+                if next >= self.acked && next <= self.total() {
+                    self.rewinds += 1;
+                    self.acked = next;
+                    self.next = next;
+                    self.last_progress = now;
+                    self.emit(ClientEvent::Progress {
+                        acked: next,
+                        total: self.total(),
+                    });
+                }
+            }
+            Response::EndOk { slot } if self.state == FastState::AwaitEnd => {
+                self.emit(ClientEvent::Activated { slot: Some(slot) });
+                if self.config.reboot {
+                    self.state = FastState::SendReboot;
+                } else {
+                    self.state = FastState::Done;
+                }
+            }
+            Response::RebootOk if self.state == FastState::AwaitReboot => {
+                self.state = FastState::Done;
+                self.emit(ClientEvent::Rebooting);
+            }
+            Response::Error { opcode, reason, .. } => {
+                if opcode == 0 && reason == Reason::BadOffset {
+                    // A stale chunk from before a rewind: harmless.
+                    return;
+                }
+                self.fail(ClientError::Refused { opcode, reason });
+            }
+            // Late or duplicate answers (an ACK after END, a second BEGIN_OK) change nothing.
+            _ => {}
+        }
+    }
+
+    fn status_pending_reply(&self) -> bool {
+        self.stalls > 0
+    }
+
+    fn handle_disconnected(&mut self) {
+        self.request_in_flight = false;
+        self.status_wanted = false;
+        match self.state {
+            FastState::Done | FastState::Failed => {}
+            // The device had answered END; the reboot may be what dropped the link.
+            FastState::AwaitReboot => {
+                self.state = FastState::Done;
+                self.emit(ClientEvent::Rebooting);
+            }
+            // Resume: BEGIN again on the next connection.
+            _ => self.state = FastState::SendBegin,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.state != FastState::Streaming
+            || self.acked == self.total() && self.next == self.acked
+        {
+            return;
+        }
+        if now.since(self.last_progress) >= self.config.stall_timeout_ms as u64 {
+            self.stalls += 1;
+            if self.stalls > self.config.max_stalls {
+                return self.fail(ClientError::Stalled);
+            }
+            self.status_wanted = true;
+            self.last_progress = now;
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        (self.state == FastState::Streaming && self.next > self.acked)
+            .then(|| self.last_progress.after_ms(self.config.stall_timeout_ms))
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self.state, FastState::Done | FastState::Failed)
+    }
+
+    fn progress(&self) -> (u32, u32) {
+        (self.acked, self.total())
+    }
+}

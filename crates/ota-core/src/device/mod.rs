@@ -1,1 +1,865 @@
-//! placeholder
+//! The update engine a device runs: both protocols on one GATT service, one client at a time.
+//!
+//! # Run loop
+//!
+//! The shell (firmware, virtual ESP32) owns the radio, the clock and the flash. It feeds the
+//! engine what happened and then drains its outputs:
+//!
+//! 1. Call one `handle_*` method: a client connected or changed its MTU, wrote OTA Control or
+//!    OTA Data, disconnected, or time passed ([`UpdateEngine::handle_tick`]).
+//! 2. Drain [`UpdateEngine::poll_notification`] and send each one as a notification on OTA
+//!    Control to the client it names.
+//! 3. Drain [`UpdateEngine::poll_event`] and act on it (reboot, stop a trial watchdog).
+//! 4. Call `handle_tick` again at [`UpdateEngine::poll_timeout`] at the latest.
+//!
+//! A refused write request is answered with the ATT error `reason.att_error()`
+//! ([`Reason::att_error`]); a write command cannot carry an error, so the engine also notifies
+//! a fast-protocol client.
+//!
+//! # Safety of the flash
+//!
+//! The engine writes only inside the slot `esp_ota_get_next_update_partition` names (never the
+//! running app, never factory), erases it one 4 KiB sector at a time just ahead of the write
+//! pointer, holds the first bytes back until the image header proved the image is for this
+//! chip, reads the whole image back and compares its SHA-256 before selecting it in otadata,
+//! and writes otadata exactly as ESP-IDF does. A power cut at any point leaves the running app
+//! selected, or the new one complete and verified.
+
+mod transfer;
+
+use embedded_storage::nor_flash::NorFlash;
+use heapless::Deque;
+
+use crate::esp::image::ImageValidator;
+use crate::esp::{Chip, OtaImgState, OtaSlots, Partition, PartitionTable, SlotError};
+use crate::protocol::fast::{
+    self, Command, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
+    begin_flags,
+};
+use crate::protocol::{MAX_ATTRIBUTE_LEN, Reason, legacy, max_value_len};
+use crate::time::Instant;
+
+use transfer::{Protocol, Transfer};
+
+/// Identifies a connected client (the shell's connection handle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ClientId(pub u16);
+
+/// How the device announces and paces transfers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DeviceConfig {
+    /// The chip this runs on; images for other chips are refused.
+    pub chip: Chip,
+    /// Data writes the shell can hold between its BLE receive path and the engine. The window
+    /// announced to clients is this many chunks, so a client never overruns the queue.
+    pub rx_queue_chunks: u16,
+    /// Largest chunk payload the shell's buffers take (at most 508 = 512 - offset).
+    pub max_chunk: u16,
+    /// Acknowledgements per window: an ACK goes out each `window / acks_per_window` bytes.
+    pub acks_per_window: u8,
+    /// After reporting a gap, report it again if nothing arrived in order for this long.
+    pub rewind_retry_ms: u32,
+    /// Acknowledge unacknowledged progress after this long without data.
+    pub idle_ack_ms: u32,
+}
+
+impl DeviceConfig {
+    /// Defaults for `chip`: a 16-chunk receive queue, 508-byte chunks, 4 ACKs per window.
+    pub const fn new(chip: Chip) -> Self {
+        DeviceConfig {
+            chip,
+            rx_queue_chunks: 16,
+            max_chunk: (MAX_ATTRIBUTE_LEN - fast::CHUNK_HEADER_LEN) as u16,
+            acks_per_window: 4,
+            rewind_retry_ms: 300,
+            idle_ack_ms: 100,
+        }
+    }
+}
+
+/// Something the shell must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Event {
+    /// An update session started writing `slot`.
+    UpdateStarted {
+        /// Target OTA slot.
+        slot: u8,
+    },
+    /// An image was verified and `slot` is selected for the next boot.
+    UpdateActivated {
+        /// The selected slot.
+        slot: u8,
+    },
+    /// A session ended without an image (refusal, ABORT, flash error).
+    UpdateFailed {
+        /// Why.
+        reason: Reason,
+    },
+    /// Reboot now (after the pending notifications went out): the new image boots.
+    RebootRequested,
+    /// The running trial image was confirmed; stop any rollback watchdog.
+    Confirmed,
+}
+
+/// Why the engine could not start.
+pub type EngineError = SlotError;
+
+/// A queued notification.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Legacy(u8),
+    Fast(Response),
+}
+
+const MAX_CLIENTS: usize = 4;
+const OUTBOX: usize = 8;
+
+/// Session state beyond an in-progress transfer.
+#[derive(Debug)]
+enum Session {
+    Idle,
+    Receiving(Transfer),
+    /// An image is verified and selected; the device should reboot.
+    Activated {
+        slot: u8,
+        size: u32,
+        sha256: [u8; 32],
+    },
+}
+
+/// The device side of an update. See the [module docs](self) for the run loop.
+#[derive(Debug)]
+pub struct UpdateEngine {
+    config: DeviceConfig,
+    slots: OtaSlots,
+    running: Partition,
+    running_state: Option<OtaImgState>,
+    app_name: fast::Str32,
+    app_version: fast::Str32,
+    clients: heapless::Vec<(ClientId, u16), MAX_CLIENTS>,
+    packet_size: Option<u16>,
+    session: Session,
+    outbox: Deque<(ClientId, Outgoing), OUTBOX>,
+    events: Deque<Event, 4>,
+    control_value: [u8; Response::MAX_LEN],
+    control_len: usize,
+}
+
+impl UpdateEngine {
+    /// Creates the engine for a device running `running` (a partition of `table`), reading the
+    /// running app's descriptor and otadata state from `flash`.
+    pub fn new<F: NorFlash>(
+        flash: &mut F,
+        config: DeviceConfig,
+        table: PartitionTable,
+        running: Partition,
+    ) -> Result<Self, EngineError> {
+        let slots = OtaSlots::new(table)?;
+        let running_state = if running.ota_slot().is_some() {
+            slots.state_of(flash, &running)?
+        } else {
+            None
+        };
+        let (app_name, app_version) = read_app_strings(flash, &running, config.chip);
+        let mut engine = UpdateEngine {
+            config,
+            slots,
+            running,
+            running_state,
+            app_name,
+            app_version,
+            clients: heapless::Vec::new(),
+            packet_size: None,
+            session: Session::Idle,
+            outbox: Deque::new(),
+            events: Deque::new(),
+            control_value: [0; Response::MAX_LEN],
+            control_len: 1,
+        };
+        engine.control_value[0] = legacy::NOP;
+        Ok(engine)
+    }
+
+    // ----- getters -----
+
+    /// Returns the value a read of OTA Control returns: the last control value written or
+    /// notified (the seed's behaviour), whole even when a notification was cut by the MTU.
+    pub fn control_value(&self) -> &[u8] {
+        &self.control_value[..self.control_len]
+    }
+
+    /// Returns the running partition.
+    pub fn running(&self) -> &Partition {
+        &self.running
+    }
+
+    /// Returns the OTA view of the partition table.
+    pub fn slots(&self) -> &OtaSlots {
+        &self.slots
+    }
+
+    /// Returns true while an update owned by a connected client is receiving data.
+    pub fn is_busy(&self) -> bool {
+        matches!(&self.session, Session::Receiving(t) if t.owner.is_some())
+    }
+
+    /// Returns the chunk payload size announced to `client`, from its ATT MTU.
+    pub fn chunk_size(&self, client: ClientId) -> u16 {
+        let mtu = self.mtu(client);
+        let by_mtu = max_value_len(mtu).saturating_sub(fast::CHUNK_HEADER_LEN) as u16;
+        by_mtu.min(self.config.max_chunk).max(1)
+    }
+
+    /// Returns the window announced to `client`: what the receive queue holds.
+    pub fn window(&self, client: ClientId) -> u32 {
+        self.chunk_size(client) as u32 * self.config.rx_queue_chunks.max(1) as u32
+    }
+
+    /// Builds INFO's answer for `client`.
+    pub fn info<F: NorFlash>(&self, flash: &mut F, client: ClientId) -> Result<Info, SlotError> {
+        let mut slots = heapless::Vec::new();
+        let boot = self.slots.boot_partition(flash)?;
+        if let Some(f) = self.slots.table().factory() {
+            let _ = slots.push(SlotInfo {
+                slot: SLOT_FACTORY,
+                state: SlotStateCode::Unused,
+                running: *f == self.running,
+                boot: *f == boot,
+            });
+        }
+        for s in self.slots.slot_states(flash)? {
+            let _ = slots.push(SlotInfo {
+                slot: s.partition.ota_slot().unwrap_or(SLOT_OTHER),
+                state: SlotStateCode::from_state(s.state),
+                running: s.partition == self.running,
+                boot: s.partition == boot,
+            });
+        }
+        let max_image_size = self
+            .slots
+            .next_update_partition(&self.running)
+            .map(|p| p.size)
+            .unwrap_or(0);
+        let resumable = match &self.session {
+            Session::Receiving(t) => match t.protocol {
+                Protocol::Fast { size, sha256 } => Some(Resumable {
+                    size,
+                    sha256,
+                    offset: t.next,
+                }),
+                Protocol::Legacy => None,
+            },
+            _ => None,
+        };
+        Ok(Info {
+            protocol_version: fast::PROTOCOL_VERSION,
+            chip_id: self.config.chip.id(),
+            running_slot: slot_number(&self.running),
+            app_name: self.app_name.clone(),
+            app_version: self.app_version.clone(),
+            max_image_size,
+            chunk_size: self.chunk_size(client),
+            window: self.window(client),
+            slots,
+            resumable,
+        })
+    }
+
+    // ----- inputs -----
+
+    /// A client connected (ATT MTU 23 until [`handle_mtu`](Self::handle_mtu)).
+    pub fn handle_connected(&mut self, client: ClientId) {
+        if !self.clients.iter().any(|(c, _)| *c == client) {
+            // More clients than slots: the oldest entry is forgotten; it only loses its MTU.
+            if self.clients.is_full() {
+                self.clients.remove(0);
+            }
+            let _ = self.clients.push((client, 23));
+        }
+    }
+
+    /// The ATT MTU of `client` changed.
+    pub fn handle_mtu(&mut self, client: ClientId, mtu: u16) {
+        self.handle_connected(client);
+        if let Some(entry) = self.clients.iter_mut().find(|(c, _)| *c == client) {
+            entry.1 = mtu.max(23);
+        }
+    }
+
+    /// `client` disconnected. A fast session it owned stays resumable; a legacy one ends.
+    pub fn handle_disconnected(&mut self, client: ClientId) {
+        self.clients.retain(|(c, _)| *c != client);
+        self.outbox_retain(client);
+        if let Session::Receiving(t) = &mut self.session {
+            if t.owner == Some(client) {
+                t.owner = None;
+                if t.protocol == Protocol::Legacy {
+                    self.fail(Reason::NoSession);
+                }
+            }
+        }
+    }
+
+    /// `client` wrote `data` to OTA Control. Answers come as notifications.
+    pub fn handle_control_write<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        client: ClientId,
+        data: &[u8],
+        now: Instant,
+    ) {
+        self.set_control_value(data);
+        match data {
+            [legacy::REQUEST] => self.legacy_request(flash, client, now),
+            [legacy::DONE] => self.legacy_done(flash, client),
+            [op, ..] if legacy::is_legacy_opcode(*op) && data.len() == 1 => {
+                // NOP and the device's own codes written back: the seed ignored them too.
+            }
+            _ => match Command::decode(data) {
+                Ok(cmd) => self.command(flash, client, cmd, now),
+                Err(e) => {
+                    let opcode = data.first().copied().unwrap_or(0);
+                    self.notify_error(client, opcode, e.reason(), data.len() as u32);
+                }
+            },
+        }
+    }
+
+    /// `client` wrote `data` to OTA Data. An `Err` is the reason to refuse a write request with.
+    pub fn handle_data_write<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        client: ClientId,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), Reason> {
+        let result = self.data_write(flash, client, data, now);
+        if let Err(reason) = result {
+            if !matches!(&self.session, Session::Receiving(t) if t.protocol == Protocol::Legacy) {
+                // Fast clients write without response: tell them by notification.
+                if self.is_fast_client(client) {
+                    self.notify_error(client, 0, reason, 0);
+                }
+            }
+        }
+        result
+    }
+
+    /// Time passed: re-reports a gap the client has not repaired and acknowledges progress
+    /// after a pause in the data.
+    pub fn handle_tick(&mut self, now: Instant) {
+        let Session::Receiving(t) = &mut self.session else {
+            return;
+        };
+        let (Some(owner), Protocol::Fast { .. }) = (t.owner, t.protocol) else {
+            return;
+        };
+        let mut out = None;
+        if let Some(at) = t.gap_reported {
+            if now.since(at) >= self.config.rewind_retry_ms as u64 {
+                t.gap_reported = Some(now);
+                out = Some(Response::Rewind { next: t.next });
+            }
+        } else if t.next > t.last_acked
+            && now.since(t.last_progress) >= self.config.idle_ack_ms as u64
+        {
+            t.last_acked = t.next;
+            out = Some(Response::Ack { next: t.next });
+        }
+        if let Some(r) = out {
+            self.push(owner, Outgoing::Fast(r));
+        }
+    }
+
+    /// Returns when [`handle_tick`](Self::handle_tick) must run next, if anything waits on time.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let Session::Receiving(t) = &self.session else {
+            return None;
+        };
+        let (Some(_), Protocol::Fast { .. }) = (t.owner, t.protocol) else {
+            return None;
+        };
+        if let Some(at) = t.gap_reported {
+            Some(at.after_ms(self.config.rewind_retry_ms))
+        } else if t.next > t.last_acked {
+            Some(t.last_progress.after_ms(self.config.idle_ack_ms))
+        } else {
+            None
+        }
+    }
+
+    /// Confirms the running trial image (the firmware's automatic policy, after its self-test).
+    pub fn confirm<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
+        match self.running_state {
+            Some(OtaImgState::PendingVerify) | Some(OtaImgState::New) => {
+                self.slots
+                    .set_active_state(flash, OtaImgState::Valid)
+                    .map_err(|_| Reason::FlashError)?;
+                self.running_state = Some(OtaImgState::Valid);
+                self.push_event(Event::Confirmed);
+                Ok(())
+            }
+            Some(OtaImgState::Valid) | Some(OtaImgState::Undefined) => Ok(()),
+            _ => Err(Reason::NothingToConfirm),
+        }
+    }
+
+    /// Returns true if the running image is on trial (PENDING_VERIFY).
+    pub fn is_trial(&self) -> bool {
+        self.running_state == Some(OtaImgState::PendingVerify)
+    }
+
+    // ----- outputs -----
+
+    /// Writes the next notification into `buf` (at least [`Response::MAX_LEN`] bytes) and
+    /// returns its client and length. It is cut to the client's MTU; the full value stays
+    /// readable on OTA Control.
+    pub fn poll_notification(&mut self, buf: &mut [u8]) -> Option<(ClientId, usize)> {
+        loop {
+            let (client, out) = self.outbox.pop_front()?;
+            let len = match &out {
+                Outgoing::Legacy(code) => match buf.first_mut() {
+                    Some(b) => {
+                        *b = *code;
+                        1
+                    }
+                    None => continue,
+                },
+                Outgoing::Fast(r) => match r.encode(buf) {
+                    Ok(n) => n,
+                    Err(_) => continue,
+                },
+            };
+            self.set_control_value(&buf[..len]);
+            let len = len.min(max_value_len(self.mtu(client)));
+            return Some((client, len));
+        }
+    }
+
+    /// Returns the next event for the shell.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----- internals -----
+
+    fn mtu(&self, client: ClientId) -> u16 {
+        self.clients
+            .iter()
+            .find(|(c, _)| *c == client)
+            .map(|(_, m)| *m)
+            .unwrap_or(23)
+    }
+
+    fn is_fast_client(&self, client: ClientId) -> bool {
+        match &self.session {
+            Session::Receiving(t) => {
+                matches!(t.protocol, Protocol::Fast { .. }) && t.owner == Some(client)
+            }
+            _ => true,
+        }
+    }
+
+    fn set_control_value(&mut self, v: &[u8]) {
+        let n = v.len().min(self.control_value.len());
+        self.control_value[..n].copy_from_slice(&v[..n]);
+        self.control_len = n;
+    }
+
+    fn push(&mut self, client: ClientId, out: Outgoing) {
+        if self.outbox.is_full() {
+            // Keep the newest: an old ACK is superseded, and errors repeat on the next write.
+            self.outbox.pop_front();
+        }
+        let _ = self.outbox.push_back((client, out));
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self.events.push_back(e);
+    }
+
+    fn outbox_retain(&mut self, client: ClientId) {
+        let n = self.outbox.len();
+        for _ in 0..n {
+            if let Some(item) = self.outbox.pop_front() {
+                if item.0 != client {
+                    let _ = self.outbox.push_back(item);
+                }
+            }
+        }
+    }
+
+    fn notify_error(&mut self, client: ClientId, opcode: u8, reason: Reason, detail: u32) {
+        self.push(
+            client,
+            Outgoing::Fast(Response::Error {
+                opcode,
+                reason,
+                detail,
+            }),
+        );
+    }
+
+    fn respond(&mut self, client: ClientId, r: Response) {
+        self.push(client, Outgoing::Fast(r));
+    }
+
+    /// Ends the session without an image.
+    fn fail(&mut self, reason: Reason) {
+        self.session = Session::Idle;
+        self.push_event(Event::UpdateFailed { reason });
+    }
+
+    /// Refuses to start when another client updates, a reboot is pending or a trial runs.
+    fn check_can_start(&self, client: ClientId) -> Result<(), Reason> {
+        match &self.session {
+            Session::Receiving(t) if t.owner.is_some() && t.owner != Some(client) => {
+                return Err(Reason::Busy);
+            }
+            Session::Activated { .. } => return Err(Reason::RebootPending),
+            _ => {}
+        }
+        if self.running_state == Some(OtaImgState::PendingVerify) {
+            return Err(Reason::TrialPending);
+        }
+        Ok(())
+    }
+
+    fn new_transfer(
+        &self,
+        protocol: Protocol,
+        client: ClientId,
+        now: Instant,
+    ) -> Result<Transfer, Reason> {
+        let target = self
+            .slots
+            .next_update_partition(&self.running)
+            .map_err(|_| Reason::NoOtaSlot)?;
+        let validator = ImageValidator::new(Some(self.config.chip), target.size);
+        Ok(Transfer::new(protocol, client, target, validator, now))
+    }
+
+    fn legacy_request<F: NorFlash>(&mut self, _flash: &mut F, client: ClientId, now: Instant) {
+        let started = self
+            .check_can_start(client)
+            .and_then(|()| self.new_transfer(Protocol::Legacy, client, now));
+        match started {
+            Ok(t) => {
+                let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
+                self.session = Session::Receiving(t);
+                self.push_event(Event::UpdateStarted { slot });
+                self.push(client, Outgoing::Legacy(legacy::REQUEST_ACK));
+            }
+            Err(_) => self.push(client, Outgoing::Legacy(legacy::REQUEST_NAK)),
+        }
+    }
+
+    fn legacy_done<F: NorFlash>(&mut self, flash: &mut F, client: ClientId) {
+        let owned = matches!(&self.session,
+            Session::Receiving(t) if t.protocol == Protocol::Legacy && t.owner == Some(client));
+        if !owned {
+            self.push(client, Outgoing::Legacy(legacy::DONE_NAK));
+            return;
+        }
+        match self.activate(flash) {
+            Ok(_) => {
+                self.push(client, Outgoing::Legacy(legacy::DONE_ACK));
+                self.push_event(Event::RebootRequested);
+            }
+            Err(_) => self.push(client, Outgoing::Legacy(legacy::DONE_NAK)),
+        }
+    }
+
+    fn command<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        client: ClientId,
+        cmd: Command,
+        now: Instant,
+    ) {
+        let op = cmd.opcode();
+        let result = match cmd {
+            Command::Info => self
+                .info(flash, client)
+                .map(Response::Info)
+                .map_err(|_| Reason::FlashError),
+            Command::Begin {
+                size,
+                sha256,
+                flags,
+            } => self.begin(flash, client, size, sha256, flags, now),
+            Command::End => self.end(flash, client),
+            Command::Reboot => match &self.session {
+                Session::Receiving(t) if t.owner.is_some() && t.owner != Some(client) => {
+                    Err(Reason::Busy)
+                }
+                _ => {
+                    self.push_event(Event::RebootRequested);
+                    Ok(Response::RebootOk)
+                }
+            },
+            Command::Confirm => self.confirm(flash).map(|()| Response::ConfirmOk),
+            Command::Abort => match &self.session {
+                Session::Receiving(t) if t.owner.is_some() && t.owner != Some(client) => {
+                    Err(Reason::Busy)
+                }
+                Session::Receiving(_) => {
+                    self.fail(Reason::NoSession);
+                    Ok(Response::AbortOk)
+                }
+                _ => Ok(Response::AbortOk),
+            },
+            Command::Status => match &mut self.session {
+                Session::Receiving(t) if t.owner == Some(client) => {
+                    t.last_acked = t.next;
+                    Ok(Response::Ack { next: t.next })
+                }
+                Session::Activated { size, .. } => Ok(Response::Ack { next: *size }),
+                _ => Err(Reason::NoSession),
+            },
+        };
+        match result {
+            Ok(r) => self.respond(client, r),
+            Err(reason) => self.notify_error(client, op, reason, 0),
+        }
+    }
+
+    fn begin<F: NorFlash>(
+        &mut self,
+        _flash: &mut F,
+        client: ClientId,
+        size: u32,
+        sha256: [u8; 32],
+        flags: u8,
+        now: Instant,
+    ) -> Result<Response, Reason> {
+        if flags & !begin_flags::KNOWN != 0 {
+            return Err(Reason::Unsupported);
+        }
+        let chunk_size = self.chunk_size(client);
+        let window = self.window(client);
+        // The same image again: resume, or repeat the answer after END.
+        match &mut self.session {
+            Session::Activated {
+                slot,
+                size: s,
+                sha256: h,
+            } if *s == size && *h == sha256 => {
+                return Ok(Response::BeginOk {
+                    resume_offset: size,
+                    chunk_size,
+                    window,
+                    slot: *slot,
+                });
+            }
+            Session::Receiving(t)
+                if t.protocol == (Protocol::Fast { size, sha256 })
+                    && (t.owner.is_none() || t.owner == Some(client)) =>
+            {
+                t.owner = Some(client);
+                t.gap_reported = None;
+                t.last_acked = t.next;
+                t.last_progress = now;
+                let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
+                return Ok(Response::BeginOk {
+                    resume_offset: t.next,
+                    chunk_size,
+                    window,
+                    slot,
+                });
+            }
+            _ => {}
+        }
+        self.check_can_start(client)?;
+        let t = self.new_transfer(Protocol::Fast { size, sha256 }, client, now)?;
+        if size > t.target.size {
+            return Err(Reason::ImageTooLarge);
+        }
+        if size < MIN_IMAGE_LEN {
+            return Err(Reason::Truncated);
+        }
+        let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
+        self.session = Session::Receiving(t);
+        self.push_event(Event::UpdateStarted { slot });
+        Ok(Response::BeginOk {
+            resume_offset: 0,
+            chunk_size,
+            window,
+            slot,
+        })
+    }
+
+    fn end<F: NorFlash>(&mut self, flash: &mut F, client: ClientId) -> Result<Response, Reason> {
+        match &self.session {
+            Session::Activated { slot, .. } => return Ok(Response::EndOk { slot: *slot }),
+            Session::Receiving(t) if t.owner == Some(client) => {
+                if let Protocol::Fast { size, .. } = t.protocol {
+                    if t.next < size {
+                        return Err(Reason::Incomplete);
+                    }
+                }
+            }
+            Session::Receiving(t) if t.owner.is_some() => return Err(Reason::Busy),
+            _ => return Err(Reason::NoSession),
+        }
+        self.activate(flash).map(|slot| Response::EndOk { slot })
+    }
+
+    /// Finishes the transfer: flushes, checks the image, reads it back, selects it.
+    fn activate<F: NorFlash>(&mut self, flash: &mut F) -> Result<u8, Reason> {
+        let Session::Receiving(mut t) = core::mem::replace(&mut self.session, Session::Idle) else {
+            return Err(Reason::NoSession);
+        };
+        let result = t.finish(flash, &self.slots);
+        match result {
+            Ok((slot, size, sha256)) => {
+                self.session = Session::Activated { slot, size, sha256 };
+                self.push_event(Event::UpdateActivated { slot });
+                Ok(slot)
+            }
+            Err(reason) => {
+                self.fail(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    fn data_write<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        client: ClientId,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), Reason> {
+        let Session::Receiving(t) = &mut self.session else {
+            // Before REQUEST the seed's client writes the packet size here.
+            if data.len() == legacy::PACKET_SIZE_WRITE_LEN {
+                let size = u16::from_le_bytes([data[0], data[1]]);
+                if size == 0 {
+                    return Err(Reason::BadLength);
+                }
+                if size as usize > MAX_ATTRIBUTE_LEN {
+                    return Err(Reason::ChunkTooLarge);
+                }
+                self.packet_size = Some(size);
+                return Ok(());
+            }
+            return Err(match self.session {
+                Session::Activated { .. } => Reason::RebootPending,
+                _ => Reason::NoSession,
+            });
+        };
+        match t.owner {
+            Some(owner) if owner == client => {}
+            Some(_) => return Err(Reason::Busy),
+            None => return Err(Reason::NoSession),
+        }
+        let result = match t.protocol {
+            Protocol::Legacy => {
+                let limit = self.packet_size.unwrap_or(MAX_ATTRIBUTE_LEN as u16) as usize;
+                if data.len() > limit {
+                    Err(Reason::ChunkTooLarge)
+                } else {
+                    let at = t.next;
+                    t.accept(flash, &self.slots, at, data, now).map(|_| None)
+                }
+            }
+            Protocol::Fast { .. } => {
+                let chunk_size = {
+                    let mtu_chunk = max_value_len(
+                        self.clients
+                            .iter()
+                            .find(|(c, _)| *c == client)
+                            .map(|(_, m)| *m)
+                            .unwrap_or(23),
+                    )
+                    .saturating_sub(fast::CHUNK_HEADER_LEN);
+                    mtu_chunk.min(self.config.max_chunk as usize)
+                };
+                let step = (chunk_size as u32 * self.config.rx_queue_chunks.max(1) as u32)
+                    / self.config.acks_per_window.max(1) as u32;
+                match fast::decode_chunk(data) {
+                    Err(_) => Err(Reason::BadLength),
+                    Ok((_, payload)) if payload.len() > chunk_size => Err(Reason::ChunkTooLarge),
+                    Ok((offset, payload)) => t
+                        .accept(flash, &self.slots, offset, payload, now)
+                        .map(|outcome| outcome.ack(t, step.max(1), now)),
+                }
+            }
+        };
+        match result {
+            Ok(Some(resp)) => {
+                self.respond(client, resp);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(reason)
+                if reason == Reason::BadOffset
+                    || reason == Reason::ChunkTooLarge
+                    || reason == Reason::BadLength =>
+            {
+                // The write is refused but the session survives: the client can resend right.
+                Err(reason)
+            }
+            Err(reason) => {
+                self.fail(reason);
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// Shortest possible app image: its 24-byte header.
+const MIN_IMAGE_LEN: u32 = 24;
+/// End of `esp_app_desc_t` in an image (0x20 + 256).
+const APP_DESC_END: u32 = 0x120;
+
+/// Returns a NUL-padded C string field as text (up to the first NUL or invalid byte).
+fn c_str(field: &[u8]) -> &str {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    match core::str::from_utf8(&field[..end]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&field[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
+
+/// Returns INFO's slot number for a partition.
+fn slot_number(p: &Partition) -> u8 {
+    if p.is_factory() {
+        SLOT_FACTORY
+    } else {
+        p.ota_slot().unwrap_or(SLOT_OTHER)
+    }
+}
+
+/// Reads the project name and version from the app descriptor of the image in `part`.
+fn read_app_strings<F: NorFlash>(
+    flash: &mut F,
+    part: &Partition,
+    chip: Chip,
+) -> (fast::Str32, fast::Str32) {
+    let mut name = fast::Str32::new();
+    let mut version = fast::Str32::new();
+    let mut v = ImageValidator::new(Some(chip), part.size);
+    let mut buf = [0u8; 64];
+    let mut pos = 0u32;
+    while v.app_descriptor().is_none() && pos < APP_DESC_END {
+        if crate::esp::flash::read(flash, part.offset + pos, &mut buf).is_err()
+            || v.feed(&buf).is_err()
+        {
+            break;
+        }
+        pos += buf.len() as u32;
+    }
+    if let Some(desc) = v.app_descriptor() {
+        let _ = name.push_str(c_str(&desc.project_name));
+        let _ = version.push_str(c_str(&desc.version));
+    }
+    (name, version)
+}

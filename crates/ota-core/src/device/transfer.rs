@@ -1,0 +1,266 @@
+//! One image on its way into an OTA slot: in-order bytes are validated, hashed and programmed;
+//! the slot is erased sector by sector just ahead of the write pointer.
+
+use embedded_storage::nor_flash::NorFlash;
+use sha2::{Digest, Sha256};
+
+use super::ClientId;
+use crate::esp::flash::{self, SECTOR_SIZE};
+use crate::esp::image::ImageValidator;
+use crate::esp::{OtaImgState, OtaSlots, Partition};
+use crate::protocol::Reason;
+use crate::protocol::fast::{Response, SLOT_OTHER};
+use crate::time::Instant;
+
+/// Which protocol drives the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    /// The seed's: in-order write requests, size unknown until DONE.
+    Legacy,
+    /// The fast one: size and SHA-256 announced in BEGIN, which identify the session.
+    Fast { size: u32, sha256: [u8; 32] },
+}
+
+/// Bytes held in RAM before programming: the image header until it proved the image is for
+/// this chip, then only a tail shorter than the flash's write unit.
+const PENDING_CAP: usize = 32;
+
+#[derive(Debug)]
+pub(super) struct Transfer {
+    pub protocol: Protocol,
+    /// The client driving it; `None` after a disconnect (resumable with the same BEGIN).
+    pub owner: Option<ClientId>,
+    pub target: Partition,
+    /// Next expected offset: every byte before it was validated and hashed.
+    pub next: u32,
+    pub last_acked: u32,
+    /// When a gap at `next` was last reported; cleared by in-order progress.
+    pub gap_reported: Option<Instant>,
+    pub last_progress: Instant,
+    validator: ImageValidator,
+    hasher: Sha256,
+    pending: heapless::Vec<u8, PENDING_CAP>,
+    /// Bytes programmed into the slot.
+    programmed: u32,
+    /// Bytes of the slot erased so far (sector multiple).
+    erased: u32,
+    /// Whether the inactive otadata entry pointing at the target was invalidated.
+    otadata_prepared: bool,
+}
+
+/// Where an incoming chunk fell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Accepted {
+    /// It extended the in-order data.
+    InOrder,
+    /// Everything in it had arrived before.
+    Duplicate,
+    /// It starts beyond the next expected offset: something before it was lost.
+    Gap,
+}
+
+impl Accepted {
+    /// Returns the notification this arrival calls for: an ACK every `step` bytes and at the
+    /// end, one REWIND per gap (the tick repeats it if needed).
+    pub fn ack(self, t: &mut Transfer, step: u32, now: Instant) -> Option<Response> {
+        match self {
+            Accepted::InOrder => {
+                let complete = matches!(t.protocol, Protocol::Fast { size, .. } if size == t.next);
+                if t.next - t.last_acked >= step || complete {
+                    t.last_acked = t.next;
+                    Some(Response::Ack { next: t.next })
+                } else {
+                    None
+                }
+            }
+            Accepted::Gap if t.gap_reported.is_none() => {
+                t.gap_reported = Some(now);
+                Some(Response::Rewind { next: t.next })
+            }
+            Accepted::Gap | Accepted::Duplicate => None,
+        }
+    }
+}
+
+impl Transfer {
+    pub fn new(
+        protocol: Protocol,
+        owner: ClientId,
+        target: Partition,
+        validator: ImageValidator,
+        now: Instant,
+    ) -> Self {
+        Transfer {
+            protocol,
+            owner: Some(owner),
+            target,
+            next: 0,
+            last_acked: 0,
+            gap_reported: None,
+            last_progress: now,
+            validator,
+            hasher: Sha256::new(),
+            pending: heapless::Vec::new(),
+            programmed: 0,
+            erased: 0,
+            otadata_prepared: false,
+        }
+    }
+
+    /// Takes `payload`, which the client placed at `offset`.
+    pub fn accept<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+        offset: u32,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<Accepted, Reason> {
+        let end = offset as u64 + payload.len() as u64;
+        let limit = match self.protocol {
+            Protocol::Fast { size, .. } => size,
+            Protocol::Legacy => self.target.size,
+        };
+        if end > limit as u64 {
+            return Err(match self.protocol {
+                Protocol::Fast { .. } => Reason::BadOffset,
+                Protocol::Legacy => Reason::ImageTooLarge,
+            });
+        }
+        if offset > self.next {
+            return Ok(Accepted::Gap);
+        }
+        if end <= self.next as u64 {
+            return Ok(Accepted::Duplicate);
+        }
+        let fresh = &payload[(self.next - offset) as usize..];
+        self.validator.feed(fresh).map_err(Reason::from)?;
+        self.hasher.update(fresh);
+        self.program(flash, slots, fresh)?;
+        self.next += fresh.len() as u32;
+        self.last_progress = now;
+        self.gap_reported = None;
+        Ok(Accepted::InOrder)
+    }
+
+    /// Ends the transfer: the image must be complete and valid, the bytes must match the
+    /// announced hash, and the flash must read back the same. Then otadata selects the slot.
+    /// Returns the slot, the image size and its SHA-256.
+    pub fn finish<F: NorFlash>(
+        mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+    ) -> Result<(u8, u32, [u8; 32]), Reason> {
+        let validator = core::mem::replace(&mut self.validator, ImageValidator::new(None, 0));
+        validator.finish().map_err(Reason::from)?;
+        let digest: [u8; 32] = core::mem::take(&mut self.hasher).finalize().into();
+        if let Protocol::Fast { size, sha256 } = self.protocol {
+            if self.next != size {
+                return Err(Reason::Incomplete);
+            }
+            if digest != sha256 {
+                return Err(Reason::SessionHashMismatch);
+            }
+        }
+        // Flush the tail, padded with erased bytes to the flash's write unit.
+        let mut tail = core::mem::take(&mut self.pending);
+        while tail.len() % F::WRITE_SIZE.max(1) != 0 {
+            tail.push(0xFF).map_err(|_| Reason::FlashError)?;
+        }
+        if !tail.is_empty() {
+            self.prepare_otadata(flash, slots)?;
+            self.write(flash, &tail)?;
+        }
+        let (target, next) = (self.target, self.next);
+        // Read back what the slot now holds.
+        let mut readback = Sha256::new();
+        let mut buf = [0u8; 256];
+        let mut pos = 0u32;
+        while pos < next {
+            let n = (next - pos).min(buf.len() as u32) as usize;
+            flash::read(flash, target.offset + pos, &mut buf[..n])
+                .map_err(|_| Reason::FlashError)?;
+            readback.update(&buf[..n]);
+            pos += n as u32;
+        }
+        let readback: [u8; 32] = readback.finalize().into();
+        if readback != digest {
+            return Err(Reason::FlashError);
+        }
+        slots
+            .set_boot_partition(flash, &target, OtaImgState::New)
+            .map_err(|_| Reason::FlashError)?;
+        Ok((target.ota_slot().unwrap_or(SLOT_OTHER), next, digest))
+    }
+
+    /// Programs in-order bytes, holding back the header until it is validated and any tail
+    /// shorter than the write unit.
+    fn program<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+        mut bytes: &[u8],
+    ) -> Result<(), Reason> {
+        let unit = F::WRITE_SIZE.max(1);
+        if self.validator.header().is_none() {
+            // Not even the header yet: nothing touches flash.
+            return self
+                .pending
+                .extend_from_slice(bytes)
+                .map_err(|_| Reason::BadLength);
+        }
+        self.prepare_otadata(flash, slots)?;
+        if !self.pending.is_empty() {
+            while self.pending.len() % unit != 0 {
+                let Some((&b, rest)) = bytes.split_first() else {
+                    break;
+                };
+                let _ = self.pending.push(b);
+                bytes = rest;
+            }
+            if self.pending.len() % unit == 0 {
+                let held = core::mem::take(&mut self.pending);
+                self.write(flash, &held)?;
+            }
+        }
+        let aligned = bytes.len() / unit * unit;
+        if aligned > 0 {
+            self.write(flash, &bytes[..aligned])?;
+        }
+        self.pending
+            .extend_from_slice(&bytes[aligned..])
+            .map_err(|_| Reason::FlashError)
+    }
+
+    /// Before the first byte lands in the slot: stop otadata from falling back onto it.
+    fn prepare_otadata<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+    ) -> Result<(), Reason> {
+        if !self.otadata_prepared {
+            slots
+                .invalidate_inactive_for(flash, &self.target)
+                .map_err(|_| Reason::FlashError)?;
+            self.otadata_prepared = true;
+        }
+        Ok(())
+    }
+
+    /// Writes at the program pointer, erasing the sectors it reaches first.
+    fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Reason> {
+        let end = self.programmed + data.len() as u32;
+        if end > self.target.size {
+            return Err(Reason::ImageTooLarge);
+        }
+        while self.erased < end {
+            let from = self.target.offset + self.erased;
+            flash::erase(flash, from, from + SECTOR_SIZE).map_err(|_| Reason::FlashError)?;
+            self.erased += SECTOR_SIZE;
+        }
+        flash::write(flash, self.target.offset + self.programmed, data)
+            .map_err(|_| Reason::FlashError)?;
+        self.programmed = end;
+        Ok(())
+    }
+}
