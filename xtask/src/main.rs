@@ -1,2 +1,86 @@
-//! `cargo xtask`: project tasks.
-fn main() {}
+//! `cargo xtask`: the project's tasks, so CI and a fresh machine run the very same steps.
+//!
+//! - `cargo xtask test`: everything CI checks (installs what it needs first).
+//! - `cargo xtask setup`: only the installs (Rust targets, the Python venv with Bumble and esptool).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the Rust targets and the Python venv the tests need.
+    Setup,
+    /// Run every test: unit, property, vectors, CLI, no_std build, end-to-end.
+    Test,
+}
+
+/// Rust targets of the RISC-V ESP32 chips built in CI.
+const TARGETS: &[&str] = &["riscv32imc-unknown-none-elf", "riscv32imac-unknown-none-elf"];
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup().map(|_| ()),
+        Task::Test => test(),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Installs the Rust targets and the Python venv; returns the venv's python.
+fn setup() -> Result<PathBuf> {
+    if Command::new("rustup").arg("--version").output().is_ok() {
+        let mut c = Command::new("rustup");
+        c.args(["target", "add"]).args(TARGETS);
+        run(&mut c)?;
+    } else {
+        eprintln!("rustup not found: assuming the targets {TARGETS:?} are installed");
+    }
+    let venv = root().join("target/py-venv");
+    let python = venv.join("bin/python");
+    let requirements = root().join("e2e/requirements.txt");
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&requirements).context("reading e2e/requirements.txt")?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
+        std::fs::write(&stamp, wanted)?;
+    }
+    Ok(python)
+}
+
+fn test() -> Result<()> {
+    let python = setup()?;
+    // Host workspace: unit, vector, property and CLI tests, plus those needing Python tools.
+    run(cargo()
+        .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
+        .env("BLE_OTA_PYTHON", &python)
+        .current_dir(root()))?;
+    // The core must stay no_std: build it for the ESP32-C3's bare-metal target.
+    run(cargo().args(["build", "--locked", "-p", "ota-core", "--target", TARGETS[0]]).current_dir(root()))?;
+    Ok(())
+}

@@ -713,7 +713,7 @@ impl UpdateEngine {
 
     /// Finishes the transfer: flushes, checks the image, reads it back, selects it.
     fn activate<F: NorFlash>(&mut self, flash: &mut F) -> Result<u8, Reason> {
-        let Session::Receiving(mut t) = core::mem::replace(&mut self.session, Session::Idle) else {
+        let Session::Receiving(t) = core::mem::replace(&mut self.session, Session::Idle) else {
             return Err(Reason::NoSession);
         };
         let result = t.finish(flash, &self.slots);

@@ -1,0 +1,292 @@
+//! `ble-ota image inspect`: parse and verify an app image offline, as `esptool image-info` does.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ota_core::esp::image::{ImageInfo, ImageValidator, Segment};
+use ota_core::esp::Chip;
+use serde::Serialize;
+
+use crate::exit::{CliError, ExitCode};
+
+/// Offline image commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCmd {
+    /// Parse and verify an app image: chip, segments, checksum, hash, app descriptor.
+    ///
+    /// Exits with code 5 when the image is invalid.
+    Inspect {
+        /// The app image (.bin from `espflash save-image`, or the firmware build).
+        image: PathBuf,
+        /// Also require the image to be for this chip (esp32c3, esp32c6, ...).
+        #[arg(long)]
+        chip: Option<String>,
+    },
+}
+
+/// What `image inspect --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub file_size: usize,
+    pub chip: String,
+    pub chip_id: u16,
+    pub entry_point: String,
+    pub segments: Vec<SegmentReport>,
+    pub flash_mode: &'static str,
+    pub flash_size: &'static str,
+    pub flash_freq: String,
+    pub min_chip_rev_full: u16,
+    pub max_chip_rev_full: u16,
+    pub checksum: String,
+    pub checksum_valid: bool,
+    pub hash: Option<String>,
+    pub hash_valid: Option<bool>,
+    pub project_name: Option<String>,
+    pub version: Option<String>,
+    pub compile_time: Option<String>,
+    pub idf_version: Option<String>,
+    pub secure_version: Option<u32>,
+    pub elf_sha256: Option<String>,
+    pub image_len: u32,
+    pub valid: bool,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SegmentReport {
+    pub index: usize,
+    pub load_addr: String,
+    pub len: u32,
+    pub file_offset: String,
+    pub kind: &'static str,
+}
+
+pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
+    let ImageCmd::Inspect { image, chip } = cmd;
+    let bytes = std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
+    let expected = match chip {
+        Some(name) => Some(Chip::from_name(&name).ok_or_else(|| {
+            CliError::new(ExitCode::Usage, format!("unknown chip `{name}` (try esp32c3, esp32c6, esp32, esp32s3, esp32h2)"))
+        })?),
+        None => None,
+    };
+    let report = inspect(&bytes, expected);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&image, &report);
+    }
+    if report.valid {
+        Ok(())
+    } else {
+        Err(CliError::new(ExitCode::InvalidImage, format!("{} is not a valid app image: {}", image.display(), report.problems.join("; "))).into())
+    }
+}
+
+/// Parses and verifies `bytes`; never fails, it reports.
+pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
+    let mut v = ImageValidator::new(chip, u32::MAX);
+    let mut problems = Vec::new();
+    let fed = v.feed(bytes);
+    let header = v.header().copied();
+    let info: Option<ImageInfo> = match fed {
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+        Ok(()) => match v.report() {
+            Ok(info) => Some(info),
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        },
+    };
+    let mut r = Report {
+        file_size: bytes.len(),
+        chip: "unknown".into(),
+        chip_id: 0xFFFF,
+        entry_point: String::new(),
+        segments: Vec::new(),
+        flash_mode: "unknown",
+        flash_size: "unknown",
+        flash_freq: "unknown".into(),
+        min_chip_rev_full: 0,
+        max_chip_rev_full: 0,
+        checksum: String::new(),
+        checksum_valid: false,
+        hash: None,
+        hash_valid: None,
+        project_name: None,
+        version: None,
+        compile_time: None,
+        idf_version: None,
+        secure_version: None,
+        elf_sha256: None,
+        image_len: 0,
+        valid: false,
+        problems,
+    };
+    if let Some(h) = header {
+        let chip = Chip::from_id(h.chip_id);
+        r.chip = chip.map(|c| c.name().to_string()).unwrap_or_else(|| format!("unknown (id {})", h.chip_id));
+        r.chip_id = h.chip_id;
+        r.entry_point = format!("{:#010x}", h.entry_addr);
+        r.flash_mode = flash_mode(h.spi_mode);
+        r.flash_size = flash_size(h.spi_speed_size >> 4);
+        r.flash_freq = flash_freq(chip, h.spi_speed_size & 0x0F);
+        r.min_chip_rev_full = h.min_chip_rev_full;
+        r.max_chip_rev_full = h.max_chip_rev_full;
+    }
+    if let Some(info) = info {
+        let chip = Chip::from_id(info.header.chip_id);
+        r.segments = info
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentReport {
+                index: i,
+                load_addr: format!("{:#010x}", s.load_addr),
+                len: s.data_len,
+                file_offset: format!("{:#010x}", s.file_offset),
+                kind: segment_kind(chip, s),
+            })
+            .collect();
+        r.checksum = format!("{:#04x}", info.checksum_stored);
+        r.checksum_valid = info.checksum_stored == info.checksum_computed;
+        if !r.checksum_valid {
+            r.problems.push(format!(
+                "checksum invalid (stored {:#04x}, computed {:#04x})",
+                info.checksum_stored, info.checksum_computed
+            ));
+        }
+        if let Some(stored) = info.hash_stored {
+            r.hash = Some(hex::encode(stored));
+            let ok = stored == info.hash_computed;
+            r.hash_valid = Some(ok);
+            if !ok {
+                r.problems.push("appended SHA-256 invalid".into());
+            }
+        }
+        match &info.app {
+            Some(app) => {
+                r.project_name = Some(cstr(&app.project_name));
+                r.version = Some(cstr(&app.version));
+                r.compile_time = Some(format!("{} {}", cstr(&app.date), cstr(&app.time)).trim().to_string());
+                r.idf_version = Some(cstr(&app.idf_ver));
+                r.secure_version = Some(app.secure_version);
+                r.elf_sha256 = Some(hex::encode(app.app_elf_sha256));
+            }
+            None => r.problems.push("no app descriptor (esp_app_desc_t)".into()),
+        }
+        r.image_len = info.len;
+        if (info.len as usize) < bytes.len() {
+            r.problems.push(format!("{} bytes after the image's end", bytes.len() - info.len as usize));
+        }
+    }
+    r.valid = r.problems.is_empty();
+    r
+}
+
+fn print_human(path: &std::path::Path, r: &Report) {
+    println!("File: {} ({} bytes)", path.display(), r.file_size);
+    println!("Chip: {} (id {})", r.chip, r.chip_id);
+    if !r.entry_point.is_empty() {
+        println!("Entry point: {}", r.entry_point);
+        println!("Flash: {} mode, {}, {}", r.flash_mode, r.flash_size, r.flash_freq);
+        println!("Chip revision: min {} max {}", rev(r.min_chip_rev_full), rev(r.max_chip_rev_full));
+    }
+    if !r.segments.is_empty() {
+        println!("Segments: {}", r.segments.len());
+        for s in &r.segments {
+            println!("  {:>2}  load {}  len {:#08x}  file offset {}  {}", s.index, s.load_addr, s.len, s.file_offset, s.kind);
+        }
+        println!("Checksum: {} ({})", r.checksum, if r.checksum_valid { "valid" } else { "invalid" });
+        if let (Some(h), Some(ok)) = (&r.hash, r.hash_valid) {
+            println!("Validation hash: {h} ({})", if ok { "valid" } else { "invalid" });
+        }
+    }
+    if let Some(name) = &r.project_name {
+        println!("App: {name} {}", r.version.as_deref().unwrap_or(""));
+        println!("  compiled: {}", r.compile_time.as_deref().unwrap_or(""));
+        println!("  ESP-IDF: {}", r.idf_version.as_deref().unwrap_or(""));
+        println!("  secure version: {}", r.secure_version.unwrap_or(0));
+        println!("  ELF SHA-256: {}", r.elf_sha256.as_deref().unwrap_or(""));
+    }
+    if r.valid {
+        println!("Image is valid ({} bytes).", r.image_len);
+    } else {
+        for p in &r.problems {
+            println!("INVALID: {p}");
+        }
+    }
+}
+
+fn rev(full: u16) -> String {
+    if full == 0xFFFF { "unset".into() } else { format!("v{}.{}", full / 100, full % 100) }
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn flash_mode(m: u8) -> &'static str {
+    match m {
+        0 => "QIO",
+        1 => "QOUT",
+        2 => "DIO",
+        3 => "DOUT",
+        4 => "FAST_READ",
+        5 => "SLOW_READ",
+        _ => "unknown",
+    }
+}
+
+fn flash_size(code: u8) -> &'static str {
+    match code {
+        0 => "1MB",
+        1 => "2MB",
+        2 => "4MB",
+        3 => "8MB",
+        4 => "16MB",
+        5 => "32MB",
+        6 => "64MB",
+        7 => "128MB",
+        _ => "unknown",
+    }
+}
+
+/// Speed codes are chip specific (esptool targets/*.py).
+fn flash_freq(chip: Option<Chip>, code: u8) -> String {
+    let table: [(u8, &str); 4] = match chip {
+        Some(Chip::Esp32c2) => [(0xF, "60m"), (0, "30m"), (1, "20m"), (2, "15m")],
+        Some(Chip::Esp32h2) => [(0xF, "48m"), (0, "24m"), (1, "16m"), (2, "12m")],
+        _ => [(0xF, "80m"), (0, "40m"), (1, "26m"), (2, "20m")],
+    };
+    table.iter().find(|(c, _)| *c == code).map(|(_, n)| n.to_string()).unwrap_or_else(|| format!("code {code:#x}"))
+}
+
+/// Names a segment by its load address, as esptool does (C3/C6-class memory map; others by range).
+fn segment_kind(chip: Option<Chip>, s: &Segment) -> &'static str {
+    let a = s.load_addr;
+    match chip {
+        Some(Chip::Esp32) => match a {
+            0x3F40_0000..=0x3F7F_FFFF => "DROM",
+            0x400D_0000..=0x403F_FFFF => "IROM",
+            0x3FF8_0000..=0x3FFF_FFFF => "DRAM",
+            0x4007_0000..=0x400B_FFFF => "IRAM",
+            0x5000_0000..=0x5000_1FFF => "RTC_DATA",
+            _ => "",
+        },
+        _ => match a {
+            0x3C00_0000..=0x3CFF_FFFF => "DROM",
+            0x4200_0000..=0x42FF_FFFF => "IROM",
+            0x3FC0_0000..=0x3FCF_FFFF => "DRAM",
+            0x4037_0000..=0x403F_FFFF => "IRAM",
+            0x4080_0000..=0x4087_FFFF => "HP_SRAM",
+            0x5000_0000..=0x5FFF_FFFF => "RTC/LP",
+            _ => "",
+        },
+    }
+}
