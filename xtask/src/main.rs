@@ -25,7 +25,10 @@ enum Task {
 }
 
 /// Rust targets of the RISC-V ESP32 chips built in CI.
-const TARGETS: &[&str] = &["riscv32imc-unknown-none-elf", "riscv32imac-unknown-none-elf"];
+const TARGETS: &[&str] = &[
+    "riscv32imc-unknown-none-elf",
+    "riscv32imac-unknown-none-elf",
+];
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -35,12 +38,17 @@ fn main() -> Result<()> {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -67,7 +75,16 @@ fn setup() -> Result<PathBuf> {
     let wanted = std::fs::read_to_string(&requirements).context("reading e2e/requirements.txt")?;
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
+        run(Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements))?;
         std::fs::write(&stamp, wanted)?;
     }
     Ok(python)
@@ -81,6 +98,10 @@ fn test() -> Result<()> {
         .env("BLE_OTA_PYTHON", &python)
         .current_dir(root()))?;
     // The core must stay no_std: build it for the ESP32-C3's bare-metal target.
-    run(cargo().args(["build", "--locked", "-p", "ota-core", "--target", TARGETS[0]]).current_dir(root()))?;
+    run(cargo()
+        .args([
+            "build", "--locked", "-p", "ota-core", "--target", TARGETS[0],
+        ])
+        .current_dir(root()))?;
     Ok(())
 }

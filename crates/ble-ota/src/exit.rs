@@ -29,7 +29,10 @@ pub struct CliError {
 
 impl CliError {
     pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
-        CliError { code, message: message.into() }
+        CliError {
+            code,
+            message: message.into(),
+        }
     }
 }
 

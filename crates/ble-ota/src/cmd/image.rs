@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ota_core::esp::image::{ImageInfo, ImageValidator, Segment};
 use ota_core::esp::Chip;
+use ota_core::esp::image::{ImageInfo, ImageValidator, Segment};
 use serde::Serialize;
 
 use crate::exit::{CliError, ExitCode};
@@ -63,10 +63,14 @@ pub struct SegmentReport {
 
 pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
     let ImageCmd::Inspect { image, chip } = cmd;
-    let bytes = std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
+    let bytes =
+        std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
     let expected = match chip {
         Some(name) => Some(Chip::from_name(&name).ok_or_else(|| {
-            CliError::new(ExitCode::Usage, format!("unknown chip `{name}` (try esp32c3, esp32c6, esp32, esp32s3, esp32h2)"))
+            CliError::new(
+                ExitCode::Usage,
+                format!("unknown chip `{name}` (try esp32c3, esp32c6, esp32, esp32s3, esp32h2)"),
+            )
         })?),
         None => None,
     };
@@ -79,7 +83,15 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
     if report.valid {
         Ok(())
     } else {
-        Err(CliError::new(ExitCode::InvalidImage, format!("{} is not a valid app image: {}", image.display(), report.problems.join("; "))).into())
+        Err(CliError::new(
+            ExitCode::InvalidImage,
+            format!(
+                "{} is not a valid app image: {}",
+                image.display(),
+                report.problems.join("; ")
+            ),
+        )
+        .into())
     }
 }
 
@@ -129,7 +141,9 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
     };
     if let Some(h) = header {
         let chip = Chip::from_id(h.chip_id);
-        r.chip = chip.map(|c| c.name().to_string()).unwrap_or_else(|| format!("unknown (id {})", h.chip_id));
+        r.chip = chip
+            .map(|c| c.name().to_string())
+            .unwrap_or_else(|| format!("unknown (id {})", h.chip_id));
         r.chip_id = h.chip_id;
         r.entry_point = format!("{:#010x}", h.entry_addr);
         r.flash_mode = flash_mode(h.spi_mode);
@@ -172,7 +186,11 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
             Some(app) => {
                 r.project_name = Some(cstr(&app.project_name));
                 r.version = Some(cstr(&app.version));
-                r.compile_time = Some(format!("{} {}", cstr(&app.date), cstr(&app.time)).trim().to_string());
+                r.compile_time = Some(
+                    format!("{} {}", cstr(&app.date), cstr(&app.time))
+                        .trim()
+                        .to_string(),
+                );
                 r.idf_version = Some(cstr(&app.idf_ver));
                 r.secure_version = Some(app.secure_version);
                 r.elf_sha256 = Some(hex::encode(app.app_elf_sha256));
@@ -181,7 +199,10 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
         }
         r.image_len = info.len;
         if (info.len as usize) < bytes.len() {
-            r.problems.push(format!("{} bytes after the image's end", bytes.len() - info.len as usize));
+            r.problems.push(format!(
+                "{} bytes after the image's end",
+                bytes.len() - info.len as usize
+            ));
         }
     }
     r.valid = r.problems.is_empty();
@@ -193,17 +214,34 @@ fn print_human(path: &std::path::Path, r: &Report) {
     println!("Chip: {} (id {})", r.chip, r.chip_id);
     if !r.entry_point.is_empty() {
         println!("Entry point: {}", r.entry_point);
-        println!("Flash: {} mode, {}, {}", r.flash_mode, r.flash_size, r.flash_freq);
-        println!("Chip revision: min {} max {}", rev(r.min_chip_rev_full), rev(r.max_chip_rev_full));
+        println!(
+            "Flash: {} mode, {}, {}",
+            r.flash_mode, r.flash_size, r.flash_freq
+        );
+        println!(
+            "Chip revision: min {} max {}",
+            rev(r.min_chip_rev_full),
+            rev(r.max_chip_rev_full)
+        );
     }
     if !r.segments.is_empty() {
         println!("Segments: {}", r.segments.len());
         for s in &r.segments {
-            println!("  {:>2}  load {}  len {:#08x}  file offset {}  {}", s.index, s.load_addr, s.len, s.file_offset, s.kind);
+            println!(
+                "  {:>2}  load {}  len {:#08x}  file offset {}  {}",
+                s.index, s.load_addr, s.len, s.file_offset, s.kind
+            );
         }
-        println!("Checksum: {} ({})", r.checksum, if r.checksum_valid { "valid" } else { "invalid" });
+        println!(
+            "Checksum: {} ({})",
+            r.checksum,
+            if r.checksum_valid { "valid" } else { "invalid" }
+        );
         if let (Some(h), Some(ok)) = (&r.hash, r.hash_valid) {
-            println!("Validation hash: {h} ({})", if ok { "valid" } else { "invalid" });
+            println!(
+                "Validation hash: {h} ({})",
+                if ok { "valid" } else { "invalid" }
+            );
         }
     }
     if let Some(name) = &r.project_name {
@@ -223,7 +261,11 @@ fn print_human(path: &std::path::Path, r: &Report) {
 }
 
 fn rev(full: u16) -> String {
-    if full == 0xFFFF { "unset".into() } else { format!("v{}.{}", full / 100, full % 100) }
+    if full == 0xFFFF {
+        "unset".into()
+    } else {
+        format!("v{}.{}", full / 100, full % 100)
+    }
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -264,7 +306,11 @@ fn flash_freq(chip: Option<Chip>, code: u8) -> String {
         Some(Chip::Esp32h2) => [(0xF, "48m"), (0, "24m"), (1, "16m"), (2, "12m")],
         _ => [(0xF, "80m"), (0, "40m"), (1, "26m"), (2, "20m")],
     };
-    table.iter().find(|(c, _)| *c == code).map(|(_, n)| n.to_string()).unwrap_or_else(|| format!("code {code:#x}"))
+    table
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, n)| n.to_string())
+        .unwrap_or_else(|| format!("code {code:#x}"))
 }
 
 /// Names a segment by its load address, as esptool does (C3/C6-class memory map; others by range).

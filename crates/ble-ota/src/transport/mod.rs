@@ -1,0 +1,120 @@
+//! Links to a device. Every transport moves GATT writes and notifications; the protocol
+//! itself runs in `ota-core`'s sender, driven by [`drive`].
+
+pub mod ble;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use ota_core::client::{ClientEvent, Sender};
+use ota_core::protocol::Characteristic;
+use ota_core::time::Instant;
+
+/// One connected device, as the driver needs it.
+pub trait Link {
+    /// ATT MTU, when the transport knows it for sure.
+    fn att_mtu(&self) -> Option<u16>;
+    /// Writes a characteristic. The outer error is a link failure; the inner one an ATT error
+    /// code the device answered a write request with.
+    async fn write(
+        &mut self,
+        ch: Characteristic,
+        data: &[u8],
+        with_response: bool,
+    ) -> Result<Result<(), u8>>;
+    /// Reads OTA Control (the last control value, whole).
+    async fn read_control(&mut self) -> Result<Vec<u8>>;
+    /// Waits up to `timeout` for the next OTA Control notification; `Ok(None)` on timeout.
+    async fn notification(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>>;
+    /// Returns true while connected.
+    async fn is_connected(&mut self) -> bool;
+    /// Connects again after the link dropped.
+    async fn reconnect(&mut self) -> Result<()>;
+}
+
+/// Receives progress from [`drive`].
+pub trait Progress {
+    /// An event from the sender.
+    fn event(&mut self, event: &ClientEvent);
+}
+
+/// How often the driver retries a dropped link before giving up.
+pub const MAX_RECONNECTS: u32 = 5;
+
+/// Runs `sender` over `link` until it finishes. A dropped link is reconnected and the fast
+/// protocol resumes where the device acknowledged.
+pub async fn drive<L: Link>(
+    link: &mut L,
+    sender: &mut Sender<'_>,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    let now = || Instant(start.elapsed().as_millis() as u64);
+    let mut buf = vec![0u8; 600];
+    let mut reconnects = 0;
+    while !sender.is_finished() {
+        let mut link_lost = false;
+        // Send what the sender allows: write commands until the window is full, or one request.
+        while let Some(tx) = sender.poll_transmit(now(), &mut buf) {
+            match link
+                .write(tx.characteristic, &buf[..tx.len], tx.with_response)
+                .await
+            {
+                Ok(result) => {
+                    if tx.with_response {
+                        sender.handle_write_result(now(), result);
+                    }
+                }
+                Err(_) => {
+                    link_lost = true;
+                    break;
+                }
+            }
+            // Let notifications in between writes so ACKs open the window early.
+            while let Ok(Some(n)) = link.notification(Duration::ZERO).await {
+                sender.handle_notification(now(), &n);
+            }
+            drain(sender, progress);
+        }
+        if !link_lost {
+            let wait = sender
+                .poll_timeout()
+                .map(|t| Duration::from_millis(t.0.saturating_sub(now().0)))
+                .unwrap_or(Duration::from_millis(500))
+                .min(Duration::from_millis(500));
+            match link.notification(wait).await {
+                Ok(Some(n)) => sender.handle_notification(now(), &n),
+                Ok(None) => {
+                    sender.handle_timeout(now());
+                    if !link.is_connected().await {
+                        link_lost = true;
+                    }
+                }
+                Err(_) => link_lost = true,
+            }
+        }
+        drain(sender, progress);
+        if link_lost && !sender.is_finished() {
+            sender.handle_disconnected();
+            drain(sender, progress);
+            if sender.is_finished() {
+                break;
+            }
+            reconnects += 1;
+            if reconnects > MAX_RECONNECTS {
+                anyhow::bail!(
+                    "the link dropped {MAX_RECONNECTS} times; move closer to the device and run the same command again (it resumes)"
+                );
+            }
+            link.reconnect().await?;
+        }
+    }
+    drain(sender, progress);
+    Ok(())
+}
+
+fn drain(sender: &mut Sender<'_>, progress: &mut dyn Progress) {
+    while let Some(e) = sender.poll_event() {
+        progress.event(&e);
+    }
+}
