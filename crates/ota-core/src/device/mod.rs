@@ -336,14 +336,11 @@ impl UpdateEngine {
         data: &[u8],
         now: Instant,
     ) -> Result<(), Reason> {
+        let fast_client = self.is_fast_client(client);
         let result = self.data_write(flash, client, data, now);
-        if let Err(reason) = result {
-            if !matches!(&self.session, Session::Receiving(t) if t.protocol == Protocol::Legacy) {
-                // Fast clients write without response: tell them by notification.
-                if self.is_fast_client(client) {
-                    self.notify_error(client, 0, reason, 0);
-                }
-            }
+        if let (Err(reason), true) = (result, fast_client) {
+            // Fast clients write without response: tell them by notification.
+            self.notify_error(client, 0, reason, 0);
         }
         result
     }
@@ -454,13 +451,11 @@ impl UpdateEngine {
             .unwrap_or(23)
     }
 
+    /// Returns true if `client` drives a fast session: only such a client learns of a refused
+    /// write command by notification (legacy clients get the ATT error of their write request).
     fn is_fast_client(&self, client: ClientId) -> bool {
-        match &self.session {
-            Session::Receiving(t) => {
-                matches!(t.protocol, Protocol::Fast { .. }) && t.owner == Some(client)
-            }
-            _ => true,
-        }
+        matches!(&self.session,
+            Session::Receiving(t) if matches!(t.protocol, Protocol::Fast { .. }) && t.owner == Some(client))
     }
 
     fn set_control_value(&mut self, v: &[u8]) {
