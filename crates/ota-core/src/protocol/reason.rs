@@ -125,7 +125,6 @@ impl From<crate::esp::ImageError> for Reason {
             E::HashMismatch => Reason::BadImageHash,
             E::NoAppDescriptor => Reason::NoAppDescriptor,
             E::Flash(_) => Reason::FlashError,
-            _ => Reason::BadImageFormat,
         }
     }
 }
