@@ -1,0 +1,545 @@
+//! The virtual ESP32: a [`Flash`] holding a merged flash image, the chip it is, and the app
+//! it runs after [`VirtualEsp32::boot`].
+
+use std::path::Path;
+
+use ota_core::esp::boot::{
+    BootError, BootloaderConfig, GuardOutcome, rollback_guard, run_bootloader,
+};
+use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
+use ota_core::esp::{
+    Chip, ImageError, ImageInfo, OtaImgState, OtaSlots, Partition, PartitionError, PartitionTable,
+    SlotError,
+};
+
+use embedded_storage::nor_flash::ReadNorFlash;
+
+use crate::flash::{Flash, FlashError, SECTOR_SIZE};
+
+/// Offset of the partition table in every virtual device (ESP-IDF's default).
+pub const TABLE_OFFSET: u32 = PARTITION_TABLE_OFFSET;
+
+/// How many times in a row [`VirtualEsp32::boot`] reboots after the rollback guard aborted a
+/// trial image, before giving up (each abort invalidates one slot, so this is never reached
+/// with a sane table).
+const MAX_GUARD_REBOOTS: u32 = 18;
+
+/// Why a device could not be created, opened or booted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// The flash file could not be created, read or written.
+    #[error("flash file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The partitions CSV was refused by `esp-idf-part`.
+    #[error("partitions CSV: {0}")]
+    PartitionCsv(#[from] esp_idf_part::Error),
+    /// The binary partition table in flash is invalid.
+    #[error("partition table at {TABLE_OFFSET:#x}: {0}")]
+    PartitionTable(#[from] PartitionError),
+    /// The bootloader found nothing to boot.
+    #[error("boot failed: {0}")]
+    Boot(#[from] BootError),
+    /// Reading or writing otadata failed.
+    #[error(transparent)]
+    Slots(#[from] SlotError),
+    /// A flash operation failed.
+    #[error(transparent)]
+    Flash(#[from] FlashError),
+    /// Power was cut while booting (a [`FaultPlan`](crate::FaultPlan) fired); boot again.
+    #[error("power lost while booting; boot again")]
+    PowerLost,
+    /// The flash size is not a non-zero multiple of 4 KiB, or too small for the table.
+    #[error(
+        "flash size {0:#x} is not usable: it must be a multiple of 4 KiB above {TABLE_OFFSET:#x}"
+    )]
+    BadFlashSize(u32),
+    /// Something does not fit where it must go.
+    #[error("{what} is {len:#x} bytes but {region} holds only {max:#x}")]
+    TooLarge {
+        /// What was to be written.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// Where it was to go.
+        region: String,
+        /// The room there.
+        max: usize,
+    },
+    /// An image given to write is not an image for this chip.
+    #[error("{what} is not an image for {chip}: {reason}")]
+    BadImage {
+        /// Which image.
+        what: &'static str,
+        /// The device's chip.
+        chip: Chip,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The table has no factory and no ota_0 partition for the first app.
+    #[error("partition table has neither a factory nor an ota_0 app partition")]
+    NoAppPartition,
+    /// No bootloader or app header in the flash names a known chip.
+    #[error(
+        "cannot tell which chip this flash image is for (no bootloader or app header); give the chip explicitly"
+    )]
+    UnknownChip,
+    /// The rollback guard kept aborting images.
+    #[error("the rollback guard aborted {0} images in a row; otadata is inconsistent")]
+    RebootLoop(u32),
+}
+
+/// What a boot did: the app the bootloader started and what its early-boot guard found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootReport {
+    /// Name of the running partition (`factory`, `ota_0` ...).
+    pub slot: String,
+    /// The running partition.
+    pub partition: Partition,
+    /// `project_name` from the app's `esp_app_desc_t` (empty without a descriptor).
+    pub project_name: String,
+    /// `version` from the app's `esp_app_desc_t` (empty without a descriptor).
+    pub version: String,
+    /// The verified image.
+    pub image: ImageInfo,
+    /// The running slot's otadata state after the guard (`None` for factory, or when no
+    /// CRC-valid entry names the slot).
+    pub state: Option<OtaImgState>,
+    /// What the rollback guard found and did on the final boot.
+    pub guard: GuardOutcome,
+    /// Slots the final bootloader run tried first whose images failed verification.
+    pub skipped: Vec<(Partition, ImageError)>,
+    /// Trial images the guard aborted during this boot; after each the device rebooted at once,
+    /// as the firmware does.
+    pub rolled_back: Vec<Partition>,
+    /// How many times the bootloader ran (1 + `rolled_back.len()`).
+    pub bootloader_runs: u32,
+}
+
+/// Everything [`VirtualEsp32::create_from_spec`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSpec<'a> {
+    /// The chip.
+    pub chip: Chip,
+    /// Flash size in bytes (for example `4 << 20`).
+    pub flash_size: u32,
+    /// Partitions CSV text, as ESP-IDF and espflash take it (table at 0x8000).
+    pub partitions_csv: &'a str,
+    /// The app written to the factory partition (or to ota_0 without factory).
+    pub factory_image: &'a [u8],
+    /// A second-stage bootloader image written at the chip's bootloader offset. Without one the
+    /// region stays erased: the virtual device applies ESP-IDF's bootloader rules itself.
+    pub bootloader: Option<&'a [u8]>,
+}
+
+/// Builds the merged flash image `espflash save-image --merge` would write for `spec`: the
+/// bootloader (if any) at the chip's bootloader offset, the binary partition table at 0x8000
+/// (esp-idf-part's output, byte-identical to gen_esp32part's), the app in factory (or ota_0),
+/// and 0xFF everywhere else (otadata erased: the factory state), padded to the flash size.
+pub fn merged_image(spec: &DeviceSpec<'_>) -> Result<Vec<u8>, DeviceError> {
+    let size = spec.flash_size;
+    if size == 0 || !size.is_multiple_of(SECTOR_SIZE) || size < TABLE_OFFSET + SECTOR_SIZE {
+        return Err(DeviceError::BadFlashSize(size));
+    }
+    let table = esp_idf_part::PartitionTable::try_from_str(spec.partitions_csv)?;
+    let bin = table.to_bin()?;
+    let mut img = vec![0xFF; size as usize];
+
+    if let Some(bl) = spec.bootloader {
+        let off = spec.chip.bootloader_offset();
+        check_image_header(bl, spec.chip, "bootloader image")?;
+        let max = (TABLE_OFFSET - off) as usize;
+        if bl.len() > max {
+            return Err(DeviceError::TooLarge {
+                what: "bootloader image",
+                len: bl.len(),
+                region: format!("the bootloader region {off:#x}..{TABLE_OFFSET:#x}"),
+                max,
+            });
+        }
+        img[off as usize..off as usize + bl.len()].copy_from_slice(bl);
+    }
+
+    img[TABLE_OFFSET as usize..TABLE_OFFSET as usize + bin.len()].copy_from_slice(&bin);
+
+    for p in table.partitions() {
+        if u64::from(p.offset()) + u64::from(p.size()) > u64::from(size) {
+            return Err(DeviceError::TooLarge {
+                what: "partition table",
+                len: (p.offset() + p.size()) as usize,
+                region: format!("the flash (partition `{}` ends past it)", p.name()),
+                max: size as usize,
+            });
+        }
+    }
+    let is_app = |p: &&esp_idf_part::Partition, sub: u8| {
+        u8::from(p.ty()) == Partition::TYPE_APP && u8::from(p.subtype()) == sub
+    };
+    let target = table
+        .partitions()
+        .iter()
+        .rfind(|p| is_app(p, Partition::SUBTYPE_FACTORY))
+        .or_else(|| {
+            table
+                .partitions()
+                .iter()
+                .rfind(|p| is_app(p, Partition::SUBTYPE_OTA_0))
+        })
+        .ok_or(DeviceError::NoAppPartition)?;
+    check_image_header(spec.factory_image, spec.chip, "factory image")?;
+    if spec.factory_image.len() > target.size() as usize {
+        return Err(DeviceError::TooLarge {
+            what: "factory image",
+            len: spec.factory_image.len(),
+            region: format!("partition `{}`", target.name()),
+            max: target.size() as usize,
+        });
+    }
+    let at = target.offset() as usize;
+    img[at..at + spec.factory_image.len()].copy_from_slice(spec.factory_image);
+    Ok(img)
+}
+
+fn check_image_header(bytes: &[u8], chip: Chip, what: &'static str) -> Result<(), DeviceError> {
+    let bad = |reason: String| DeviceError::BadImage { what, chip, reason };
+    if bytes.len() < 24 {
+        return Err(bad(format!("only {} bytes", bytes.len())));
+    }
+    if bytes[0] != 0xE9 {
+        return Err(bad(format!("first byte {:#04x}, expected 0xe9", bytes[0])));
+    }
+    let id = u16::from_le_bytes([bytes[12], bytes[13]]);
+    if id != chip.id() {
+        return Err(bad(format!("header chip id {id}, expected {}", chip.id())));
+    }
+    Ok(())
+}
+
+/// Returns the chip named by a bootloader header at its chip's bootloader offset, else by the
+/// first app partition whose header has a known chip id.
+fn detect_chip(bytes: &[u8], table: &PartitionTable) -> Option<Chip> {
+    let header_chip = |off: usize| -> Option<Chip> {
+        let h = bytes.get(off..off + 24)?;
+        if h[0] != 0xE9 {
+            return None;
+        }
+        Chip::from_id(u16::from_le_bytes([h[12], h[13]]))
+    };
+    for off in [0x0, 0x1000, 0x2000] {
+        if let Some(c) = header_chip(off).filter(|c| c.bootloader_offset() == off as u32) {
+            return Some(c);
+        }
+    }
+    let apps = table
+        .factory()
+        .into_iter()
+        .chain((0..16).filter_map(|n| table.ota(n)));
+    apps.chain(table.partitions().iter().filter(|p| p.is_app()))
+        .find_map(|p| header_chip(p.offset as usize))
+}
+
+/// Returns the flash size named by the header's size nibble at the chip's bootloader offset
+/// (the ROM's source of truth), else by the first app image.
+fn header_flash_size(bytes: &[u8], chip: Chip, table: &PartitionTable) -> Option<u32> {
+    let size_at = |off: usize| -> Option<u32> {
+        let h = bytes.get(off..off + 24)?;
+        if h[0] != 0xE9 || u16::from_le_bytes([h[12], h[13]]) != chip.id() {
+            return None;
+        }
+        let code = h[3] >> 4;
+        (code <= 7).then(|| (1u32 << 20) << code)
+    };
+    size_at(chip.bootloader_offset() as usize).or_else(|| {
+        table
+            .factory()
+            .into_iter()
+            .chain((0..16).filter_map(|n| table.ota(n)))
+            .find_map(|p| size_at(p.offset as usize))
+    })
+}
+
+fn parse_table(bytes: &[u8], flash_size: u32) -> Result<PartitionTable, PartitionError> {
+    let start = TABLE_OFFSET as usize;
+    let end = (start + PARTITION_TABLE_MAX_LEN).min(bytes.len());
+    PartitionTable::parse(
+        bytes.get(start..end).unwrap_or(&[]),
+        Md5Policy::Optional,
+        Some(flash_size),
+    )
+}
+
+fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// A virtual ESP32. See the [crate docs](crate).
+#[derive(Debug)]
+pub struct VirtualEsp32 {
+    flash: Flash,
+    chip: Chip,
+    table: PartitionTable,
+    running: Option<Partition>,
+    last_boot: Option<BootReport>,
+}
+
+impl VirtualEsp32 {
+    /// Creates a device whose flash is the file at `path` (created or truncated): the merged
+    /// image of [`merged_image`] for this CSV, factory image, chip and flash size, with no
+    /// second-stage bootloader image. The device is off until [`boot`](Self::boot).
+    pub fn create(
+        path: impl AsRef<Path>,
+        partitions_csv: &str,
+        factory_image: &[u8],
+        chip: Chip,
+        flash_size: u32,
+    ) -> Result<Self, DeviceError> {
+        let spec = DeviceSpec {
+            chip,
+            flash_size,
+            partitions_csv,
+            factory_image,
+            bootloader: None,
+        };
+        Self::create_from_spec(path, &spec)
+    }
+
+    /// Creates a device from a full [`DeviceSpec`] (with an optional bootloader image).
+    pub fn create_from_spec(
+        path: impl AsRef<Path>,
+        spec: &DeviceSpec<'_>,
+    ) -> Result<Self, DeviceError> {
+        let img = merged_image(spec)?;
+        let table = parse_table(&img, spec.flash_size)?;
+        let flash = Flash::create(path, img)?;
+        Ok(Self::assemble(flash, spec.chip, table))
+    }
+
+    /// Like [`create_from_spec`](Self::create_from_spec), with the flash in RAM only (fast,
+    /// for loops over thousands of power cuts).
+    pub fn create_in_memory(spec: &DeviceSpec<'_>) -> Result<Self, DeviceError> {
+        let img = merged_image(spec)?;
+        let table = parse_table(&img, spec.flash_size)?;
+        Ok(Self::assemble(Flash::in_memory(img), spec.chip, table))
+    }
+
+    /// Opens an existing flash file; the state persists between runs. The flash size is the
+    /// file's length; the chip comes from the bootloader header or the first app header.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DeviceError> {
+        Self::from_flash(Flash::open(path)?, None)
+    }
+
+    /// Opens an existing flash file for `chip` (when the image holds no header naming it).
+    pub fn open_as(path: impl AsRef<Path>, chip: Chip) -> Result<Self, DeviceError> {
+        Self::from_flash(Flash::open(path)?, Some(chip))
+    }
+
+    /// Loads a merged flash image (`espflash save-image --merge`, `esptool merge-bin`, or a
+    /// flash dump) into a new flash file at `path`. The chip comes from the bootloader or app
+    /// headers; the flash size from the header's size field (at least the image's length), and
+    /// the image is padded with 0xFF to it.
+    pub fn from_merged_image(path: impl AsRef<Path>, bytes: &[u8]) -> Result<Self, DeviceError> {
+        Self::from_merged_image_with(path, bytes, None, None)
+    }
+
+    /// [`from_merged_image`](Self::from_merged_image) with the chip and/or flash size given.
+    pub fn from_merged_image_with(
+        path: impl AsRef<Path>,
+        bytes: &[u8],
+        chip: Option<Chip>,
+        flash_size: Option<u32>,
+    ) -> Result<Self, DeviceError> {
+        let min = (bytes.len() as u32).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+        let probe = parse_table(bytes, flash_size.unwrap_or(u32::MAX))?;
+        let chip = match chip {
+            Some(c) => c,
+            None => detect_chip(bytes, &probe).ok_or(DeviceError::UnknownChip)?,
+        };
+        let size = match flash_size {
+            Some(s) => s,
+            None => header_flash_size(bytes, chip, &probe)
+                .unwrap_or(4 << 20)
+                .max(min),
+        };
+        if size < min || size % SECTOR_SIZE != 0 || size < TABLE_OFFSET + SECTOR_SIZE {
+            return Err(DeviceError::BadFlashSize(size));
+        }
+        let mut img = bytes.to_vec();
+        img.resize(size as usize, 0xFF);
+        let table = parse_table(&img, size)?;
+        Ok(Self::assemble(Flash::create(path, img)?, chip, table))
+    }
+
+    /// Wraps a flash (file-backed or in RAM) holding a merged image. `chip` as for
+    /// [`open`](Self::open) when `None`.
+    pub fn from_flash(flash: Flash, chip: Option<Chip>) -> Result<Self, DeviceError> {
+        let size = flash.size();
+        if !size.is_multiple_of(SECTOR_SIZE) || size < TABLE_OFFSET + SECTOR_SIZE {
+            return Err(DeviceError::BadFlashSize(size));
+        }
+        let table = parse_table(flash.bytes(), size)?;
+        let chip = match chip {
+            Some(c) => c,
+            None => detect_chip(flash.bytes(), &table).ok_or(DeviceError::UnknownChip)?,
+        };
+        Ok(Self::assemble(flash, chip, table))
+    }
+
+    fn assemble(flash: Flash, chip: Chip, table: PartitionTable) -> Self {
+        VirtualEsp32 {
+            flash,
+            chip,
+            table,
+            running: None,
+            last_boot: None,
+        }
+    }
+
+    /// Powers the device on (or resets it): restores power after a cut, runs ESP-IDF's
+    /// bootloader rules ([`run_bootloader`], with or without rollback support per `config`),
+    /// then the app's early-boot [`rollback_guard`], the same code the firmware runs. When the
+    /// guard aborts a trial image it reboots at once, as the firmware does, and reports it. The
+    /// app's code is not executed. Afterwards [`running_partition`](Self::running_partition)
+    /// is the booted app.
+    ///
+    /// A [`FaultPlan`](crate::FaultPlan) that has not fired stays armed, so power can be cut
+    /// during the bootloader's or the guard's otadata writes too ([`DeviceError::PowerLost`]).
+    pub fn boot(&mut self, config: BootloaderConfig) -> Result<BootReport, DeviceError> {
+        self.running = None;
+        self.last_boot = None;
+        let mut rolled_back = Vec::new();
+        let mut runs = 0;
+        loop {
+            self.flash.power_on();
+            runs += 1;
+            let report = match self.boot_once(config) {
+                Ok(r) => r,
+                Err(_) if !self.flash.is_powered() => return Err(DeviceError::PowerLost),
+                Err(e) => return Err(e),
+            };
+            if report.guard == GuardOutcome::RolledBack {
+                if rolled_back.len() as u32 >= MAX_GUARD_REBOOTS {
+                    return Err(DeviceError::RebootLoop(runs));
+                }
+                rolled_back.push(report.partition);
+                continue;
+            }
+            let report = BootReport {
+                rolled_back,
+                bootloader_runs: runs,
+                ..report
+            };
+            self.running = Some(report.partition);
+            self.last_boot = Some(report.clone());
+            return Ok(report);
+        }
+    }
+
+    /// Same as [`boot`](Self::boot): a reset runs the bootloader again.
+    pub fn reboot(&mut self, config: BootloaderConfig) -> Result<BootReport, DeviceError> {
+        self.boot(config)
+    }
+
+    fn boot_once(&mut self, config: BootloaderConfig) -> Result<BootReport, DeviceError> {
+        let size = self.flash.size();
+        let booted = run_bootloader(&mut self.flash, TABLE_OFFSET, size, self.chip, config)?;
+        // The app reads the table itself (it may have changed since the device was opened).
+        let mut buf = vec![0u8; PARTITION_TABLE_MAX_LEN];
+        self.flash.read(TABLE_OFFSET, &mut buf)?;
+        self.table = PartitionTable::parse(&buf, Md5Policy::Optional, Some(size))?;
+        let p = booted.partition;
+        let (guard, state) = match OtaSlots::new(self.table.clone()) {
+            Ok(slots) => {
+                let guard = rollback_guard(&mut self.flash, &slots, &p, config)?;
+                let state = match p.ota_slot() {
+                    Some(_) => slots.state_of(&mut self.flash, &p)?,
+                    None => None,
+                };
+                (guard, state)
+            }
+            Err(SlotError::NoOtadata | SlotError::NoOtaSlots) => (GuardOutcome::NotOta, None),
+            Err(e) => return Err(e.into()),
+        };
+        let (project_name, version) = match &booted.image.app {
+            Some(d) => (c_str(&d.project_name), c_str(&d.version)),
+            None => (String::new(), String::new()),
+        };
+        Ok(BootReport {
+            slot: p.name().to_string(),
+            partition: p,
+            project_name,
+            version,
+            image: booted.image,
+            state,
+            guard,
+            skipped: booted.skipped.into_iter().collect(),
+            rolled_back: Vec::new(),
+            bootloader_runs: 1,
+        })
+    }
+
+    /// Cuts power now; the device is off until [`boot`](Self::boot).
+    pub fn cut_power(&mut self) {
+        self.flash.cut_power();
+        self.running = None;
+    }
+
+    /// Returns the flash, to read it or to use it as an `embedded_storage` NOR flash.
+    pub fn flash(&self) -> &Flash {
+        &self.flash
+    }
+
+    /// Returns the flash as the OTA engine uses it (`impl NorFlash + MultiwriteNorFlash`).
+    pub fn flash_mut(&mut self) -> &mut Flash {
+        &mut self.flash
+    }
+
+    /// Returns the flash, consuming the device.
+    pub fn into_flash(self) -> Flash {
+        self.flash
+    }
+
+    /// Returns the partition table (as read at open and at every boot).
+    pub fn partition_table(&self) -> &PartitionTable {
+        &self.table
+    }
+
+    /// Returns the OTA view of the table (fails without otadata or ota_0).
+    pub fn slots(&self) -> Result<OtaSlots, SlotError> {
+        OtaSlots::new(self.table.clone())
+    }
+
+    /// Returns the partition of the running app: `None` before the first boot and after a
+    /// power cut. The OTA engine must never write it.
+    pub fn running_partition(&self) -> Option<&Partition> {
+        if self.flash.is_powered() {
+            self.running.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// Returns the report of the last successful boot (`None` after a power cut).
+    pub fn last_boot(&self) -> Option<&BootReport> {
+        if self.flash.is_powered() {
+            self.last_boot.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// Returns the chip.
+    pub fn chip(&self) -> Chip {
+        self.chip
+    }
+
+    /// Returns the flash size in bytes.
+    pub fn flash_size(&self) -> u32 {
+        self.flash.size()
+    }
+
+    /// Returns the flash file's path (`None` for a device in RAM).
+    pub fn path(&self) -> Option<&Path> {
+        self.flash.path()
+    }
+}
