@@ -1,0 +1,94 @@
+//! Upper bounds on update throughput: the radio's and the flash's.
+//!
+//! All three return application bytes (attribute values, or image bytes for the flash) per
+//! second.
+
+use crate::flash::FlashTiming;
+use crate::params::{ATT_WRITE_HEADER_LEN, L2CAP_HEADER_LEN, LinkParams, Phy, pair_us};
+
+/// Returns the LL payload sizes a write command or notification carrying `value_len` bytes is
+/// cut into: L2CAP header (4) + ATT header (3) + value, in pieces of `max_ll_payload` bytes.
+pub fn fragments(value_len: usize, max_ll_payload: u16) -> Vec<u16> {
+    let mut left = L2CAP_HEADER_LEN as usize + ATT_WRITE_HEADER_LEN as usize + value_len;
+    let max = usize::from(max_ll_payload.max(1));
+    let mut out = Vec::with_capacity(left.div_ceil(max));
+    while left > 0 {
+        let n = left.min(max);
+        out.push(n as u16);
+        left -= n;
+    }
+    out
+}
+
+/// Returns the airtime ceiling: value bytes per second when write commands of `value_len`
+/// bytes follow each other back to back with no gap but `T_IFS`, each data packet answered by
+/// an empty one, ignoring connection event boundaries.
+///
+/// For 244-byte values in 251-byte packets this is 244 B / 2468 µs ≈ 98.9 kB/s on LE 1M and
+/// 244 B / 1392 µs ≈ 175.3 kB/s on LE 2M.
+pub fn airtime(phy: Phy, max_ll_payload: u16, value_len: usize) -> f64 {
+    let us: u64 = fragments(value_len, max_ll_payload)
+        .into_iter()
+        .map(|f| u64::from(pair_us(phy, f, 0)))
+        .sum();
+    value_len as f64 * 1e6 / us as f64
+}
+
+/// Returns the link ceiling: value bytes per second when every connection event is filled
+/// with write commands of `value_len` bytes, under the same rules as [`Link`](crate::Link):
+/// packet pairs while the pair and the `T_IFS` after it end by the next anchor point, at most
+/// `max_packets_per_event` of them, fragments continuing into the next event. The device is
+/// taken as infinitely fast.
+///
+/// The result is exact: the fragment the events start with repeats after at most as many
+/// events as a PDU has fragments, and the throughput of that cycle is the long-run one.
+pub fn link(params: &LinkParams, value_len: usize) -> f64 {
+    let frags = fragments(value_len, params.max_ll_payload);
+    let n = frags.len();
+    let interval = u64::from(params.conn_interval_us());
+    let cap = params.max_packets_per_event.map_or(u64::MAX, u64::from);
+    // For each fragment index an event may start at: (events, packets) when first seen.
+    let mut seen: Vec<Option<(u64, u64)>> = vec![None; n];
+    let (mut idx, mut events, mut packets) = (0usize, 0u64, 0u64);
+    loop {
+        if let Some((e0, p0)) = seen[idx] {
+            // The cycle carried a whole number of PDUs: it starts and ends at `idx`.
+            let pdus = (packets - p0) / n as u64;
+            let time_us = (events - e0) * interval;
+            return (pdus * value_len as u64) as f64 * 1e6 / time_us as f64;
+        }
+        seen[idx] = Some((events, packets));
+        let (mut t, mut pairs) = (0u64, 0u64);
+        loop {
+            let d = u64::from(pair_us(params.phy, frags[idx], 0));
+            if pairs >= cap || t + d > interval {
+                break;
+            }
+            t += d;
+            pairs += 1;
+            packets += 1;
+            idx = (idx + 1) % n;
+        }
+        events += 1;
+    }
+}
+
+/// Returns the flash ceiling: image bytes per second when `bytes` bytes are erased and
+/// programmed with `timing` and nothing else ([`FlashTiming::write_time`]).
+pub fn flash(timing: &FlashTiming, bytes: u64) -> f64 {
+    bytes as f64 / timing.write_time(bytes).as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragmentation() {
+        assert_eq!(fragments(244, 251), vec![251]);
+        assert_eq!(fragments(245, 251), vec![251, 1]);
+        let mut small = vec![27; 9];
+        small.push(8);
+        assert_eq!(fragments(244, 27), small);
+    }
+}
