@@ -4,9 +4,11 @@
 use embedded_storage::nor_flash::NorFlash;
 
 use super::chip::Chip;
-use super::image::{ImageError, ImageInfo};
-use super::partition::{Partition, PartitionError};
-use super::slots::{OtaSlots, SlotError};
+use super::flash::{self, FlashError};
+use super::image::{ImageError, ImageInfo, verify_in_flash};
+use super::otadata::{OTADATA_SIZE, OtaImgState, OtaEntry};
+use super::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, Partition, PartitionError, PartitionTable};
+use super::slots::{OtaSlots, SlotError, read_entries, write_entry};
 
 /// How the bootloader was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,9 +39,13 @@ pub enum BootError {
     /// No app partition holds a valid image ("No bootable app partitions").
     #[error("no bootable app partition: every app slot failed verification")]
     NoBootableApp,
-    /// Otadata could not be read or written.
+    /// Otadata could not be read or written, or it is smaller than 0x2000 bytes (the
+    /// bootloader then resets: `INVALID_INDEX`).
     #[error(transparent)]
     Slots(#[from] SlotError),
+    /// Reading the partition table failed.
+    #[error(transparent)]
+    Flash(#[from] FlashError),
 }
 
 /// Runs the bootloader's rules on `flash`: reads the table at `table_offset`, applies the
@@ -52,7 +58,142 @@ pub fn run_bootloader<F: NorFlash>(
     chip: Chip,
     config: BootloaderConfig,
 ) -> Result<Booted, BootError> {
-    todo!()
+    let mut raw = [0u8; PARTITION_TABLE_MAX_LEN];
+    flash::read(flash, table_offset, &mut raw)?;
+    let table = PartitionTable::parse(&raw, Md5Policy::Optional, Some(flash_size))?;
+    let bs = BootState::new(&table);
+    let (start, initial) = select_boot_index(flash, &bs, config)?;
+
+    let mut skipped = heapless::Vec::new();
+    // `start, start-1, ..., 0, factory`, then `start+1 .. app_count`, then test.
+    let backwards = (FACTORY_INDEX..=start).rev();
+    let forwards = (start + 1)..i32::from(bs.app_count);
+    for index in backwards.chain(forwards).chain(core::iter::once(TEST_APP_INDEX)) {
+        let Some(part) = bs.partition(index) else {
+            continue;
+        };
+        match verify_in_flash(flash, part.offset, part.size, Some(chip)) {
+            Ok(image) => {
+                if initial && index >= 0 {
+                    // set_actual_ota_seq: label 0xFF, seq index+1, VALID, into sector 0.
+                    if let Some(otadata) = bs.otadata {
+                        let entry = OtaEntry::new(index as u32 + 1, OtaImgState::Valid);
+                        write_entry(flash, otadata.offset, 0, &entry).map_err(SlotError::from)?;
+                    }
+                }
+                return Ok(Booted {
+                    partition: part,
+                    image,
+                    skipped,
+                });
+            }
+            Err(e) => {
+                let _ = skipped.push((part, e));
+            }
+        }
+    }
+    Err(BootError::NoBootableApp)
+}
+
+/// `FACTORY_INDEX` of the bootloader.
+const FACTORY_INDEX: i32 = -1;
+/// `TEST_APP_INDEX` of the bootloader.
+const TEST_APP_INDEX: i32 = -2;
+/// `MAX_OTA_SLOTS`.
+const MAX_OTA_SLOTS: usize = 16;
+
+/// `bootloader_state_t` as `bootloader_utility_load_partition_table` fills it: plain
+/// assignments (the last row wins), `app_count` counts every OTA app row.
+struct BootState {
+    factory: Option<Partition>,
+    test: Option<Partition>,
+    otadata: Option<Partition>,
+    ota: [Option<Partition>; MAX_OTA_SLOTS],
+    app_count: u8,
+}
+
+impl BootState {
+    fn new(table: &PartitionTable) -> Self {
+        let mut bs = BootState {
+            factory: None,
+            test: None,
+            otadata: None,
+            ota: [None; MAX_OTA_SLOTS],
+            app_count: 0,
+        };
+        let mut app_count = 0u32;
+        for p in table.partitions() {
+            if p.is_factory() {
+                bs.factory = Some(*p);
+            } else if p.is_test() {
+                bs.test = Some(*p);
+            } else if let Some(n) = p.ota_slot() {
+                bs.ota[usize::from(n)] = Some(*p);
+                app_count += 1;
+            } else if p.is_otadata() {
+                bs.otadata = Some(*p);
+            }
+        }
+        // The bootloader never indexes past its 16 slots.
+        bs.app_count = app_count.min(MAX_OTA_SLOTS as u32) as u8;
+        // A position with offset 0 means "absent" to the bootloader.
+        bs.factory = bs.factory.filter(|p| p.offset != 0);
+        bs.otadata = bs.otadata.filter(|p| p.offset != 0);
+        bs
+    }
+
+    /// `index_to_partition`, with the loader's "size 0: skip" rule folded in.
+    fn partition(&self, index: i32) -> Option<Partition> {
+        let p = match index {
+            FACTORY_INDEX => self.factory,
+            TEST_APP_INDEX => self.test,
+            i if i >= 0 && i < i32::from(self.app_count) => self.ota[i as usize],
+            _ => None,
+        };
+        p.filter(|p| p.size != 0)
+    }
+}
+
+/// `bootloader_utility_get_selected_boot_partition` (without anti-rollback): returns the start
+/// index and whether otadata has "initial contents" (then the slot that loads is written).
+fn select_boot_index<F: NorFlash>(
+    flash: &mut F,
+    bs: &BootState,
+    config: BootloaderConfig,
+) -> Result<(i32, bool), BootError> {
+    let Some(otadata) = bs.otadata else {
+        return Ok((FACTORY_INDEX, false));
+    };
+    if otadata.size < OTADATA_SIZE {
+        return Err(SlotError::NoOtadata.into());
+    }
+    let mut data = read_entries(flash, otadata.offset).map_err(SlotError::from)?;
+    if config.rollback {
+        for (i, e) in data.entries.iter_mut().enumerate() {
+            if e.state.same_as(OtaImgState::PendingVerify) {
+                e.state = OtaImgState::Aborted;
+                write_entry(flash, otadata.offset, i, e).map_err(SlotError::from)?;
+            }
+        }
+    }
+    if data.both_invalid() || bs.app_count == 0 {
+        if bs.factory.is_some() {
+            return Ok((FACTORY_INDEX, false));
+        }
+        let initial = data.entries.iter().all(OtaEntry::is_blank_or_bad_crc);
+        return Ok((0, initial));
+    }
+    let Some(active) = data.active() else {
+        // "ota data partition invalid": factory, or without one, try every partition.
+        return Ok((FACTORY_INDEX, false));
+    };
+    let entry = data.entries[active];
+    let index = i32::from(entry.slot(bs.app_count));
+    if config.rollback && entry.state.same_as(OtaImgState::New) {
+        let entry = entry.with_state(OtaImgState::PendingVerify);
+        write_entry(flash, otadata.offset, active, &entry).map_err(SlotError::from)?;
+    }
+    Ok((index, false))
 }
 
 /// What the early-boot rollback guard found and did.
@@ -80,5 +221,28 @@ pub fn rollback_guard<F: NorFlash>(
     running: &Partition,
     config: BootloaderConfig,
 ) -> Result<GuardOutcome, SlotError> {
-    todo!()
+    let data = slots.read_otadata(flash)?;
+    let Some(entry) = data.active_entry() else {
+        return Ok(GuardOutcome::NotOta);
+    };
+    let selected = slots.slot_partition(entry);
+    if running.ota_slot().is_none() || selected.is_none_or(|p| p.offset != running.offset) {
+        return Ok(GuardOutcome::NotOta);
+    }
+    Ok(match entry.state {
+        // A rollback bootloader turns NEW into PENDING_VERIFY before booting; if it did not
+        // (NEW written for the running slot after boot), do it now so the trial is guarded.
+        OtaImgState::New => {
+            slots.set_active_state(flash, OtaImgState::PendingVerify)?;
+            GuardOutcome::Trial
+        }
+        OtaImgState::PendingVerify if config.rollback => GuardOutcome::Trial,
+        OtaImgState::PendingVerify => {
+            slots.set_active_state(flash, OtaImgState::Aborted)?;
+            GuardOutcome::RolledBack
+        }
+        // VALID, UNDEFINED, and unknown values (selectable for IDF): nothing on trial.
+        // (INVALID and ABORTED entries are never active.)
+        _ => GuardOutcome::Confirmed,
+    })
 }

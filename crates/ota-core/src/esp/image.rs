@@ -5,6 +5,7 @@
 //! The first segment starts with the 256-byte `esp_app_desc_t`.
 
 use embedded_storage::nor_flash::NorFlash;
+use sha2::{Digest, Sha256};
 
 use super::chip::Chip;
 use super::flash::FlashError;
@@ -15,6 +16,26 @@ pub const IMAGE_MAGIC: u8 = 0xE9;
 pub const APP_DESC_MAGIC: u32 = 0xABCD_5432;
 /// Most segments an image may have.
 pub const MAX_SEGMENTS: usize = 16;
+/// Length of `esp_image_header_t`.
+pub const HEADER_LEN: u32 = 24;
+/// Length of `esp_image_segment_header_t`.
+pub const SEGMENT_HEADER_LEN: u32 = 8;
+/// Image offset of `esp_app_desc_t` (header + first segment header).
+pub const APP_DESC_OFFSET: u32 = HEADER_LEN + SEGMENT_HEADER_LEN;
+/// Length of `esp_app_desc_t`.
+pub const APP_DESC_LEN: u32 = 256;
+/// A segment must be shorter than this (`data_len < 16 MiB`).
+pub const MAX_SEGMENT_LEN: u32 = 16 << 20;
+/// Initial value of the XOR checksum (`ESP_ROM_CHECKSUM_INITIAL`).
+pub const CHECKSUM_INIT: u8 = 0xEF;
+/// Length of the appended SHA-256.
+pub const HASH_LEN: u32 = 32;
+
+/// Returns the image offset of the checksum byte for an unpadded length `unpadded`
+/// (header + segment headers + data): the last byte of the 16-byte block after it.
+pub fn checksum_offset(unpadded: u32) -> u64 {
+    ((u64::from(unpadded) + 16) & !15) - 1
+}
 
 /// `esp_image_header_t` (24 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,28 +127,62 @@ pub struct ImageInfo {
 pub enum ImageError {
     /// The first byte is not 0xE9.
     #[error("not an ESP app image (first byte {found:#04x}, expected 0xe9); pass the .bin from `espflash save-image`, not the ELF")]
-    BadMagic { found: u8 },
+    BadMagic {
+        /// The first byte.
+        found: u8,
+    },
     /// More than 16 segments (or none).
     #[error("image declares {count} segments (1..=16 allowed); the file is corrupt")]
-    BadSegmentCount { count: u8 },
+    BadSegmentCount {
+        /// The header's segment count.
+        count: u8,
+    },
     /// The image is built for another chip.
     #[error("image is for chip id {found} but this device is {expected}; build for the right chip")]
-    WrongChip { expected: Chip, found: u16 },
+    WrongChip {
+        /// The chip the validator was made for.
+        expected: Chip,
+        /// The header's chip id.
+        found: u16,
+    },
     /// A segment length is not a multiple of 4 or too large.
     #[error("segment {index} has bad length {len:#x}; the file is corrupt")]
-    BadSegmentLength { index: u8, len: u32 },
+    BadSegmentLength {
+        /// Segment index (0-based).
+        index: u8,
+        /// Its data length.
+        len: u32,
+    },
     /// The image is larger than the slot it goes to.
     #[error("image needs {needed} bytes but the slot holds {max}; enlarge the partition or shrink the app")]
-    TooLarge { needed: u32, max: u32 },
+    TooLarge {
+        /// Bytes the image needs (at least; exact once every segment header was seen).
+        needed: u32,
+        /// Bytes allowed.
+        max: u32,
+    },
     /// The stream ended before the image did.
     #[error("image truncated: {got} bytes of {needed}; the transfer or the file is incomplete")]
-    Truncated { got: u32, needed: u32 },
+    Truncated {
+        /// Bytes fed.
+        got: u32,
+        /// Bytes the image needs (at least, when its segment headers were not all seen).
+        needed: u32,
+    },
     /// Bytes beyond the image's end.
     #[error("{extra} bytes after the image's end; the file is not a single app image")]
-    TrailingData { extra: u32 },
+    TrailingData {
+        /// Bytes past the end in the refused piece.
+        extra: u32,
+    },
     /// The XOR checksum does not match.
     #[error("image checksum mismatch (stored {stored:#04x}, computed {computed:#04x}); the file is corrupt")]
-    ChecksumMismatch { stored: u8, computed: u8 },
+    ChecksumMismatch {
+        /// The checksum byte in the image.
+        stored: u8,
+        /// The checksum of the segment data.
+        computed: u8,
+    },
     /// The appended SHA-256 does not match.
     #[error("image SHA-256 mismatch; the file is corrupt")]
     HashMismatch,
@@ -139,59 +194,519 @@ pub enum ImageError {
     Flash(#[from] FlashError),
 }
 
+impl ImageHeader {
+    /// Parses the 24-byte header (the magic byte is not checked here).
+    pub fn from_bytes(b: &[u8; 24]) -> Self {
+        let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        ImageHeader {
+            segment_count: b[1],
+            spi_mode: b[2],
+            spi_speed_size: b[3],
+            entry_addr: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            chip_id: u16_at(0x0C),
+            min_chip_rev: b[0x0E],
+            min_chip_rev_full: u16_at(0x0F),
+            max_chip_rev_full: u16_at(0x11),
+            // esptool writes 0 or 1; IDF tests the byte for non-zero.
+            hash_appended: b[0x17] != 0,
+        }
+    }
+}
+
+impl AppDescriptor {
+    const EMPTY: AppDescriptor = AppDescriptor {
+        secure_version: 0,
+        version: [0; 32],
+        project_name: [0; 32],
+        time: [0; 16],
+        date: [0; 16],
+        idf_ver: [0; 32],
+        app_elf_sha256: [0; 32],
+        min_efuse_blk_rev_full: 0,
+        max_efuse_blk_rev_full: 0,
+        mmu_page_size: 0,
+    };
+
+    /// Parses the 256 bytes of `esp_app_desc_t`; `None` without its magic word.
+    pub fn from_bytes(bytes: &[u8; 256]) -> Option<Self> {
+        let mut d = AppDescriptor::EMPTY;
+        let mut magic = 0u32;
+        for (i, b) in bytes.iter().enumerate() {
+            d.set_byte(&mut magic, i, *b);
+        }
+        (magic == APP_DESC_MAGIC).then_some(d)
+    }
+
+    /// Stores byte `at` (descriptor offset) of the raw descriptor into its field.
+    fn set_byte(&mut self, magic: &mut u32, at: usize, b: u8) {
+        fn put_u32(w: &mut u32, i: usize, b: u8) {
+            let shift = 8 * (i as u32 & 3);
+            *w = (*w & !(0xFF << shift)) | (u32::from(b) << shift);
+        }
+        fn put_u16(w: &mut u16, i: usize, b: u8) {
+            let shift = 8 * (i as u16 & 1);
+            *w = (*w & !(0xFF << shift)) | (u16::from(b) << shift);
+        }
+        fn put(field: &mut [u8], i: usize, b: u8) {
+            if let Some(slot) = field.get_mut(i) {
+                *slot = b;
+            }
+        }
+        match at {
+            0x00..0x04 => put_u32(magic, at, b),
+            0x04..0x08 => put_u32(&mut self.secure_version, at, b),
+            0x10..0x30 => put(&mut self.version, at - 0x10, b),
+            0x30..0x50 => put(&mut self.project_name, at - 0x30, b),
+            0x50..0x60 => put(&mut self.time, at - 0x50, b),
+            0x60..0x70 => put(&mut self.date, at - 0x60, b),
+            0x70..0x90 => put(&mut self.idf_ver, at - 0x70, b),
+            0x90..0xB0 => put(&mut self.app_elf_sha256, at - 0x90, b),
+            0xB0..0xB2 => put_u16(&mut self.min_efuse_blk_rev_full, at, b),
+            0xB2..0xB4 => put_u16(&mut self.max_efuse_blk_rev_full, at, b),
+            0xB4 => self.mmu_page_size = b,
+            _ => {}
+        }
+    }
+}
+
+/// Where the validator is in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Collecting the 24-byte header.
+    Header,
+    /// Collecting the 8-byte header of segment `index`.
+    SegmentHeader { index: u8 },
+    /// In the data of segment `index`, `left` bytes to go.
+    SegmentData { index: u8, left: u32 },
+    /// Between the last segment's data and the checksum byte (hashed, not checked).
+    Padding,
+    /// The next byte is the checksum.
+    Checksum,
+    /// Collecting the appended SHA-256.
+    Hash,
+    /// The image is complete; any further byte is trailing data.
+    Done,
+}
+
 /// Validates an app image fed in pieces of any size, holding only a few hundred bytes.
+///
+/// It checks what IDF's `esp_image_verify` checks that does not depend on the chip's revision,
+/// eFuses or flash placement: magic, chip id, segment count (1..=16), segment lengths (multiple
+/// of 4, below 16 MiB), the image fitting `max_len`, the XOR checksum, the appended SHA-256 and
+/// (in [`finish`](Self::finish)) the app descriptor at the start of segment 0.
 #[derive(Debug, Clone)]
 pub struct ImageValidator {
-    // private streaming state (filled in by the implementation)
-    _priv: (),
+    chip: Option<Chip>,
+    max_len: u32,
+    /// Bytes consumed.
+    pos: u32,
+    phase: Phase,
+    /// Bytes collected of the current fixed-size field (header, segment header, hash).
+    buf: [u8; 32],
+    fill: u8,
+    header: Option<ImageHeader>,
+    segments: heapless::Vec<Segment, MAX_SEGMENTS>,
+    /// Image offset of the checksum byte, once every segment header was read.
+    checksum_at: Option<u32>,
+    /// Whole image length, once every segment header was read.
+    total: Option<u32>,
+    checksum: u8,
+    checksum_stored: Option<u8>,
+    hash_stored: Option<[u8; 32]>,
+    sha: Sha256,
+    desc: AppDescriptor,
+    desc_magic: u32,
+    /// Bytes of the descriptor seen (it is complete at 256).
+    desc_seen: u16,
+    /// The first error; every later call returns it again.
+    failed: Option<ImageError>,
 }
 
 impl ImageValidator {
     /// Starts a validation. `chip`: refuse images for another chip; `max_len`: refuse images
     /// longer than the destination slot.
     pub fn new(chip: Option<Chip>, max_len: u32) -> Self {
-        todo!()
+        ImageValidator {
+            chip,
+            max_len,
+            pos: 0,
+            phase: Phase::Header,
+            buf: [0; 32],
+            fill: 0,
+            header: None,
+            segments: heapless::Vec::new(),
+            checksum_at: None,
+            total: None,
+            checksum: CHECKSUM_INIT,
+            checksum_stored: None,
+            hash_stored: None,
+            sha: Sha256::new(),
+            desc: AppDescriptor::EMPTY,
+            desc_magic: 0,
+            desc_seen: 0,
+            failed: None,
+        }
     }
     /// Feeds the next bytes. Fails as soon as the bytes seen prove the image bad (magic, chip,
     /// segment count or length, size over `max_len`, bytes after the end).
+    ///
+    /// After an error the validator is spent: every later call returns that error again.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), ImageError> {
-        todo!()
+        let used = self.consume(data)?;
+        if used < data.len() {
+            let extra = u32::try_from(data.len() - used).unwrap_or(u32::MAX);
+            return Err(self.fail(ImageError::TrailingData { extra }));
+        }
+        Ok(())
     }
     /// Returns the bytes fed so far.
     pub fn position(&self) -> u32 {
-        todo!()
+        self.pos
     }
     /// Returns the header once 24 bytes were fed.
     pub fn header(&self) -> Option<&ImageHeader> {
-        todo!()
+        self.header.as_ref()
     }
     /// Returns the app descriptor once its bytes were fed.
+    ///
+    /// That is the 256 bytes at image offset 0x20, which must start with the magic word
+    /// 0xABCD5432 and lie inside segment 0 (whose data must be at least 256 bytes, as IDF
+    /// master requires of an app image).
     pub fn app_descriptor(&self) -> Option<&AppDescriptor> {
-        todo!()
+        (self.desc_seen as u32 == APP_DESC_LEN && self.desc_magic == APP_DESC_MAGIC)
+            .then_some(&self.desc)
     }
     /// Returns the whole image length once the last segment header was fed.
     pub fn total_len(&self) -> Option<u32> {
-        todo!()
+        self.total
+    }
+    /// Returns true once every byte of the image was fed.
+    pub fn is_complete(&self) -> bool {
+        self.phase == Phase::Done
     }
     /// Ends the stream: the image must be complete, its checksum and hash must match and
     /// segment 0 must hold an app descriptor.
     pub fn finish(self) -> Result<ImageInfo, ImageError> {
-        todo!()
+        let info = self.report()?;
+        if info.checksum_stored != info.checksum_computed {
+            return Err(ImageError::ChecksumMismatch {
+                stored: info.checksum_stored,
+                computed: info.checksum_computed,
+            });
+        }
+        if info.hash_stored.is_some_and(|h| h != info.hash_computed) {
+            return Err(ImageError::HashMismatch);
+        }
+        if info.app.is_none() {
+            return Err(ImageError::NoAppDescriptor);
+        }
+        Ok(info)
     }
     /// Ends the stream like [`finish`](Self::finish) but reports checksum, hash and descriptor
     /// problems in the returned info instead of failing (for `image inspect`).
     pub fn report(self) -> Result<ImageInfo, ImageError> {
-        todo!()
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let (Some(header), Some(total), Some(checksum_stored), true) =
+            (self.header, self.total, self.checksum_stored, self.phase == Phase::Done)
+        else {
+            return Err(ImageError::Truncated {
+                got: self.pos,
+                needed: self.min_total(),
+            });
+        };
+        let app = self.app_descriptor().copied();
+        Ok(ImageInfo {
+            header,
+            segments: self.segments,
+            app,
+            checksum_stored,
+            checksum_computed: self.checksum,
+            hash_stored: self.hash_stored,
+            hash_computed: self.sha.finalize().into(),
+            len: total,
+        })
+    }
+
+    /// Records the first error and returns it.
+    fn fail(&mut self, e: ImageError) -> ImageError {
+        *self.failed.get_or_insert(e)
+    }
+
+    /// The smallest image length consistent with the bytes seen so far.
+    fn min_total(&self) -> u32 {
+        let Some(h) = &self.header else {
+            return HEADER_LEN;
+        };
+        let known: u64 = self
+            .segments
+            .iter()
+            .map(|s| u64::from(SEGMENT_HEADER_LEN) + u64::from(s.data_len))
+            .sum();
+        let unknown = u64::from(h.segment_count).saturating_sub(self.segments.len() as u64);
+        let unpadded = u64::from(HEADER_LEN) + known + unknown * u64::from(SEGMENT_HEADER_LEN);
+        let hash = if h.hash_appended { u64::from(HASH_LEN) } else { 0 };
+        let total = ((unpadded + 16) & !15) + hash;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+
+    /// Consumes bytes up to the image's end; returns how many were used.
+    fn consume(&mut self, data: &[u8]) -> Result<usize, ImageError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let mut used = 0usize;
+        while used < data.len() {
+            let rest = &data[used..];
+            let n = match self.step(rest) {
+                Ok(n) => n,
+                Err(e) => return Err(self.fail(e)),
+            };
+            if n == 0 && self.phase == Phase::Done {
+                break; // The rest is trailing data.
+            }
+            used += n;
+        }
+        Ok(used)
+    }
+
+    /// Adds `bytes` to the running SHA-256 when they lie before/at the checksum byte.
+    fn hash(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+    }
+
+    /// Collects up to `want` bytes of a fixed-size field into `buf`; returns (used, complete).
+    fn collect(&mut self, data: &[u8], want: u8) -> (usize, bool) {
+        let n = usize::from(want - self.fill).min(data.len());
+        let start = usize::from(self.fill);
+        self.buf[start..start + n].copy_from_slice(&data[..n]);
+        self.fill += n as u8;
+        let done = self.fill == want;
+        if done {
+            self.fill = 0;
+        }
+        (n, done)
+    }
+
+    /// Processes the start of `data` within the current phase; returns the bytes used (0 when
+    /// the image is complete, or when an empty padding moves on to the checksum byte).
+    fn step(&mut self, data: &[u8]) -> Result<usize, ImageError> {
+        let used = match self.phase {
+            Phase::Header => {
+                if self.pos == 0 && data[0] != IMAGE_MAGIC {
+                    return Err(ImageError::BadMagic { found: data[0] });
+                }
+                let (n, done) = self.collect(data, HEADER_LEN as u8);
+                self.hash(&data[..n]);
+                if done {
+                    let mut raw = [0u8; 24];
+                    raw.copy_from_slice(&self.buf[..24]);
+                    self.start(ImageHeader::from_bytes(&raw))?;
+                }
+                n
+            }
+            Phase::SegmentHeader { index } => {
+                let (n, done) = self.collect(data, SEGMENT_HEADER_LEN as u8);
+                self.hash(&data[..n]);
+                if done {
+                    self.segment_header(index, self.pos + n as u32)?;
+                }
+                n
+            }
+            Phase::SegmentData { index, left } => {
+                let n = data.len().min(left as usize);
+                let bytes = &data[..n];
+                self.checksum = bytes.iter().fold(self.checksum, |c, b| c ^ b);
+                if index == 0 {
+                    self.descriptor_bytes(bytes);
+                }
+                self.hash(bytes);
+                let left = left - n as u32;
+                if left == 0 {
+                    self.after_segment(index);
+                } else {
+                    self.phase = Phase::SegmentData { index, left };
+                }
+                n
+            }
+            Phase::Padding => {
+                let until = self.checksum_at.unwrap_or(self.pos);
+                let n = data.len().min(until.saturating_sub(self.pos) as usize);
+                self.hash(&data[..n]);
+                if self.pos + n as u32 >= until {
+                    self.phase = Phase::Checksum;
+                }
+                n
+            }
+            Phase::Checksum => {
+                self.checksum_stored = Some(data[0]);
+                self.hash(&data[..1]);
+                let hashed = self.header.is_some_and(|h| h.hash_appended);
+                self.phase = if hashed { Phase::Hash } else { Phase::Done };
+                1
+            }
+            Phase::Hash => {
+                let (n, done) = self.collect(data, HASH_LEN as u8);
+                if done {
+                    self.hash_stored = Some(self.buf);
+                    self.phase = Phase::Done;
+                }
+                n
+            }
+            Phase::Done => 0,
+        };
+        self.pos += used as u32;
+        Ok(used)
+    }
+
+    /// Checks a complete header.
+    fn start(&mut self, h: ImageHeader) -> Result<(), ImageError> {
+        self.header = Some(h);
+        if let Some(chip) = self.chip {
+            if h.chip_id != chip.id() {
+                return Err(ImageError::WrongChip {
+                    expected: chip,
+                    found: h.chip_id,
+                });
+            }
+        }
+        if h.segment_count == 0 || usize::from(h.segment_count) > MAX_SEGMENTS {
+            return Err(ImageError::BadSegmentCount {
+                count: h.segment_count,
+            });
+        }
+        self.check_fits()?;
+        self.phase = Phase::SegmentHeader { index: 0 };
+        Ok(())
+    }
+
+    /// Refuses the image once its smallest possible length exceeds `max_len`.
+    fn check_fits(&self) -> Result<(), ImageError> {
+        let needed = self.min_total();
+        if needed > self.max_len {
+            return Err(ImageError::TooLarge {
+                needed,
+                max: self.max_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a complete segment header; `data_at` is the image offset of its data.
+    fn segment_header(&mut self, index: u8, data_at: u32) -> Result<(), ImageError> {
+        let b = &self.buf;
+        let load_addr = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let data_len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        if data_len % 4 != 0 || data_len >= MAX_SEGMENT_LEN {
+            return Err(ImageError::BadSegmentLength {
+                index,
+                len: data_len,
+            });
+        }
+        let seg = Segment {
+            load_addr,
+            data_len,
+            file_offset: data_at,
+        };
+        // `start` bounded the count by MAX_SEGMENTS.
+        self.segments
+            .push(seg)
+            .map_err(|_| ImageError::BadSegmentCount { count: index + 1 })?;
+        let count = self.header.map_or(0, |h| h.segment_count);
+        if index + 1 == count {
+            let unpadded = u64::from(data_at) + u64::from(data_len);
+            let cs = ((unpadded + 16) & !15) - 1;
+            let hash = if self.header.is_some_and(|h| h.hash_appended) {
+                u64::from(HASH_LEN)
+            } else {
+                0
+            };
+            let total = cs + 1 + hash;
+            match (u32::try_from(cs), u32::try_from(total)) {
+                (Ok(cs), Ok(total)) => {
+                    self.checksum_at = Some(cs);
+                    self.total = Some(total);
+                }
+                _ => {
+                    return Err(ImageError::TooLarge {
+                        needed: u32::MAX,
+                        max: self.max_len,
+                    })
+                }
+            }
+        }
+        self.check_fits()?;
+        if data_len == 0 {
+            self.after_segment(index);
+        } else {
+            self.phase = Phase::SegmentData {
+                index,
+                left: data_len,
+            };
+        }
+        Ok(())
+    }
+
+    /// Moves past the data of segment `index`.
+    fn after_segment(&mut self, index: u8) {
+        let count = self.header.map_or(0, |h| h.segment_count);
+        self.phase = if index + 1 < count {
+            Phase::SegmentHeader { index: index + 1 }
+        } else {
+            Phase::Padding
+        };
+        // `step` advances `pos` after this; Padding compares against the checksum offset.
+    }
+
+    /// Feeds bytes of segment 0's data into the descriptor (its first 256 bytes).
+    fn descriptor_bytes(&mut self, bytes: &[u8]) {
+        let seg0_len = self.segments.first().map_or(0, |s| s.data_len);
+        if seg0_len < APP_DESC_LEN {
+            return;
+        }
+        for b in bytes {
+            let at = usize::from(self.desc_seen);
+            if at >= APP_DESC_LEN as usize {
+                break;
+            }
+            self.desc.set_byte(&mut self.desc_magic, at, *b);
+            self.desc_seen += 1;
+        }
     }
 }
 
 /// Verifies the image stored in flash at `offset` (at most `max_len` bytes), like IDF's
-/// `esp_image_verify`, reading it in small blocks.
+/// `esp_image_verify`, reading it in small blocks. The image's length comes from its own
+/// headers; the bytes after it are not read.
 pub fn verify_in_flash<F: NorFlash>(
     flash: &mut F,
     offset: u32,
     max_len: u32,
     chip: Option<Chip>,
 ) -> Result<ImageInfo, ImageError> {
-    todo!()
+    const BLOCK: usize = 256;
+    let mut v = ImageValidator::new(chip, max_len);
+    let mut buf = [0u8; BLOCK];
+    let unit = F::READ_SIZE.clamp(1, BLOCK);
+    loop {
+        let limit = v.total_len().unwrap_or(max_len).min(max_len);
+        let pos = v.position();
+        if v.is_complete() || pos >= limit {
+            break;
+        }
+        let want = ((limit - pos) as usize).min(BLOCK);
+        // Reads are rounded up to the driver's read unit; only `want` bytes are fed.
+        let read_len = want.div_ceil(unit).saturating_mul(unit).min(BLOCK);
+        let addr = offset.checked_add(pos).ok_or(ImageError::TooLarge {
+            needed: u32::MAX,
+            max: max_len,
+        })?;
+        super::flash::read(flash, addr, &mut buf[..read_len])?;
+        let used = v.consume(&buf[..want])?;
+        if used == 0 {
+            break;
+        }
+    }
+    v.finish()
 }
