@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod air;
 pub mod app_image;
 mod device;
 pub mod flash;

@@ -1,0 +1,370 @@
+//! An update over a modelled BLE link: the client's [`Sender`] and the device's
+//! [`UpdateEngine`] exchange their GATT operations through [`ble_link_model::Link`], and the
+//! device is charged the flash time its erases and page programs take. The result is the
+//! modelled transfer time, the figure the demo and the benchmarks report.
+
+use std::time::Duration;
+
+use ble_link_model::{
+    CentralOp, FlashTiming, Link, LinkEvent, LinkParams, LinkStats, Outcome, PeripheralOp,
+    SubmitError,
+};
+use ota_core::client::{ClientError, ClientEvent, Sender};
+use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
+use ota_core::protocol::Characteristic;
+use ota_core::time::Instant;
+
+use crate::VirtualEsp32;
+
+/// ATT handles the model carries (any two distinct values).
+const CONTROL_HANDLE: u16 = 0x0010;
+const DATA_HANDLE: u16 = 0x0012;
+/// The one client of a modelled session.
+const CLIENT: ClientId = ClientId(1);
+
+/// How the modelled link and device behave.
+#[derive(Debug, Clone)]
+pub struct AirConfig {
+    /// The link's parameters (a profile such as `LinkParams::desktop()`).
+    pub link: LinkParams,
+    /// The flash chip's timing.
+    pub flash: FlashTiming,
+    /// Drop the link just before the client's n-th data write (1-based), once per entry.
+    pub disconnect_at: Vec<u32>,
+    /// Modelled time to find and reconnect the device after a drop.
+    pub reconnect_delay: Duration,
+    /// Give up when the modelled time passes this.
+    pub time_limit: Duration,
+}
+
+impl AirConfig {
+    /// A session over `link` with typical flash timing and no faults.
+    pub fn new(link: LinkParams) -> Self {
+        AirConfig {
+            link,
+            flash: FlashTiming::TYPICAL_4MB_SPI_NOR,
+            disconnect_at: Vec::new(),
+            reconnect_delay: Duration::from_millis(1000),
+            time_limit: Duration::from_secs(3600),
+        }
+    }
+
+    /// Returns the device configuration that matches this link: the announced window is the
+    /// modelled receive queue, so a compliant client never overruns it.
+    pub fn device_config(&self, chip: ota_core::esp::Chip) -> DeviceConfig {
+        DeviceConfig {
+            rx_queue_chunks: self.link.rx_queue_depth,
+            ..DeviceConfig::new(chip)
+        }
+    }
+}
+
+/// How a modelled update ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AirOutcome {
+    /// The device verified the image and selected it (the slot, when the protocol says).
+    Activated {
+        /// The selected slot.
+        slot: Option<u8>,
+    },
+    /// The client gave up or the device refused.
+    Failed(ClientError),
+    /// The device lost power (a fault plan cut it).
+    PowerLost,
+    /// Nothing moved any more, or the time limit passed.
+    Stalled,
+}
+
+/// What a modelled update measured.
+#[derive(Debug, Clone)]
+pub struct AirReport {
+    /// How it ended.
+    pub outcome: AirOutcome,
+    /// Modelled time from the first write to the last answer.
+    pub modelled: Duration,
+    /// Bytes of the image.
+    pub image_len: u32,
+    /// Link statistics, summed over every connection.
+    pub link: LinkStats,
+    /// Links dropped on purpose.
+    pub disconnects: u32,
+    /// What the device engine asked its shell to do.
+    pub device_events: Vec<Event>,
+}
+
+impl AirReport {
+    /// Image bytes per modelled second.
+    pub fn throughput(&self) -> f64 {
+        self.image_len as f64 / self.modelled.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `sender` against `engine` (which runs on `device`) over the modelled link, calling
+/// `progress` with each client event and the modelled time.
+pub fn update_over_air(
+    device: &mut VirtualEsp32,
+    engine: &mut UpdateEngine,
+    sender: &mut Sender<'_>,
+    config: &AirConfig,
+    progress: &mut dyn FnMut(&ClientEvent, Duration),
+) -> AirReport {
+    let image_len = sender.progress().1;
+    let mut run = Run {
+        link: Link::new(config.link).expect("link parameters must be valid"),
+        base_us: 0,
+        device_events: Vec::new(),
+        notes: std::collections::VecDeque::new(),
+        waiting: None,
+        data_writes: 0,
+        disconnects: 0,
+        stats: Vec::new(),
+    };
+    engine.handle_connected(CLIENT);
+    engine.handle_mtu(CLIENT, config.link.att_mtu);
+    let mut buf = vec![0u8; 600];
+    let mut note = vec![0u8; 600];
+    let mut final_outcome = AirOutcome::Stalled;
+    let outcome = loop {
+        // 1. React to what the link delivered.
+        while let Some(ev) = run.link.poll_event() {
+            match ev {
+                LinkEvent::DeliveredToPeripheral { at, id, op } => {
+                    let now = run.ms(at.as_micros());
+                    let before = device.flash().stats();
+                    let outcome = match op {
+                        CentralOp::WriteRequest { handle, value } => deliver(
+                            device, engine, handle, &value, now,
+                        )
+                        .map_or_else(|r| Outcome::Reject(r.att_error()), |()| Outcome::Accept),
+                        CentralOp::WriteCommand { handle, value } => {
+                            let _ = deliver(device, engine, handle, &value, now);
+                            Outcome::Accept
+                        }
+                        CentralOp::Read { .. } => Outcome::Value(engine.control_value().to_vec()),
+                    };
+                    let after = device.flash().stats();
+                    let took = flash_time(&config.flash, before, after);
+                    run.link
+                        .peripheral_complete(id, took, outcome)
+                        .expect("one completion per delivery");
+                    while let Some((_, n)) = engine.poll_notification(&mut note) {
+                        run.notes.push_back(note[..n].to_vec());
+                    }
+                    while let Some(e) = engine.poll_event() {
+                        run.device_events.push(e);
+                    }
+                }
+                LinkEvent::DeliveredToCentral {
+                    at,
+                    op: PeripheralOp::Notification { value, .. },
+                    ..
+                } => {
+                    sender.handle_notification(run.ms(at.as_micros()), &value);
+                }
+                LinkEvent::WriteResponse { at, result, .. } => {
+                    sender.handle_write_result(run.ms(at.as_micros()), result);
+                }
+                _ => {}
+            }
+            let t = run.elapsed();
+            while let Some(e) = sender.poll_event() {
+                match e {
+                    ClientEvent::Activated { slot } => {
+                        final_outcome = AirOutcome::Activated { slot }
+                    }
+                    ClientEvent::Failed(err) => final_outcome = AirOutcome::Failed(err),
+                    _ => {}
+                }
+                progress(&e, t);
+            }
+        }
+        if !device.flash().is_powered() {
+            break AirOutcome::PowerLost;
+        }
+        run.flush_notes();
+        if sender.is_finished() && run.link.is_idle() {
+            break final_outcome;
+        }
+        // 2. Let the client submit what it may.
+        let now = run.ms(run.link.now().as_micros());
+        let mut reconnected = false;
+        loop {
+            let op = match run.waiting.take() {
+                Some(op) => op,
+                None => match sender.poll_transmit(now, &mut buf) {
+                    None => break,
+                    Some(tx) => {
+                        let handle = match tx.characteristic {
+                            Characteristic::Control => CONTROL_HANDLE,
+                            Characteristic::Data => DATA_HANDLE,
+                        };
+                        let value = buf[..tx.len].to_vec();
+                        if tx.with_response {
+                            CentralOp::WriteRequest { handle, value }
+                        } else {
+                            run.data_writes += 1;
+                            if config.disconnect_at.contains(&run.data_writes) {
+                                run.reconnect(engine, sender, config);
+                                reconnected = true;
+                                break;
+                            }
+                            CentralOp::WriteCommand { handle, value }
+                        }
+                    }
+                },
+            };
+            match run.link.central_submit(op.clone()) {
+                Ok(_) => {}
+                Err(SubmitError::Full { .. }) => {
+                    run.waiting = Some(op);
+                    break;
+                }
+                Err(e) => panic!("the sender produced an operation the link refuses: {e}"),
+            }
+        }
+        if reconnected {
+            continue;
+        }
+        // 3. Move time to the next thing that happens.
+        let link_next = run.link.next_event_time().map(|t| t.as_micros());
+        let timer_next = [engine.poll_timeout(), sender.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| (t.0 * 1000).saturating_sub(run.base_us));
+        match (link_next, timer_next) {
+            (None, None) => break AirOutcome::Stalled,
+            (Some(l), Some(t)) if t < l => run.fire_timers(engine, sender, t),
+            (None, Some(t)) => run.fire_timers(engine, sender, t),
+            _ => {
+                run.link.advance_to_next();
+            }
+        }
+        if run.elapsed() > config.time_limit {
+            break AirOutcome::Stalled;
+        }
+    };
+    let modelled = run.elapsed();
+    run.stats.push(run.link.stats());
+    AirReport {
+        outcome,
+        modelled,
+        image_len,
+        link: sum_stats(&run.stats),
+        disconnects: run.disconnects,
+        device_events: run.device_events,
+    }
+}
+
+/// The mutable state of one modelled session.
+struct Run {
+    link: Link,
+    /// Modelled µs before the current connection (the link's clock restarts on reconnect).
+    base_us: u64,
+    device_events: Vec<Event>,
+    /// Notifications waiting for room in the device's TX buffer.
+    notes: std::collections::VecDeque<Vec<u8>>,
+    /// A client operation waiting for room in the client's TX buffer.
+    waiting: Option<CentralOp>,
+    data_writes: u32,
+    disconnects: u32,
+    stats: Vec<LinkStats>,
+}
+
+impl Run {
+    fn ms(&self, link_us: u64) -> Instant {
+        Instant((self.base_us + link_us) / 1000)
+    }
+
+    fn elapsed(&self) -> Duration {
+        Duration::from_micros(self.base_us + self.link.now().as_micros())
+    }
+
+    fn flush_notes(&mut self) {
+        while let Some(value) = self.notes.pop_front() {
+            let op = PeripheralOp::Notification {
+                handle: CONTROL_HANDLE,
+                value: value.clone(),
+            };
+            if let Err(SubmitError::Full { .. }) = self.link.peripheral_submit(op) {
+                self.notes.push_front(value);
+                break;
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, engine: &mut UpdateEngine, sender: &mut Sender<'_>, at_link_us: u64) {
+        self.link
+            .advance_to(ble_link_model::Instant::from_micros(at_link_us));
+        let now = self.ms(self.link.now().as_micros());
+        engine.handle_tick(now);
+        sender.handle_timeout(now);
+        let mut note = [0u8; 600];
+        while let Some((_, n)) = engine.poll_notification(&mut note) {
+            self.notes.push_back(note[..n].to_vec());
+        }
+    }
+
+    fn reconnect(
+        &mut self,
+        engine: &mut UpdateEngine,
+        sender: &mut Sender<'_>,
+        config: &AirConfig,
+    ) {
+        self.disconnects += 1;
+        self.stats.push(self.link.stats());
+        self.base_us += self.link.now().as_micros() + config.reconnect_delay.as_micros() as u64;
+        self.link = Link::new(config.link).expect("link parameters must be valid");
+        self.notes.clear();
+        self.waiting = None;
+        engine.handle_disconnected(CLIENT);
+        sender.handle_disconnected();
+        engine.handle_connected(CLIENT);
+        engine.handle_mtu(CLIENT, config.link.att_mtu);
+    }
+}
+
+/// Hands one GATT write to the engine.
+fn deliver(
+    device: &mut VirtualEsp32,
+    engine: &mut UpdateEngine,
+    handle: u16,
+    value: &[u8],
+    now: Instant,
+) -> Result<(), ota_core::protocol::Reason> {
+    let flash = device.flash_mut();
+    if handle == CONTROL_HANDLE {
+        engine.handle_control_write(flash, CLIENT, value, now);
+        Ok(())
+    } else {
+        engine.handle_data_write(flash, CLIENT, value, now)
+    }
+}
+
+/// Flash time of the operations between two counter snapshots.
+fn flash_time(t: &FlashTiming, before: crate::FlashStats, after: crate::FlashStats) -> Duration {
+    let sectors = after.sector_erase_cmds - before.sector_erase_cmds;
+    let pages = after.page_programs - before.page_programs;
+    Duration::from_micros(sectors * t.sector_erase_us as u64 + pages * t.page_program_us as u64)
+}
+
+fn sum_stats(all: &[LinkStats]) -> LinkStats {
+    let mut total = all.first().cloned().unwrap_or_default();
+    for s in all.iter().skip(1) {
+        total.elapsed += s.elapsed;
+        total.connection_events += s.connection_events;
+        total.central_packets += s.central_packets;
+        total.peripheral_packets += s.peripheral_packets;
+        total.central_data_packets += s.central_data_packets;
+        total.peripheral_data_packets += s.peripheral_data_packets;
+        total.retransmissions += s.retransmissions;
+        total.airtime += s.airtime;
+        total.pdus_to_peripheral += s.pdus_to_peripheral;
+        total.bytes_to_peripheral += s.bytes_to_peripheral;
+        total.pdus_to_central += s.pdus_to_central;
+        total.bytes_to_central += s.bytes_to_central;
+        total.dropped_pdus += s.dropped_pdus;
+        total.dropped_bytes += s.dropped_bytes;
+    }
+    total
+}
