@@ -14,7 +14,12 @@ fn feed_all(bytes: &[u8], chip: Option<Chip>, max: u32) -> Result<ImageInfo, Ima
     v.finish()
 }
 
-fn feed_split(bytes: &[u8], split: usize, chip: Option<Chip>, max: u32) -> Result<ImageInfo, ImageError> {
+fn feed_split(
+    bytes: &[u8],
+    split: usize,
+    chip: Option<Chip>,
+    max: u32,
+) -> Result<ImageInfo, ImageError> {
     let mut v = ImageValidator::new(chip, max);
     for piece in bytes.chunks(split) {
         v.feed(piece)?;
@@ -23,7 +28,11 @@ fn feed_split(bytes: &[u8], split: usize, chip: Option<Chip>, max: u32) -> Resul
 }
 
 fn seg(load_addr: u32, data_len: u32, file_offset: u32) -> Segment {
-    Segment { load_addr, data_len, file_offset }
+    Segment {
+        load_addr,
+        data_len,
+        file_offset,
+    }
 }
 
 #[test]
@@ -95,7 +104,10 @@ fn handmade_c3_app_is_valid() {
 fn corrupt_vector_is_refused_with_checksum_mismatch() {
     assert_eq!(
         feed_all(HANDMADE_C3_APP_CORRUPT, Some(Chip::Esp32c3), u32::MAX),
-        Err(ImageError::ChecksumMismatch { stored: 0x40, computed: 0x41 })
+        Err(ImageError::ChecksumMismatch {
+            stored: 0x40,
+            computed: 0x41
+        })
     );
     let mut v = ImageValidator::new(None, u32::MAX);
     v.feed(HANDMADE_C3_APP_CORRUPT).unwrap();
@@ -117,7 +129,11 @@ fn every_split_gives_the_same_result() {
     ] {
         let whole = feed_all(bytes, Some(Chip::Esp32c3), max);
         for split in 1..=64 {
-            assert_eq!(feed_split(bytes, split, Some(Chip::Esp32c3), max), whole, "split {split}");
+            assert_eq!(
+                feed_split(bytes, split, Some(Chip::Esp32c3), max),
+                whole,
+                "split {split}"
+            );
         }
         // Also report(), piece by piece.
         for split in [1, 3, 16, 64] {
@@ -144,7 +160,10 @@ fn progress_getters() {
     v.feed(&TINY_C3_APP[24..0x11F]).unwrap();
     assert!(v.app_descriptor().is_none(), "one descriptor byte missing");
     v.feed(&TINY_C3_APP[0x11F..0x120]).unwrap();
-    assert_eq!(cstr(&v.app_descriptor().unwrap().project_name), "ota_vectors");
+    assert_eq!(
+        cstr(&v.app_descriptor().unwrap().project_name),
+        "ota_vectors"
+    );
     // The last segment header ends at 0x188: then the length is known.
     v.feed(&TINY_C3_APP[0x120..0x187]).unwrap();
     assert_eq!(v.total_len(), None);
@@ -160,11 +179,35 @@ fn progress_getters() {
 fn wrong_chip_is_refused_at_the_header() {
     let mut v = ImageValidator::new(Some(Chip::Esp32s3), u32::MAX);
     v.feed(&TINY_C3_APP[..23]).unwrap();
-    assert_eq!(v.feed(&TINY_C3_APP[23..24]), Err(ImageError::WrongChip { expected: Chip::Esp32s3, found: 5 }));
+    assert_eq!(
+        v.feed(&TINY_C3_APP[23..24]),
+        Err(ImageError::WrongChip {
+            expected: Chip::Esp32s3,
+            found: 5
+        })
+    );
     // Spent: it keeps answering with the same error.
-    assert_eq!(v.feed(&TINY_C3_APP[24..]), Err(ImageError::WrongChip { expected: Chip::Esp32s3, found: 5 }));
-    assert_eq!(v.clone().report(), Err(ImageError::WrongChip { expected: Chip::Esp32s3, found: 5 }));
-    assert_eq!(v.finish(), Err(ImageError::WrongChip { expected: Chip::Esp32s3, found: 5 }));
+    assert_eq!(
+        v.feed(&TINY_C3_APP[24..]),
+        Err(ImageError::WrongChip {
+            expected: Chip::Esp32s3,
+            found: 5
+        })
+    );
+    assert_eq!(
+        v.clone().report(),
+        Err(ImageError::WrongChip {
+            expected: Chip::Esp32s3,
+            found: 5
+        })
+    );
+    assert_eq!(
+        v.finish(),
+        Err(ImageError::WrongChip {
+            expected: Chip::Esp32s3,
+            found: 5
+        })
+    );
     // Without a chip, any chip is fine.
     assert!(feed_all(TINY_C3_APP, None, u32::MAX).is_ok());
 }
@@ -172,8 +215,14 @@ fn wrong_chip_is_refused_at_the_header() {
 #[test]
 fn bad_magic_is_refused_at_the_first_byte() {
     let mut v = ImageValidator::new(None, u32::MAX);
-    assert_eq!(v.feed(&TINY_C3_ELF[..1]), Err(ImageError::BadMagic { found: 0x7F }));
-    assert_eq!(feed_all(&[0xFF; 64], None, u32::MAX), Err(ImageError::BadMagic { found: 0xFF }));
+    assert_eq!(
+        v.feed(&TINY_C3_ELF[..1]),
+        Err(ImageError::BadMagic { found: 0x7F })
+    );
+    assert_eq!(
+        feed_all(&[0xFF; 64], None, u32::MAX),
+        Err(ImageError::BadMagic { found: 0xFF })
+    );
 }
 
 #[test]
@@ -184,7 +233,10 @@ fn truncated_images_are_refused() {
             match r {
                 Err(ImageError::Truncated { got, needed }) => {
                     assert_eq!(got as usize, len);
-                    assert!(needed as usize > len && needed as usize <= bytes.len(), "len {len}: needed {needed}");
+                    assert!(
+                        needed as usize > len && needed as usize <= bytes.len(),
+                        "len {len}: needed {needed}"
+                    );
                 }
                 other => panic!("len {len}: {other:?}"),
             }
@@ -193,16 +245,25 @@ fn truncated_images_are_refused() {
     // Once every segment header was seen the exact length is reported.
     assert_eq!(
         feed_all(&TINY_C3_APP[..0x190], None, u32::MAX),
-        Err(ImageError::Truncated { got: 0x190, needed: 464 })
+        Err(ImageError::Truncated {
+            got: 0x190,
+            needed: 464
+        })
     );
-    assert_eq!(feed_all(&[], None, u32::MAX), Err(ImageError::Truncated { got: 0, needed: 24 }));
+    assert_eq!(
+        feed_all(&[], None, u32::MAX),
+        Err(ImageError::Truncated { got: 0, needed: 24 })
+    );
 }
 
 #[test]
 fn trailing_data_is_refused() {
     let mut long = TINY_C3_APP.to_vec();
     long.extend_from_slice(&[0xFF; 5]);
-    assert_eq!(feed_all(&long, None, u32::MAX), Err(ImageError::TrailingData { extra: 5 }));
+    assert_eq!(
+        feed_all(&long, None, u32::MAX),
+        Err(ImageError::TrailingData { extra: 5 })
+    );
     // Fed after the end, in a separate piece.
     let mut v = ImageValidator::new(None, u32::MAX);
     v.feed(TINY_C3_APP).unwrap();
@@ -223,7 +284,13 @@ fn too_large_fails_early() {
     let mut failed_at = None;
     for (i, b) in TINY_C3_APP.iter().enumerate() {
         if let Err(e) = v.feed(&[*b]) {
-            assert_eq!(e, ImageError::TooLarge { needed: 464, max: 463 });
+            assert_eq!(
+                e,
+                ImageError::TooLarge {
+                    needed: 464,
+                    max: 463
+                }
+            );
             failed_at = Some(i);
             break;
         }
@@ -232,17 +299,29 @@ fn too_large_fails_early() {
     // A header that cannot fit at all is refused at once.
     // (4 segment headers, checksum block and hash: at least 96 bytes.)
     let mut v = ImageValidator::new(None, 95);
-    assert_eq!(v.feed(&TINY_C3_APP[..0x18]), Err(ImageError::TooLarge { needed: 96, max: 95 }));
+    assert_eq!(
+        v.feed(&TINY_C3_APP[..0x18]),
+        Err(ImageError::TooLarge {
+            needed: 96,
+            max: 95
+        })
+    );
     let mut v = ImageValidator::new(None, 96);
     v.feed(&TINY_C3_APP[..0x18]).unwrap();
     let mut v = ImageValidator::new(None, 0);
-    assert!(matches!(v.feed(&TINY_C3_APP[..0x18]), Err(ImageError::TooLarge { max: 0, .. })));
+    assert!(matches!(
+        v.feed(&TINY_C3_APP[..0x18]),
+        Err(ImageError::TooLarge { max: 0, .. })
+    ));
     // A huge first segment is refused at its header, long before its data.
     let mut big = ImageSpec::app("big", 16);
     big.segments[1].1 = vec![0; 0x8000];
     let img = build_image(&big);
     let mut v = ImageValidator::new(None, 0x4000);
-    assert!(matches!(v.feed(&img[..0x128 + 8]), Err(ImageError::TooLarge { max: 0x4000, .. })));
+    assert!(matches!(
+        v.feed(&img[..0x128 + 8]),
+        Err(ImageError::TooLarge { max: 0x4000, .. })
+    ));
 }
 
 #[test]
@@ -251,13 +330,17 @@ fn segment_count_limits() {
         let mut img = HANDMADE_C3_APP.to_vec();
         img[1] = count;
         let mut v = ImageValidator::new(None, u32::MAX);
-        assert_eq!(v.feed(&img[..24]), Err(ImageError::BadSegmentCount { count }));
+        assert_eq!(
+            v.feed(&img[..24]),
+            Err(ImageError::BadSegmentCount { count })
+        );
     }
     // 16 segments are fine.
     let mut spec = ImageSpec::app("sixteen", 0);
     spec.segments.truncate(1);
     for i in 0..15 {
-        spec.segments.push((0x3FC8_8000 + i * 0x100, vec![i as u8; 4 * i as usize]));
+        spec.segments
+            .push((0x3FC8_8000 + i * 0x100, vec![i as u8; 4 * i as usize]));
     }
     let img = build_image(&spec);
     let info = feed_all(&img, Some(Chip::Esp32c3), u32::MAX).unwrap();
@@ -270,12 +353,21 @@ fn segment_length_rules() {
     let mut img = HANDMADE_C3_APP.to_vec();
     img[0x1C] = 0x01; // data_len 0x101
     let mut v = ImageValidator::new(None, u32::MAX);
-    assert_eq!(v.feed(&img), Err(ImageError::BadSegmentLength { index: 0, len: 0x101 }));
+    assert_eq!(
+        v.feed(&img),
+        Err(ImageError::BadSegmentLength {
+            index: 0,
+            len: 0x101
+        })
+    );
     for len in [16u32 << 20, u32::MAX - 3] {
         let mut img = HANDMADE_C3_APP.to_vec();
         img[0x1C..0x20].copy_from_slice(&len.to_le_bytes());
         let mut v = ImageValidator::new(None, u32::MAX);
-        assert_eq!(v.feed(&img), Err(ImageError::BadSegmentLength { index: 0, len }));
+        assert_eq!(
+            v.feed(&img),
+            Err(ImageError::BadSegmentLength { index: 0, len })
+        );
     }
     // The largest legal length is accepted as a header (then the image is just short).
     let mut img = HANDMADE_C3_APP.to_vec();
@@ -287,7 +379,10 @@ fn segment_length_rules() {
     let mut spec = ImageSpec::app("two", 8);
     spec.segments[1].1 = vec![1, 2, 3, 4, 5, 6];
     let mut v = ImageValidator::new(None, u32::MAX);
-    assert_eq!(v.feed(&build_image(&spec)), Err(ImageError::BadSegmentLength { index: 1, len: 6 }));
+    assert_eq!(
+        v.feed(&build_image(&spec)),
+        Err(ImageError::BadSegmentLength { index: 1, len: 6 })
+    );
 }
 
 #[test]
@@ -310,7 +405,10 @@ fn built_images_are_valid() {
     let mut spec = ImageSpec::app("zero", 8);
     spec.segments.insert(1, (0x3FC8_8000, vec![]));
     let img = build_image(&spec);
-    assert_eq!(feed_all(&img, None, u32::MAX).unwrap().segments[1].data_len, 0);
+    assert_eq!(
+        feed_all(&img, None, u32::MAX).unwrap().segments[1].data_len,
+        0
+    );
     // The padding is not checked (but hashed): non-zero padding with a matching hash is fine.
     let mut img = build_image(&ImageSpec::app("pad", 4));
     let cs_at = img.len() - 33;
@@ -327,7 +425,10 @@ fn app_descriptor_is_required_by_finish_only() {
     let mut spec = ImageSpec::app("nodesc", 8);
     spec.segments[0].1[0] = 0x33;
     let img = build_image(&spec);
-    assert_eq!(feed_all(&img, None, u32::MAX), Err(ImageError::NoAppDescriptor));
+    assert_eq!(
+        feed_all(&img, None, u32::MAX),
+        Err(ImageError::NoAppDescriptor)
+    );
     let mut v = ImageValidator::new(None, u32::MAX);
     v.feed(&img).unwrap();
     assert!(v.app_descriptor().is_none());
@@ -337,24 +438,39 @@ fn app_descriptor_is_required_by_finish_only() {
     // The magic word, but segment 0 shorter than the 256-byte descriptor (IDF master refuses).
     let mut spec = ImageSpec::app("short", 8);
     spec.segments[0].1.truncate(128);
-    assert_eq!(feed_all(&build_image(&spec), None, u32::MAX), Err(ImageError::NoAppDescriptor));
+    assert_eq!(
+        feed_all(&build_image(&spec), None, u32::MAX),
+        Err(ImageError::NoAppDescriptor)
+    );
     // Checksum problems are reported before the descriptor.
     let mut img = build_image(&ImageSpec::app("x", 8));
     img[0x20] ^= 1;
-    assert!(matches!(feed_all(&img, None, u32::MAX), Err(ImageError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        feed_all(&img, None, u32::MAX),
+        Err(ImageError::ChecksumMismatch { .. })
+    ));
 }
 
 #[test]
 fn hash_mismatch() {
     let mut img = TINY_C3_APP.to_vec();
     img[0x1C0] ^= 0x80; // inside the stored hash
-    assert_eq!(feed_all(&img, None, u32::MAX), Err(ImageError::HashMismatch));
+    assert_eq!(
+        feed_all(&img, None, u32::MAX),
+        Err(ImageError::HashMismatch)
+    );
     let mut img = TINY_C3_APP.to_vec();
     img[2] = 3; // the header is hashed but not in the checksum
-    assert_eq!(feed_all(&img, None, u32::MAX), Err(ImageError::HashMismatch));
+    assert_eq!(
+        feed_all(&img, None, u32::MAX),
+        Err(ImageError::HashMismatch)
+    );
     let mut img = TINY_C3_APP.to_vec();
     img[0x1AC] = 1; // padding
-    assert_eq!(feed_all(&img, None, u32::MAX), Err(ImageError::HashMismatch));
+    assert_eq!(
+        feed_all(&img, None, u32::MAX),
+        Err(ImageError::HashMismatch)
+    );
 }
 
 #[test]
@@ -372,7 +488,10 @@ fn verify_in_flash_reads_the_image_and_nothing_after_it() {
     let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
     f.load(slot + 464, &junk);
     let info = verify_in_flash(&mut f, slot, 0x10_0000, Some(Chip::Esp32c3)).unwrap();
-    assert_eq!(info, feed_all(TINY_C3_APP, Some(Chip::Esp32c3), u32::MAX).unwrap());
+    assert_eq!(
+        info,
+        feed_all(TINY_C3_APP, Some(Chip::Esp32c3), u32::MAX).unwrap()
+    );
     // The handmade image, a built image spanning many blocks.
     let big = build_image(&ImageSpec::app("big", 5000));
     f.load(0, &big);
@@ -382,32 +501,61 @@ fn verify_in_flash_reads_the_image_and_nothing_after_it() {
     assert!(verify_in_flash(&mut f, slot, 464, None).is_ok());
     assert_eq!(
         verify_in_flash(&mut f, slot, 463, None),
-        Err(ImageError::TooLarge { needed: 464, max: 463 })
+        Err(ImageError::TooLarge {
+            needed: 464,
+            max: 463
+        })
     );
     // Corrupt in flash.
     f.load(slot, HANDMADE_C3_APP_CORRUPT);
     assert_eq!(
         verify_in_flash(&mut f, slot, 0x10_0000, Some(Chip::Esp32c3)),
-        Err(ImageError::ChecksumMismatch { stored: 0x40, computed: 0x41 })
+        Err(ImageError::ChecksumMismatch {
+            stored: 0x40,
+            computed: 0x41
+        })
     );
     // Erased flash.
-    assert_eq!(verify_in_flash(&mut f, 0x1F_0000, 0x10000, None), Err(ImageError::BadMagic { found: 0xFF }));
+    assert_eq!(
+        verify_in_flash(&mut f, 0x1F_0000, 0x10000, None),
+        Err(ImageError::BadMagic { found: 0xFF })
+    );
     // Wrong chip.
     f.load(slot, TINY_C3_APP);
-    assert!(matches!(verify_in_flash(&mut f, slot, 0x10_0000, Some(Chip::Esp32)), Err(ImageError::WrongChip { .. })));
+    assert!(matches!(
+        verify_in_flash(&mut f, slot, 0x10_0000, Some(Chip::Esp32)),
+        Err(ImageError::WrongChip { .. })
+    ));
     // The image runs off the end of the flash: a read error.
     f.load(0x20_0000 - 0x100, &TINY_C3_APP[..0x100]);
-    assert!(matches!(verify_in_flash(&mut f, 0x20_0000 - 0x100, 0x10_0000, None), Err(ImageError::Flash(_))));
+    assert!(matches!(
+        verify_in_flash(&mut f, 0x20_0000 - 0x100, 0x10_0000, None),
+        Err(ImageError::Flash(_))
+    ));
     // A tiny slot.
-    assert!(matches!(verify_in_flash(&mut f, slot, 10, None), Err(ImageError::Truncated { got: 10, .. })));
-    assert!(matches!(verify_in_flash(&mut f, slot, 0, None), Err(ImageError::Truncated { got: 0, .. })));
+    assert!(matches!(
+        verify_in_flash(&mut f, slot, 10, None),
+        Err(ImageError::Truncated { got: 10, .. })
+    ));
+    assert!(matches!(
+        verify_in_flash(&mut f, slot, 0, None),
+        Err(ImageError::Truncated { got: 0, .. })
+    ));
 }
 
 #[test]
 fn errors_read_well() {
-    let msg = ImageError::ChecksumMismatch { stored: 0x40, computed: 0x41 }.to_string();
+    let msg = ImageError::ChecksumMismatch {
+        stored: 0x40,
+        computed: 0x41,
+    }
+    .to_string();
     assert!(msg.contains("0x40") && msg.contains("0x41"), "{msg}");
-    let msg = ImageError::WrongChip { expected: Chip::Esp32c3, found: 9 }.to_string();
+    let msg = ImageError::WrongChip {
+        expected: Chip::Esp32c3,
+        found: 9,
+    }
+    .to_string();
     assert!(msg.contains("esp32c3"), "{msg}");
 }
 

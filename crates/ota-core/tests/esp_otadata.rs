@@ -28,7 +28,10 @@ fn crc_table_of_section_2_3() {
     for (seq, crc, bytes) in table {
         assert_eq!(seq_crc(seq), crc, "seq {seq:#x}");
         assert_eq!(crc.to_le_bytes(), bytes);
-        assert_eq!(OtaEntry::new(seq, OtaImgState::Valid).to_bytes()[28..], bytes);
+        assert_eq!(
+            OtaEntry::new(seq, OtaImgState::Valid).to_bytes()[28..],
+            bytes
+        );
     }
 }
 
@@ -88,14 +91,23 @@ fn validity_rules() {
     assert!(ok(1, OtaImgState::PendingVerify).is_valid());
     assert!(ok(1, OtaImgState::Valid).is_valid());
     assert!(ok(1, OtaImgState::Undefined).is_valid());
-    assert!(ok(1, OtaImgState::Other(9)).is_valid(), "IDF does not range-check the state");
+    assert!(
+        ok(1, OtaImgState::Other(9)).is_valid(),
+        "IDF does not range-check the state"
+    );
     assert!(ok(1, OtaImgState::Invalid).is_invalid() && !ok(1, OtaImgState::Invalid).is_valid());
     assert!(ok(1, OtaImgState::Aborted).is_invalid());
-    assert!(ok(1, OtaImgState::Other(3)).is_invalid(), "raw 3 is INVALID however it is spelled");
+    assert!(
+        ok(1, OtaImgState::Other(3)).is_invalid(),
+        "raw 3 is INVALID however it is spelled"
+    );
     assert!(OtaEntry::ERASED.is_invalid());
     let mut bad = ok(2, OtaImgState::Valid);
     bad.crc ^= 0x100;
-    assert!(!bad.is_invalid() && !bad.is_valid(), "a bad CRC is not 'invalid', just not valid");
+    assert!(
+        !bad.is_invalid() && !bad.is_valid(),
+        "a bad CRC is not 'invalid', just not valid"
+    );
     // Edge case §2.3: seq 0 with crc 0xFFFFFFFF is valid; its slot underflows as u32.
     let zero = OtaEntry::from_bytes(&entry_bytes(0, 2, 0xFFFF_FFFF));
     assert!(zero.is_valid());
@@ -109,7 +121,8 @@ fn validity_rules() {
 /// §5's table: (vector, active entry, seq of it, slot with two OTA slots).
 #[test]
 fn every_vector_selects_as_documented() {
-    let cases: [(&str, &[u8], Option<usize>, Option<u32>); 9] = [
+    type Case = (&'static str, &'static [u8], Option<usize>, Option<u32>);
+    let cases: [Case; 9] = [
         ("blank", OTADATA_BLANK, None, None),
         ("seq1_valid", OTADATA_SEQ1_VALID, Some(0), Some(1)),
         ("seq1_undefined", OTADATA_SEQ1_UNDEFINED, Some(0), Some(1)),
@@ -134,7 +147,10 @@ fn every_vector_selects_as_documented() {
     }
     // Entry contents.
     let d = OtaData::from_partition_bytes(OTADATA_SEQ1_VALID);
-    assert_eq!(d.entries, [OtaEntry::new(1, OtaImgState::Valid), OtaEntry::ERASED]);
+    assert_eq!(
+        d.entries,
+        [OtaEntry::new(1, OtaImgState::Valid), OtaEntry::ERASED]
+    );
     assert_eq!(
         hex::encode(&OTADATA_SEQ1_VALID[..32]),
         "01000000ffffffffffffffffffffffffffffffffffffffff020000009a984347"
@@ -148,7 +164,13 @@ fn every_vector_selects_as_documented() {
     let d = OtaData::from_partition_bytes(OTADATA_S1_ABORTED);
     assert_eq!(d.entries[1], OtaEntry::new(2, OtaImgState::Aborted));
     let d = OtaData::from_partition_bytes(OTADATA_S0SEQ3_S1SEQ2);
-    assert_eq!(d.entries, [OtaEntry::new(3, OtaImgState::Valid), OtaEntry::new(2, OtaImgState::Valid)]);
+    assert_eq!(
+        d.entries,
+        [
+            OtaEntry::new(3, OtaImgState::Valid),
+            OtaEntry::new(2, OtaImgState::Valid)
+        ]
+    );
     assert_eq!(&OTADATA_S0SEQ3_S1SEQ2[28..32], &[0x11, 0x50, 0x4a, 0xed]);
     let d = OtaData::from_partition_bytes(OTADATA_S1_BADCRC);
     assert_eq!(d.entries[1].crc, 0x55F6_3775);
@@ -158,12 +180,24 @@ fn every_vector_selects_as_documented() {
 #[test]
 fn tie_goes_to_entry_0() {
     let e = OtaEntry::new(5, OtaImgState::Valid);
-    let d = OtaData { entries: [e, e.with_state(OtaImgState::New)] };
+    let d = OtaData {
+        entries: [e, e.with_state(OtaImgState::New)],
+    };
     assert_eq!(d.active(), Some(0));
-    let d = OtaData { entries: [OtaEntry::new(4, OtaImgState::Valid), OtaEntry::new(5, OtaImgState::Valid)] };
+    let d = OtaData {
+        entries: [
+            OtaEntry::new(4, OtaImgState::Valid),
+            OtaEntry::new(5, OtaImgState::Valid),
+        ],
+    };
     assert_eq!(d.active(), Some(1));
     // Largest seq wins even when the other entry holds a later state.
-    let d = OtaData { entries: [OtaEntry::new(9, OtaImgState::New), OtaEntry::new(8, OtaImgState::Valid)] };
+    let d = OtaData {
+        entries: [
+            OtaEntry::new(9, OtaImgState::New),
+            OtaEntry::new(8, OtaImgState::Valid),
+        ],
+    };
     assert_eq!(d.active(), Some(0));
 }
 

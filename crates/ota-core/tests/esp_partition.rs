@@ -63,10 +63,22 @@ fn two_ota_round_trips_byte_identical() {
     assert_eq!(&out[..], TABLE_TWO_OTA);
     assert_eq!(&out[..], TABLE_TWO_OTA_IDF_PART);
     // The MD5 row as §1.7 prints it.
-    assert_eq!(&out[0xC0..0xD0], &[0xEB, 0xEB, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
-    assert_eq!(hex::encode(&out[0xD0..0xE0]), "bf25822c0fa6d8641bd930251e06b4c4");
+    assert_eq!(
+        &out[0xC0..0xD0],
+        &[
+            0xEB, 0xEB, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+            0xFF, 0xFF
+        ]
+    );
+    assert_eq!(
+        hex::encode(&out[0xD0..0xE0]),
+        "bf25822c0fa6d8641bd930251e06b4c4"
+    );
     assert!(out[0xE0..].iter().all(|b| *b == 0xFF));
-    assert_eq!(hex::encode(sha256(&out)), "d1c0e9d02fa9d26cd2e1984e7b5dd20157204f501ddc83ce82229e5f3175ee8b");
+    assert_eq!(
+        hex::encode(sha256(&out)),
+        "d1c0e9d02fa9d26cd2e1984e7b5dd20157204f501ddc83ce82229e5f3175ee8b"
+    );
     // Rebuilt from rows.
     let again = PartitionTable::from_partitions(t.partitions());
     assert_eq!(again, t);
@@ -79,7 +91,8 @@ fn two_ota_round_trips_byte_identical() {
 
 #[test]
 fn nomd5_is_accepted_by_the_bootloader_rules_only() {
-    let t = PartitionTable::parse(TABLE_TWO_OTA_NOMD5, Md5Policy::Optional, Some(FLASH_SIZE)).unwrap();
+    let t =
+        PartitionTable::parse(TABLE_TWO_OTA_NOMD5, Md5Policy::Optional, Some(FLASH_SIZE)).unwrap();
     let with = PartitionTable::parse(TABLE_TWO_OTA, Md5Policy::Optional, Some(FLASH_SIZE)).unwrap();
     assert_eq!(t, with);
     assert_eq!(
@@ -98,10 +111,16 @@ fn nofactory_layout() {
         assert_eq!(names, ["nvs", "otadata", "phy_init", "ota_0", "ota_1"]);
         assert!(t.factory().is_none());
         assert_eq!(*t.ota(0).unwrap(), row("ota_0", 0, 0x10, 0x10000, 0x100000));
-        assert_eq!(*t.ota(1).unwrap(), row("ota_1", 0, 0x11, 0x110000, 0x100000));
+        assert_eq!(
+            *t.ota(1).unwrap(),
+            row("ota_1", 0, 0x11, 0x110000, 0x100000)
+        );
         assert_eq!(t.ota_count(), 2);
         assert_eq!(&t.to_bytes()[..], TABLE_NOFACTORY);
-        assert_eq!(hex::encode(&TABLE_NOFACTORY[0xB0..0xC0]), "b0ecdc2f5ad6b35f066fb60bf4b54c84");
+        assert_eq!(
+            hex::encode(&TABLE_NOFACTORY[0xB0..0xC0]),
+            "b0ecdc2f5ad6b35f066fb60bf4b54c84"
+        );
     }
 }
 
@@ -110,12 +129,18 @@ fn md5_mismatch_is_refused_by_both() {
     let mut bad = TABLE_TWO_OTA.to_vec();
     bad[0x20 + 8] ^= 0x10; // otadata size
     for policy in BOTH {
-        assert_eq!(PartitionTable::parse(&bad, policy, None), Err(PartitionError::Md5Mismatch));
+        assert_eq!(
+            PartitionTable::parse(&bad, policy, None),
+            Err(PartitionError::Md5Mismatch)
+        );
     }
     let mut bad = TABLE_TWO_OTA.to_vec();
     bad[0xDF] ^= 1; // the digest itself
     for policy in BOTH {
-        assert_eq!(PartitionTable::parse(&bad, policy, None), Err(PartitionError::Md5Mismatch));
+        assert_eq!(
+            PartitionTable::parse(&bad, policy, None),
+            Err(PartitionError::Md5Mismatch)
+        );
     }
 }
 
@@ -148,7 +173,10 @@ fn garbage_row_is_bad_magic() {
     let mut t = TABLE_TWO_OTA_NOMD5.to_vec();
     t[0x40] = 0x12;
     for policy in BOTH {
-        assert_eq!(PartitionTable::parse(&t, policy, None), Err(PartitionError::BadMagic { row: 2 }));
+        assert_eq!(
+            PartitionTable::parse(&t, policy, None),
+            Err(PartitionError::BadMagic { row: 2 })
+        );
     }
 }
 
@@ -167,7 +195,10 @@ fn rows_outside_the_flash_are_refused() {
     for policy in BOTH {
         assert_eq!(
             PartitionTable::parse(TABLE_TWO_OTA, policy, Some(0x30_0000)),
-            Err(PartitionError::OutOfFlash { row: 5, flash_size: 0x30_0000 })
+            Err(PartitionError::OutOfFlash {
+                row: 5,
+                flash_size: 0x30_0000
+            })
         );
         assert!(PartitionTable::parse(TABLE_TWO_OTA, policy, Some(0x31_0000)).is_ok());
         // offset + size overflowing u32 must not wrap around into "fits".
@@ -228,18 +259,30 @@ fn full_tables() {
     let t95 = PartitionTable::from_partitions(&parts);
     assert_eq!(t95.partitions().len(), 95);
     let b = t95.to_bytes();
-    assert_eq!(PartitionTable::parse(&b, Md5Policy::Required, None).unwrap(), t95);
-    assert_eq!(PartitionTable::parse(&b, Md5Policy::Optional, None), Err(PartitionError::Unterminated));
+    assert_eq!(
+        PartitionTable::parse(&b, Md5Policy::Required, None).unwrap(),
+        t95
+    );
+    assert_eq!(
+        PartitionTable::parse(&b, Md5Policy::Optional, None),
+        Err(PartitionError::Unterminated)
+    );
     // 96 partition rows: nothing accepts it.
     let mut b96 = b.to_vec();
     b96[95 * 32..].copy_from_slice(&row("p95", 1, 0x81, 0x80000, 0x1000).to_bytes());
     for policy in BOTH {
-        assert_eq!(PartitionTable::parse(&b96, policy, None), Err(PartitionError::Unterminated));
+        assert_eq!(
+            PartitionTable::parse(&b96, policy, None),
+            Err(PartitionError::Unterminated)
+        );
     }
     // More rows than fit are cut.
     let mut many = parts.clone();
     many.push(row("extra", 1, 0x81, 0, 0));
-    assert_eq!(PartitionTable::from_partitions(&many).partitions().len(), MAX_PARTITIONS);
+    assert_eq!(
+        PartitionTable::from_partitions(&many).partitions().len(),
+        MAX_PARTITIONS
+    );
 }
 
 #[test]
@@ -277,19 +320,41 @@ fn partition_helpers() {
     assert_eq!(p.name(), "?");
     let edge = row("edge", 1, 0, u32::MAX - 0xFFF, 0x1000);
     assert!(edge.is_otadata() && edge.contains(u32::MAX) && !edge.contains(0));
-    assert_eq!(Partition::label_from_str("a_much_longer_label_than_16"), *b"a_much_longer_la");
+    assert_eq!(
+        Partition::label_from_str("a_much_longer_label_than_16"),
+        *b"a_much_longer_la"
+    );
     // Flags are little-endian at 0x1C; bit 0 encrypted, bit 1 read-only.
     let mut f = row("f", 1, 2, 0x9000, 0x6000);
     f.flags = Partition::FLAG_ENCRYPTED | Partition::FLAG_READONLY;
     assert_eq!(&f.to_bytes()[28..], &[3, 0, 0, 0]);
     let t = PartitionTable::from_partitions(&[f]);
-    assert_eq!(PartitionTable::parse(&t.to_bytes(), Md5Policy::Required, None).unwrap().partitions()[0].flags, 3);
+    assert_eq!(
+        PartitionTable::parse(&t.to_bytes(), Md5Policy::Required, None)
+            .unwrap()
+            .partitions()[0]
+            .flags,
+        3
+    );
 }
 
 fn arb_partition() -> impl Strategy<Value = Partition> {
-    (any::<u8>(), any::<u8>(), any::<u32>(), any::<u32>(), any::<[u8; 16]>(), any::<u32>()).prop_map(
-        |(ty, subtype, offset, size, label, flags)| Partition { ty, subtype, offset, size, label, flags },
+    (
+        any::<u8>(),
+        any::<u8>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<[u8; 16]>(),
+        any::<u32>(),
     )
+        .prop_map(|(ty, subtype, offset, size, label, flags)| Partition {
+            ty,
+            subtype,
+            offset,
+            size,
+            label,
+            flags,
+        })
 }
 
 proptest! {

@@ -10,7 +10,8 @@ use ota_core::esp::slots::next_seq;
 use ota_core::esp::{OtaData, OtaEntry, OtaImgState, OtaSlots, SlotError};
 
 fn slots(table: &[u8]) -> OtaSlots {
-    OtaSlots::new(PartitionTable::parse(table, Md5Policy::Required, Some(FLASH_SIZE)).unwrap()).unwrap()
+    OtaSlots::new(PartitionTable::parse(table, Md5Policy::Required, Some(FLASH_SIZE)).unwrap())
+        .unwrap()
 }
 
 fn part(s: &OtaSlots, name: &str) -> Partition {
@@ -29,15 +30,30 @@ fn new_requires_otadata_and_ota_0() {
     assert_eq!(s.ota_count(), 2);
     assert_eq!(s.table(), &t);
     let without = |pred: &dyn Fn(&Partition) -> bool| {
-        let rows: Vec<_> = t.partitions().iter().copied().filter(|p| !pred(p)).collect();
+        let rows: Vec<_> = t
+            .partitions()
+            .iter()
+            .copied()
+            .filter(|p| !pred(p))
+            .collect();
         OtaSlots::new(PartitionTable::from_partitions(&rows)).err()
     };
     assert_eq!(without(&|p| p.is_otadata()), Some(SlotError::NoOtadata));
-    assert_eq!(without(&|p| p.ota_slot().is_some()), Some(SlotError::NoOtaSlots));
-    assert_eq!(without(&|p| p.ota_slot() == Some(0)), Some(SlotError::NoOtaSlots), "ota_1 alone is no slot");
+    assert_eq!(
+        without(&|p| p.ota_slot().is_some()),
+        Some(SlotError::NoOtaSlots)
+    );
+    assert_eq!(
+        without(&|p| p.ota_slot() == Some(0)),
+        Some(SlotError::NoOtaSlots),
+        "ota_1 alone is no slot"
+    );
     let mut rows = t.partitions().to_vec();
     rows[1].size = 0x1000;
-    assert_eq!(OtaSlots::new(PartitionTable::from_partitions(&rows)).err(), Some(SlotError::NoOtadata));
+    assert_eq!(
+        OtaSlots::new(PartitionTable::from_partitions(&rows)).err(),
+        Some(SlotError::NoOtadata)
+    );
 }
 
 /// §2.7 "Typical 2-slot sequence from blank", both rollback settings, byte for byte.
@@ -52,7 +68,19 @@ fn writer_sequence_from_blank() {
         let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_BLANK);
         s.set_boot_partition(&mut f, &ota0, state).unwrap();
         assert_eq!(otadata_bytes(&f), first_vector);
-        assert_eq!(f.ops, [Op::Erase { from: 0xD000, to: 0xE000 }, Op::Write { at: 0xD000, len: 32 }]);
+        assert_eq!(
+            f.ops,
+            [
+                Op::Erase {
+                    from: 0xD000,
+                    to: 0xE000
+                },
+                Op::Write {
+                    at: 0xD000,
+                    len: 32
+                }
+            ]
+        );
         assert_eq!(s.boot_partition(&mut f).unwrap(), ota0);
 
         let raw = state.to_raw();
@@ -78,7 +106,8 @@ fn rollback_update_from_ota_0_gives_the_s1_new_vector() {
     // ota_0 confirmed (what the bootloader writes after booting ota_0 on a blank otadata).
     let s = slots(TABLE_TWO_OTA);
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_SEQ1_VALID);
-    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New)
+        .unwrap();
     assert_eq!(otadata_bytes(&f), OTADATA_S1_NEW);
 }
 
@@ -86,7 +115,8 @@ fn rollback_update_from_ota_0_gives_the_s1_new_vector() {
 fn first_switch_from_factory_to_ota_1_writes_seq_2_into_sector_0() {
     let s = slots(TABLE_TWO_OTA);
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_BLANK);
-    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::Undefined).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::Undefined)
+        .unwrap();
     assert_eq!(sector(&f, 0), entry_bytes(2, u32::MAX, 0x55F6_3774));
     assert_eq!(sector(&f, 1), [0xFF; 32]);
     assert_eq!(s.boot_partition(&mut f).unwrap(), part(&s, "ota_1"));
@@ -97,16 +127,37 @@ fn first_switch_from_factory_to_ota_1_writes_seq_2_into_sector_0() {
 fn selecting_the_active_slot_rewrites_in_place() {
     let s = slots(TABLE_TWO_OTA);
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S1_NEW);
-    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::Undefined).unwrap();
-    assert_eq!(otadata_bytes(&f), &with_entry(OTADATA_S1_NEW, 1, entry_bytes(2, u32::MAX, 0x55F6_3774))[..]);
-    assert_eq!(f.ops, [Op::Erase { from: 0xE000, to: 0xF000 }, Op::Write { at: 0xE000, len: 32 }]);
+    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::Undefined)
+        .unwrap();
+    assert_eq!(
+        otadata_bytes(&f),
+        &with_entry(OTADATA_S1_NEW, 1, entry_bytes(2, u32::MAX, 0x55F6_3774))[..]
+    );
+    assert_eq!(
+        f.ops,
+        [
+            Op::Erase {
+                from: 0xE000,
+                to: 0xF000
+            },
+            Op::Write {
+                at: 0xE000,
+                len: 32
+            }
+        ]
+    );
     // s0 seq 3 (ota_0) active, s1 seq 2: ota_0 again -> sector 0 in place.
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S0SEQ3_S1SEQ2);
-    s.set_boot_partition(&mut f, &part(&s, "ota_0"), OtaImgState::New).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "ota_0"), OtaImgState::New)
+        .unwrap();
     assert_eq!(sector(&f, 0), entry_bytes(3, 0, 0xED4A_5011));
-    assert_eq!(sector(&f, 1), OtaEntry::new(2, OtaImgState::Valid).to_bytes());
+    assert_eq!(
+        sector(&f, 1),
+        OtaEntry::new(2, OtaImgState::Valid).to_bytes()
+    );
     // ... and ota_1 -> sector 1 with seq 4.
-    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New)
+        .unwrap();
     assert_eq!(sector(&f, 1), entry_bytes(4, 0, 0x709D_68A8));
 }
 
@@ -117,7 +168,8 @@ fn the_written_sector_keeps_its_label() {
     otadata[0x1004..0x1018].copy_from_slice(b"old label in sector1");
     otadata[0x1018..0x101C].copy_from_slice(&4u32.to_le_bytes()); // and an ABORTED state
     let mut f = esp_flash(TABLE_TWO_OTA, &otadata);
-    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New)
+        .unwrap();
     let e = OtaEntry::from_bytes(&sector(&f, 1));
     assert_eq!(&e.label, b"old label in sector1");
     assert_eq!((e.seq, e.state, e.crc), (2, OtaImgState::New, 0x55F6_3774));
@@ -125,7 +177,8 @@ fn the_written_sector_keeps_its_label() {
     let mut otadata = OTADATA_BLANK.to_vec();
     otadata[4..24].copy_from_slice(b"xxxxxxxxxxxxxxxxxxxx");
     let mut f = esp_flash(TABLE_TWO_OTA, &otadata);
-    s.set_boot_partition(&mut f, &part(&s, "ota_0"), OtaImgState::New).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "ota_0"), OtaImgState::New)
+        .unwrap();
     assert_eq!(&sector(&f, 0)[4..24], b"xxxxxxxxxxxxxxxxxxxx");
 }
 
@@ -133,9 +186,16 @@ fn the_written_sector_keeps_its_label() {
 fn selecting_factory_erases_otadata() {
     let s = slots(TABLE_TWO_OTA);
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S1_PENDING);
-    s.set_boot_partition(&mut f, &part(&s, "factory"), OtaImgState::New).unwrap();
+    s.set_boot_partition(&mut f, &part(&s, "factory"), OtaImgState::New)
+        .unwrap();
     assert_eq!(otadata_bytes(&f), OTADATA_BLANK);
-    assert_eq!(f.ops, [Op::Erase { from: 0xD000, to: 0xF000 }]);
+    assert_eq!(
+        f.ops,
+        [Op::Erase {
+            from: 0xD000,
+            to: 0xF000
+        }]
+    );
     assert_eq!(s.boot_partition(&mut f).unwrap(), part(&s, "factory"));
 }
 
@@ -144,16 +204,31 @@ fn set_boot_partition_refuses_non_ota_targets() {
     let s = slots(TABLE_TWO_OTA);
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_BLANK);
     for name in ["nvs", "otadata", "phy_init"] {
-        assert_eq!(s.set_boot_partition(&mut f, &part(&s, name), OtaImgState::New), Err(SlotError::NotOtaSlot));
+        assert_eq!(
+            s.set_boot_partition(&mut f, &part(&s, name), OtaImgState::New),
+            Err(SlotError::NotOtaSlot)
+        );
     }
     let mut ota5 = part(&s, "ota_1");
     ota5.subtype = 0x15;
-    assert_eq!(s.set_boot_partition(&mut f, &ota5, OtaImgState::New), Err(SlotError::NotOtaSlot));
+    assert_eq!(
+        s.set_boot_partition(&mut f, &ota5, OtaImgState::New),
+        Err(SlotError::NotOtaSlot)
+    );
     let mut elsewhere = part(&s, "ota_1");
     elsewhere.offset = 0x30_0000;
-    assert_eq!(s.set_boot_partition(&mut f, &elsewhere, OtaImgState::New), Err(SlotError::NotOtaSlot));
-    let test = Partition { subtype: 0x20, ..part(&s, "ota_1") };
-    assert_eq!(s.set_boot_partition(&mut f, &test, OtaImgState::New), Err(SlotError::NotOtaSlot));
+    assert_eq!(
+        s.set_boot_partition(&mut f, &elsewhere, OtaImgState::New),
+        Err(SlotError::NotOtaSlot)
+    );
+    let test = Partition {
+        subtype: 0x20,
+        ..part(&s, "ota_1")
+    };
+    assert_eq!(
+        s.set_boot_partition(&mut f, &test, OtaImgState::New),
+        Err(SlotError::NotOtaSlot)
+    );
     assert!(f.ops.is_empty());
 }
 
@@ -187,11 +262,19 @@ fn next_sequence_numbers() {
 #[test]
 fn seq_exhaustion_is_an_error() {
     let s = slots(TABLE_TWO_OTA);
-    let otadata = with_entry(OTADATA_BLANK, 0, OtaEntry::new(0xFFFF_FFFE, OtaImgState::Valid).to_bytes());
+    let otadata = with_entry(
+        OTADATA_BLANK,
+        0,
+        OtaEntry::new(0xFFFF_FFFE, OtaImgState::Valid).to_bytes(),
+    );
     let mut f = esp_flash(TABLE_TWO_OTA, &otadata);
     // 0xFFFFFFFE selects ota_1 ((0xFFFFFFFE - 1) % 2 = 1); ota_0 would need 0xFFFFFFFF.
-    assert_eq!(s.set_boot_partition(&mut f, &part(&s, "ota_0"), OtaImgState::New), Err(SlotError::SeqExhausted));
-    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New).unwrap();
+    assert_eq!(
+        s.set_boot_partition(&mut f, &part(&s, "ota_0"), OtaImgState::New),
+        Err(SlotError::SeqExhausted)
+    );
+    s.set_boot_partition(&mut f, &part(&s, "ota_1"), OtaImgState::New)
+        .unwrap();
 }
 
 #[test]
@@ -201,26 +284,48 @@ fn set_active_state_rewrites_in_place() {
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_SEQ1_NEW);
     s.set_active_state(&mut f, OtaImgState::Valid).unwrap();
     assert_eq!(otadata_bytes(&f), OTADATA_SEQ1_VALID);
-    assert_eq!(f.ops, [Op::Erase { from: 0xD000, to: 0xE000 }, Op::Write { at: 0xD000, len: 32 }]);
+    assert_eq!(
+        f.ops,
+        [
+            Op::Erase {
+                from: 0xD000,
+                to: 0xE000
+            },
+            Op::Write {
+                at: 0xD000,
+                len: 32
+            }
+        ]
+    );
     // Already VALID: nothing written.
     f.ops.clear();
     s.set_active_state(&mut f, OtaImgState::Valid).unwrap();
     assert!(f.ops.is_empty());
     // s1 NEW -> PENDING_VERIFY -> ABORTED gives the vectors.
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S1_NEW);
-    s.set_active_state(&mut f, OtaImgState::PendingVerify).unwrap();
+    s.set_active_state(&mut f, OtaImgState::PendingVerify)
+        .unwrap();
     assert_eq!(otadata_bytes(&f), OTADATA_S1_PENDING);
     s.set_active_state(&mut f, OtaImgState::Aborted).unwrap();
     assert_eq!(otadata_bytes(&f), OTADATA_S1_ABORTED);
     // Now sector 0 is active again.
     assert_eq!(s.boot_partition(&mut f).unwrap(), part(&s, "ota_0"));
     s.set_active_state(&mut f, OtaImgState::Invalid).unwrap();
-    assert_eq!(sector(&f, 0), OtaEntry::new(1, OtaImgState::Invalid).to_bytes());
+    assert_eq!(
+        sector(&f, 0),
+        OtaEntry::new(1, OtaImgState::Invalid).to_bytes()
+    );
     // Both invalid: no active entry; the default is factory.
-    assert_eq!(s.set_active_state(&mut f, OtaImgState::Valid), Err(SlotError::NoActiveEntry));
+    assert_eq!(
+        s.set_active_state(&mut f, OtaImgState::Valid),
+        Err(SlotError::NoActiveEntry)
+    );
     assert_eq!(s.boot_partition(&mut f).unwrap(), part(&s, "factory"));
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_BLANK);
-    assert_eq!(s.set_active_state(&mut f, OtaImgState::Valid), Err(SlotError::NoActiveEntry));
+    assert_eq!(
+        s.set_active_state(&mut f, OtaImgState::Valid),
+        Err(SlotError::NoActiveEntry)
+    );
     assert!(f.ops.is_empty());
 }
 
@@ -262,15 +367,30 @@ fn state_of_and_slot_states() {
     let (ota0, ota1) = (part(&s, "ota_0"), part(&s, "ota_1"));
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S1_PENDING);
     assert_eq!(s.state_of(&mut f, &ota0).unwrap(), Some(OtaImgState::Valid));
-    assert_eq!(s.state_of(&mut f, &ota1).unwrap(), Some(OtaImgState::PendingVerify));
-    assert_eq!(s.state_of(&mut f, &part(&s, "factory")), Err(SlotError::NotOtaSlot));
+    assert_eq!(
+        s.state_of(&mut f, &ota1).unwrap(),
+        Some(OtaImgState::PendingVerify)
+    );
+    assert_eq!(
+        s.state_of(&mut f, &part(&s, "factory")),
+        Err(SlotError::NotOtaSlot)
+    );
     let states = s.slot_states(&mut f).unwrap();
     assert_eq!(states.len(), 2);
-    assert_eq!((states[0].partition, states[0].state, states[0].is_boot), (ota0, Some(OtaImgState::Valid), false));
-    assert_eq!((states[1].partition, states[1].state, states[1].is_boot), (ota1, Some(OtaImgState::PendingVerify), true));
+    assert_eq!(
+        (states[0].partition, states[0].state, states[0].is_boot),
+        (ota0, Some(OtaImgState::Valid), false)
+    );
+    assert_eq!(
+        (states[1].partition, states[1].state, states[1].is_boot),
+        (ota1, Some(OtaImgState::PendingVerify), true)
+    );
     // ABORTED is still reported (IDF ignores the state here), a bad CRC is not.
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S1_ABORTED);
-    assert_eq!(s.state_of(&mut f, &ota1).unwrap(), Some(OtaImgState::Aborted));
+    assert_eq!(
+        s.state_of(&mut f, &ota1).unwrap(),
+        Some(OtaImgState::Aborted)
+    );
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S1_BADCRC);
     assert_eq!(s.state_of(&mut f, &ota1).unwrap(), None);
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_BLANK);
@@ -278,7 +398,11 @@ fn state_of_and_slot_states() {
     let states = s.slot_states(&mut f).unwrap();
     assert!(states.iter().all(|st| st.state.is_none() && !st.is_boot));
     // Sector 0 is looked at first: with both entries on ota_0, its state wins.
-    let otadata = with_entry(OTADATA_S0SEQ3_S1SEQ2, 1, OtaEntry::new(5, OtaImgState::New).to_bytes());
+    let otadata = with_entry(
+        OTADATA_S0SEQ3_S1SEQ2,
+        1,
+        OtaEntry::new(5, OtaImgState::New).to_bytes(),
+    );
     let mut f = esp_flash(TABLE_TWO_OTA, &otadata);
     assert_eq!(s.state_of(&mut f, &ota0).unwrap(), Some(OtaImgState::Valid));
 }
@@ -291,9 +415,18 @@ fn next_update_partition_wraps() {
     assert_eq!(s.next_update_partition(&ota0).unwrap(), ota1);
     assert_eq!(s.next_update_partition(&ota1).unwrap(), ota0);
     // A single OTA slot while running it: nothing to update.
-    let rows: Vec<_> = s.table().partitions().iter().copied().filter(|p| p.ota_slot() != Some(1)).collect();
+    let rows: Vec<_> = s
+        .table()
+        .partitions()
+        .iter()
+        .copied()
+        .filter(|p| p.ota_slot() != Some(1))
+        .collect();
     let one = OtaSlots::new(PartitionTable::from_partitions(&rows)).unwrap();
-    assert_eq!(one.next_update_partition(&ota0), Err(SlotError::RunningPartition));
+    assert_eq!(
+        one.next_update_partition(&ota0),
+        Err(SlotError::RunningPartition)
+    );
     assert_eq!(one.next_update_partition(&factory).unwrap(), ota0);
 }
 
@@ -306,7 +439,13 @@ fn invalidate_inactive_before_an_update() {
     s.invalidate_inactive_for(&mut f, &ota0).unwrap();
     assert_eq!(sector(&f, 0), [0xFF; 32]);
     assert_eq!(sector(&f, 1), OtaEntry::new(2, OtaImgState::New).to_bytes());
-    assert_eq!(f.ops, [Op::Erase { from: 0xD000, to: 0xE000 }]);
+    assert_eq!(
+        f.ops,
+        [Op::Erase {
+            from: 0xD000,
+            to: 0xE000
+        }]
+    );
     // Still boots ota_1.
     assert_eq!(s.boot_partition(&mut f).unwrap(), ota1);
     // The inactive entry selects another slot: untouched.
@@ -316,7 +455,10 @@ fn invalidate_inactive_before_an_update() {
     // s0 seq 3 active (ota_0), s1 seq 2 (ota_1): updating ota_1 erases sector 1.
     let mut f = esp_flash(TABLE_TWO_OTA, OTADATA_S0SEQ3_S1SEQ2);
     s.invalidate_inactive_for(&mut f, &ota1).unwrap();
-    assert_eq!(OtaData::from_partition_bytes(otadata_bytes(&f)).entries[1], OtaEntry::ERASED);
+    assert_eq!(
+        OtaData::from_partition_bytes(otadata_bytes(&f)).entries[1],
+        OtaEntry::ERASED
+    );
     // Blank, single entry, bad CRC: nothing to do.
     for otadata in [OTADATA_BLANK, OTADATA_SEQ1_NEW, OTADATA_S1_BADCRC] {
         let mut f = esp_flash(TABLE_TWO_OTA, otadata);
@@ -327,11 +469,18 @@ fn invalidate_inactive_before_an_update() {
         }
     }
     // An ABORTED inactive entry with a good CRC is erased too (IDF checks seq and CRC only).
-    let otadata = with_entry(OTADATA_S0SEQ3_S1SEQ2, 1, OtaEntry::new(2, OtaImgState::Aborted).to_bytes());
+    let otadata = with_entry(
+        OTADATA_S0SEQ3_S1SEQ2,
+        1,
+        OtaEntry::new(2, OtaImgState::Aborted).to_bytes(),
+    );
     let mut f = esp_flash(TABLE_TWO_OTA, &otadata);
     s.invalidate_inactive_for(&mut f, &ota1).unwrap();
     assert_eq!(sector(&f, 1), [0xFF; 32]);
-    assert_eq!(s.invalidate_inactive_for(&mut f, &part(&s, "factory")), Err(SlotError::NotOtaSlot));
+    assert_eq!(
+        s.invalidate_inactive_for(&mut f, &part(&s, "factory")),
+        Err(SlotError::NotOtaSlot)
+    );
 }
 
 #[test]
@@ -358,5 +507,8 @@ fn otadata_writes_fail_cleanly_on_a_small_flash() {
     let mut f = RamFlash::new(0xE000);
     assert!(matches!(s.read_otadata(&mut f), Err(SlotError::Flash(_))));
     assert!(matches!(s.boot_partition(&mut f), Err(SlotError::Flash(_))));
-    assert!(matches!(s.set_boot_partition(&mut f, &part(&s, "factory"), OtaImgState::New), Err(SlotError::Flash(_))));
+    assert!(matches!(
+        s.set_boot_partition(&mut f, &part(&s, "factory"), OtaImgState::New),
+        Err(SlotError::Flash(_))
+    ));
 }

@@ -6,8 +6,10 @@ use embedded_storage::nor_flash::NorFlash;
 use super::chip::Chip;
 use super::flash::{self, FlashError};
 use super::image::{ImageError, ImageInfo, verify_in_flash};
-use super::otadata::{OTADATA_SIZE, OtaImgState, OtaEntry};
-use super::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, Partition, PartitionError, PartitionTable};
+use super::otadata::{OTADATA_SIZE, OtaEntry, OtaImgState};
+use super::partition::{
+    Md5Policy, PARTITION_TABLE_MAX_LEN, Partition, PartitionError, PartitionTable,
+};
 use super::slots::{OtaSlots, SlotError, read_entries, write_entry};
 
 /// How the bootloader was built.
@@ -68,7 +70,10 @@ pub fn run_bootloader<F: NorFlash>(
     // `start, start-1, ..., 0, factory`, then `start+1 .. app_count`, then test.
     let backwards = (FACTORY_INDEX..=start).rev();
     let forwards = (start + 1)..i32::from(bs.app_count);
-    for index in backwards.chain(forwards).chain(core::iter::once(TEST_APP_INDEX)) {
+    for index in backwards
+        .chain(forwards)
+        .chain(core::iter::once(TEST_APP_INDEX))
+    {
         let Some(part) = bs.partition(index) else {
             continue;
         };

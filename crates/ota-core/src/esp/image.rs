@@ -126,7 +126,9 @@ pub struct ImageInfo {
 #[non_exhaustive]
 pub enum ImageError {
     /// The first byte is not 0xE9.
-    #[error("not an ESP app image (first byte {found:#04x}, expected 0xe9); pass the .bin from `espflash save-image`, not the ELF")]
+    #[error(
+        "not an ESP app image (first byte {found:#04x}, expected 0xe9); pass the .bin from `espflash save-image`, not the ELF"
+    )]
     BadMagic {
         /// The first byte.
         found: u8,
@@ -154,7 +156,9 @@ pub enum ImageError {
         len: u32,
     },
     /// The image is larger than the slot it goes to.
-    #[error("image needs {needed} bytes but the slot holds {max}; enlarge the partition or shrink the app")]
+    #[error(
+        "image needs {needed} bytes but the slot holds {max}; enlarge the partition or shrink the app"
+    )]
     TooLarge {
         /// Bytes the image needs (at least; exact once every segment header was seen).
         needed: u32,
@@ -176,7 +180,9 @@ pub enum ImageError {
         extra: u32,
     },
     /// The XOR checksum does not match.
-    #[error("image checksum mismatch (stored {stored:#04x}, computed {computed:#04x}); the file is corrupt")]
+    #[error(
+        "image checksum mismatch (stored {stored:#04x}, computed {computed:#04x}); the file is corrupt"
+    )]
     ChecksumMismatch {
         /// The checksum byte in the image.
         stored: u8,
@@ -187,7 +193,9 @@ pub enum ImageError {
     #[error("image SHA-256 mismatch; the file is corrupt")]
     HashMismatch,
     /// Segment 0 does not start with `esp_app_desc_t`.
-    #[error("image has no app descriptor (esp_app_desc_t); build it with esp-bootloader-esp-idf's esp_app_desc!()")]
+    #[error(
+        "image has no app descriptor (esp_app_desc_t); build it with esp-bootloader-esp-idf's esp_app_desc!()"
+    )]
     NoAppDescriptor,
     /// Reading the image from flash failed.
     #[error(transparent)]
@@ -408,9 +416,12 @@ impl ImageValidator {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let (Some(header), Some(total), Some(checksum_stored), true) =
-            (self.header, self.total, self.checksum_stored, self.phase == Phase::Done)
-        else {
+        let (Some(header), Some(total), Some(checksum_stored), true) = (
+            self.header,
+            self.total,
+            self.checksum_stored,
+            self.phase == Phase::Done,
+        ) else {
             return Err(ImageError::Truncated {
                 got: self.pos,
                 needed: self.min_total(),
@@ -446,7 +457,11 @@ impl ImageValidator {
             .sum();
         let unknown = u64::from(h.segment_count).saturating_sub(self.segments.len() as u64);
         let unpadded = u64::from(HEADER_LEN) + known + unknown * u64::from(SEGMENT_HEADER_LEN);
-        let hash = if h.hash_appended { u64::from(HASH_LEN) } else { 0 };
+        let hash = if h.hash_appended {
+            u64::from(HASH_LEN)
+        } else {
+            0
+        };
         let total = ((unpadded + 16) & !15) + hash;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
@@ -563,13 +578,13 @@ impl ImageValidator {
     /// Checks a complete header.
     fn start(&mut self, h: ImageHeader) -> Result<(), ImageError> {
         self.header = Some(h);
-        if let Some(chip) = self.chip {
-            if h.chip_id != chip.id() {
-                return Err(ImageError::WrongChip {
-                    expected: chip,
-                    found: h.chip_id,
-                });
-            }
+        if let Some(chip) = self.chip
+            && h.chip_id != chip.id()
+        {
+            return Err(ImageError::WrongChip {
+                expected: chip,
+                found: h.chip_id,
+            });
         }
         if h.segment_count == 0 || usize::from(h.segment_count) > MAX_SEGMENTS {
             return Err(ImageError::BadSegmentCount {
@@ -598,7 +613,7 @@ impl ImageValidator {
         let b = &self.buf;
         let load_addr = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let data_len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        if data_len % 4 != 0 || data_len >= MAX_SEGMENT_LEN {
+        if !data_len.is_multiple_of(4) || data_len >= MAX_SEGMENT_LEN {
             return Err(ImageError::BadSegmentLength {
                 index,
                 len: data_len,
@@ -632,7 +647,7 @@ impl ImageValidator {
                     return Err(ImageError::TooLarge {
                         needed: u32::MAX,
                         max: self.max_len,
-                    })
+                    });
                 }
             }
         }
@@ -709,4 +724,49 @@ pub fn verify_in_flash<F: NorFlash>(
         }
     }
     v.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_sits_at_the_end_of_a_16_byte_block() {
+        // tiny_c3_app.bin: unpadded 0x1A8 -> 0x1AF; handmade: 0x120 -> 0x12F.
+        assert_eq!(checksum_offset(0x1A8), 0x1AF);
+        assert_eq!(checksum_offset(0x120), 0x12F);
+        assert_eq!(checksum_offset(0x12F), 0x12F);
+        assert_eq!(checksum_offset(0x130), 0x13F);
+        assert_eq!(checksum_offset(u32::MAX), 0xFFFF_FFFF);
+        assert_eq!(checksum_offset(u32::MAX - 15), 0xFFFF_FFFF);
+    }
+
+    #[test]
+    fn descriptor_fields_land_at_their_offsets() {
+        let mut raw = [0u8; 256];
+        raw[0..4].copy_from_slice(&APP_DESC_MAGIC.to_le_bytes());
+        raw[4..8].copy_from_slice(&0x0102_0304u32.to_le_bytes());
+        raw[0x10] = b'v';
+        raw[0x30] = b'p';
+        raw[0x50] = b't';
+        raw[0x60] = b'd';
+        raw[0x70] = b'i';
+        raw[0x90] = 0xAB;
+        raw[0xAF] = 0xCD;
+        raw[0xB0..0xB2].copy_from_slice(&101u16.to_le_bytes());
+        raw[0xB2..0xB4].copy_from_slice(&199u16.to_le_bytes());
+        raw[0xB4] = 16;
+        raw[0xB5] = 3;
+        let d = AppDescriptor::from_bytes(&raw).unwrap();
+        assert_eq!(d.secure_version, 0x0102_0304);
+        assert_eq!(
+            (d.version[0], d.project_name[0], d.time[0], d.date[0], d.idf_ver[0]),
+            (b'v', b'p', b't', b'd', b'i')
+        );
+        assert_eq!((d.app_elf_sha256[0], d.app_elf_sha256[31]), (0xAB, 0xCD));
+        assert_eq!((d.min_efuse_blk_rev_full, d.max_efuse_blk_rev_full), (101, 199));
+        assert_eq!(d.mmu_page_size, 16);
+        raw[3] = 0;
+        assert!(AppDescriptor::from_bytes(&raw).is_none());
+    }
 }

@@ -122,7 +122,9 @@ impl OtaEntry {
     }
     /// Parses 32 bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
-        let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let mut label = [0u8; 20];
         label.copy_from_slice(&bytes[4..24]);
         OtaEntry {
@@ -211,5 +213,23 @@ impl OtaData {
     /// Returns true when neither entry is selectable (`is_invalid` for both).
     pub fn both_invalid(&self) -> bool {
         self.entries.iter().all(OtaEntry::is_invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_of_seq_1() {
+        assert_eq!(seq_crc(1), 0x4743_989A);
+        assert_eq!(CRC.checksum(b"123456789"), OTADATA_CRC.check);
+    }
+
+    #[test]
+    fn erased_entry_is_blank_and_invalid() {
+        assert!(OtaEntry::ERASED.is_invalid());
+        assert!(OtaEntry::ERASED.is_blank_or_bad_crc());
+        assert_eq!(OtaEntry::from_bytes(&[0xFF; 32]), OtaEntry::ERASED);
     }
 }

@@ -109,7 +109,11 @@ impl Partition {
 
     /// Returns the label up to its first NUL, or `"?"` when it is not UTF-8.
     pub fn name(&self) -> &str {
-        let end = self.label.iter().position(|b| *b == 0).unwrap_or(self.label.len());
+        let end = self
+            .label
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(self.label.len());
         core::str::from_utf8(&self.label[..end]).unwrap_or("?")
     }
     /// Returns true for an app partition.
@@ -174,7 +178,10 @@ impl Partition {
 
 fn row_at(bytes: &[u8], index: usize) -> Option<&[u8; 32]> {
     let start = index.checked_mul(ROW_LEN)?;
-    bytes.get(start..start.checked_add(ROW_LEN)?)?.try_into().ok()
+    bytes
+        .get(start..start.checked_add(ROW_LEN)?)?
+        .try_into()
+        .ok()
 }
 
 fn md5_of(bytes: &[u8]) -> [u8; 16] {
@@ -184,10 +191,12 @@ fn md5_of(bytes: &[u8]) -> [u8; 16] {
 
 fn check_bounds(p: &Partition, row: usize, flash_size: Option<u32>) -> Result<(), PartitionError> {
     match flash_size {
-        Some(chip) if p.offset > chip || p.size > chip - p.offset => Err(PartitionError::OutOfFlash {
-            row,
-            flash_size: chip,
-        }),
+        Some(chip) if p.offset > chip || p.size > chip - p.offset => {
+            Err(PartitionError::OutOfFlash {
+                row,
+                flash_size: chip,
+            })
+        }
         _ => Ok(()),
     }
 }

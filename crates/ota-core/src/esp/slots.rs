@@ -2,9 +2,9 @@
 //! the next boot, and how to change the running image's state. Writes otadata exactly as
 //! ESP-IDF v6.0+ does (an entry for the running slot is rewritten in place).
 
-use embedded_storage::nor_flash::NorFlash;
+use embedded_storage::nor_flash::{NorFlash, NorFlashErrorKind};
 
-use super::flash::{self, FlashError, SECTOR_SIZE};
+use super::flash::{self, FlashError, FlashOp, SECTOR_SIZE};
 use super::otadata::{ENTRY_1_OFFSET, ENTRY_LEN, OTADATA_SIZE, OtaData, OtaEntry, OtaImgState};
 use super::partition::{Partition, PartitionTable};
 
@@ -33,7 +33,9 @@ pub struct SlotState {
 pub enum SlotError {
     /// The table has no otadata partition, or it is smaller than 0x2000 bytes (the bootloader
     /// refuses it), or it is not made of whole 4 KiB sectors.
-    #[error("partition table has no usable otadata partition (data/ota, 0x2000 bytes); OTA needs one")]
+    #[error(
+        "partition table has no usable otadata partition (data/ota, 0x2000 bytes); OTA needs one"
+    )]
     NoOtadata,
     /// The table has no OTA app slot.
     #[error("partition table has no ota_0 app partition; OTA needs one")]
@@ -61,7 +63,7 @@ pub(crate) fn read_entries<F: NorFlash>(flash: &mut F, base: u32) -> Result<OtaD
     let mut entries = [OtaEntry::ERASED; 2];
     for (i, e) in entries.iter_mut().enumerate() {
         let mut buf = [0u8; ENTRY_LEN];
-        flash::read(flash, base + i as u32 * ENTRY_1_OFFSET, &mut buf)?;
+        flash::read(flash, sector_addr(base, i)?, &mut buf)?;
         *e = OtaEntry::from_bytes(&buf);
     }
     Ok(OtaData { entries })
@@ -75,9 +77,28 @@ pub(crate) fn write_entry<F: NorFlash>(
     index: usize,
     entry: &OtaEntry,
 ) -> Result<(), FlashError> {
-    let at = base + if index == 0 { 0 } else { ENTRY_1_OFFSET };
-    flash::erase(flash, at, at + SECTOR_SIZE)?;
+    let at = sector_addr(base, index)?;
+    let end = at
+        .checked_add(SECTOR_SIZE)
+        .ok_or(out_of_bounds(FlashOp::Erase, at))?;
+    flash::erase(flash, at, end)?;
     flash::write(flash, at, &entry.to_bytes())
+}
+
+fn out_of_bounds(op: FlashOp, addr: u32) -> FlashError {
+    FlashError {
+        op,
+        addr,
+        kind: NorFlashErrorKind::OutOfBounds,
+    }
+}
+
+/// Address of entry `index` (0 or 1) of the otadata partition at `base`.
+fn sector_addr(base: u32, index: usize) -> Result<u32, FlashError> {
+    let off = if index == 0 { 0 } else { ENTRY_1_OFFSET };
+    base.checked_add(off)
+        .filter(|a| a.checked_add(SECTOR_SIZE).is_some())
+        .ok_or(out_of_bounds(FlashOp::Read, base))
 }
 
 /// `compute_ota_seq_for_target_slot`: the smallest `base + i*n >= current` with
@@ -89,7 +110,11 @@ pub fn next_seq(current: u32, slot: u8, ota_count: u8) -> Option<u32> {
     let n = u64::from(ota_count);
     let base = (u64::from(slot) + 1) % n;
     let cur = u64::from(current);
-    let seq = if cur <= base { base } else { base + (cur - base).div_ceil(n) * n };
+    let seq = if cur <= base {
+        base
+    } else {
+        base + (cur - base).div_ceil(n) * n
+    };
     u32::try_from(seq).ok().filter(|s| *s != u32::MAX)
 }
 
@@ -141,7 +166,12 @@ impl OtaSlots {
         index: usize,
         entry: &OtaEntry,
     ) -> Result<(), SlotError> {
-        Ok(write_entry(flash, self.otadata_partition().offset, index, entry)?)
+        Ok(write_entry(
+            flash,
+            self.otadata_partition().offset,
+            index,
+            entry,
+        )?)
     }
     /// Returns the OTA partition selected by `entry` (`ota_<(seq-1) % count>`).
     pub fn slot_partition(&self, entry: &OtaEntry) -> Option<&Partition> {
@@ -256,10 +286,7 @@ impl OtaSlots {
         flash: &mut F,
         running: &Partition,
     ) -> Result<(), SlotError> {
-        let running_slot = self
-            .own_ota(running)
-            .ok()
-            .map(|(s, _)| s);
+        let running_slot = self.own_ota(running).ok().map(|(s, _)| s);
         self.invalidate_inactive_if(flash, |s| s.is_some() && s != running_slot)
     }
     fn invalidate_inactive_if<F: NorFlash>(
@@ -278,7 +305,7 @@ impl OtaSlots {
         }
         let selects = self.slot_partition(entry).and_then(Partition::ota_slot);
         if erase_if_selects(selects) {
-            let at = self.otadata_partition().offset + inactive as u32 * ENTRY_1_OFFSET;
+            let at = sector_addr(self.otadata_partition().offset, inactive)?;
             flash::erase(flash, at, at + SECTOR_SIZE)?;
         }
         Ok(())

@@ -36,7 +36,10 @@ impl NorFlashError for RamFlashError {
 impl RamFlash {
     /// An erased flash of `size` bytes.
     pub fn new(size: usize) -> Self {
-        RamFlash { mem: vec![0xFF; size], ops: Vec::new() }
+        RamFlash {
+            mem: vec![0xFF; size],
+            ops: Vec::new(),
+        }
     }
 
     /// Copies `bytes` to `at` directly (as a programmer would flash them).
@@ -49,11 +52,17 @@ impl RamFlash {
     }
 
     pub fn erase_count(&self) -> usize {
-        self.ops.iter().filter(|o| matches!(o, Op::Erase { .. })).count()
+        self.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Erase { .. }))
+            .count()
     }
 
     pub fn write_count(&self) -> usize {
-        self.ops.iter().filter(|o| matches!(o, Op::Write { .. })).count()
+        self.ops
+            .iter()
+            .filter(|o| matches!(o, Op::Write { .. }))
+            .count()
     }
 
     fn range(&self, at: u32, len: usize) -> Result<std::ops::Range<usize>, RamFlashError> {
@@ -73,7 +82,7 @@ impl ReadNorFlash for RamFlash {
     const READ_SIZE: usize = 4;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        if offset % 4 != 0 || bytes.len() % 4 != 0 {
+        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
             return Err(RamFlashError(NorFlashErrorKind::NotAligned));
         }
         let r = self.range(offset, bytes.len())?;
@@ -91,7 +100,7 @@ impl NorFlash for RamFlash {
     const ERASE_SIZE: usize = 4096;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        if from % 4096 != 0 || to % 4096 != 0 || to < from {
+        if !from.is_multiple_of(4096) || !to.is_multiple_of(4096) || to < from {
             return Err(RamFlashError(NorFlashErrorKind::NotAligned));
         }
         let r = self.range(from, (to - from) as usize)?;
@@ -101,14 +110,17 @@ impl NorFlash for RamFlash {
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        if offset % 4 != 0 || bytes.len() % 4 != 0 {
+        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
             return Err(RamFlashError(NorFlashErrorKind::NotAligned));
         }
         let r = self.range(offset, bytes.len())?;
         for (cell, b) in self.mem[r].iter_mut().zip(bytes) {
             *cell &= *b;
         }
-        self.ops.push(Op::Write { at: offset, len: bytes.len() });
+        self.ops.push(Op::Write {
+            at: offset,
+            len: bytes.len(),
+        });
         Ok(())
     }
 }
@@ -117,7 +129,11 @@ impl NorFlash for RamFlash {
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $name)) as &[u8]
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/",
+            $name
+        )) as &[u8]
     };
 }
 
@@ -203,7 +219,9 @@ pub fn app_desc(name: &str, version: &str) -> Vec<u8> {
 impl ImageSpec {
     /// A C3 app: the descriptor segment plus a filler segment of `filler` bytes.
     pub fn app(name: &str, filler: usize) -> Self {
-        let data: Vec<u8> = (0..filler).map(|i| (i as u8).wrapping_mul(31) ^ 0x5A).collect();
+        let data: Vec<u8> = (0..filler)
+            .map(|i| (i as u8).wrapping_mul(31) ^ 0x5A)
+            .collect();
         ImageSpec {
             chip_id: Chip::Esp32c3.id(),
             segments: vec![(0x3C00_0020, app_desc(name, "1.2.3")), (0x4200_0120, data)],
