@@ -15,7 +15,7 @@ ports read from its first stdout line, stdin a pipe), then drives Bumble hosts o
 - legacy: e2e/legacy_client.py updates a tiny fake seed device (accept, request NAK,
   done NAK) and must exit 0, 2 and 3.
 
-    target/e2e-venv/bin/python e2e/smoke_peripheral_central.py [-k link] [-v]
+    target/py-venv/bin/python e2e/smoke_peripheral_central.py [-k link] [-v]
 
 Exits 0 when every scenario passes.
 """
