@@ -476,6 +476,7 @@ fn hash_mismatch() {
 #[test]
 fn validator_state_is_small() {
     let size = core::mem::size_of::<ImageValidator>();
+    eprintln!("ImageValidator: {size} bytes");
     assert!(size <= 768, "ImageValidator is {size} bytes");
 }
 
