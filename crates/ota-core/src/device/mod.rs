@@ -537,7 +537,14 @@ impl UpdateEngine {
             .next_update_partition(&self.running)
             .map_err(|_| Reason::NoOtaSlot)?;
         let validator = ImageValidator::new(Some(self.config.chip), target.size);
-        Ok(Transfer::new(protocol, client, target, validator, now))
+        Ok(Transfer::new(
+            protocol,
+            client,
+            target,
+            self.running,
+            validator,
+            now,
+        ))
     }
 
     fn legacy_request<F: NorFlash>(&mut self, _flash: &mut F, client: ClientId, now: Instant) {

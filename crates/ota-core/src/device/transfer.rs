@@ -31,6 +31,8 @@ pub(super) struct Transfer {
     /// The client driving it; `None` after a disconnect (resumable with the same BEGIN).
     pub owner: Option<ClientId>,
     pub target: Partition,
+    /// The running app: otadata entries selecting it are never invalidated.
+    running: Partition,
     /// Next expected offset: every byte before it was validated and hashed.
     pub next: u32,
     pub last_acked: u32,
@@ -87,6 +89,7 @@ impl Transfer {
         protocol: Protocol,
         owner: ClientId,
         target: Partition,
+        running: Partition,
         validator: ImageValidator,
         now: Instant,
     ) -> Self {
@@ -94,6 +97,7 @@ impl Transfer {
             protocol,
             owner: Some(owner),
             target,
+            running,
             next: 0,
             last_acked: 0,
             gap_reported: None,
@@ -232,7 +236,8 @@ impl Transfer {
             .map_err(|_| Reason::FlashError)
     }
 
-    /// Before the first byte lands in the slot: stop otadata from falling back onto it.
+    /// Before the first byte lands in the slot: stop otadata from falling back onto it, as
+    /// `esp_ota_begin` does (IDF v5.5+, `esp_ota_invalidate_inactive_ota_data_slot`).
     fn prepare_otadata<F: NorFlash>(
         &mut self,
         flash: &mut F,
