@@ -3,8 +3,6 @@
 /// What `ble-ota` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
-    /// Success.
-    Ok = 0,
     /// Any other failure (I/O, link error, bug).
     Failure = 1,
     /// Bad arguments (clap also uses 2).

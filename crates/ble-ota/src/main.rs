@@ -5,11 +5,17 @@
 
 mod cmd;
 mod exit;
+mod progress;
+mod sim;
+mod target;
 mod transport;
 
 use clap::{Parser, Subcommand};
 
 /// Update ESP32 firmware over Bluetooth LE, or try it on a virtual ESP32.
+///
+/// Commands that talk to a device use the system's Bluetooth by default; `--sim PATH` talks to
+/// a virtual ESP32 instead (create one with `ble-ota sim create PATH`).
 #[derive(Debug, Parser)]
 #[command(
     name = "ble-ota",
@@ -22,17 +28,33 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    target: target::TargetArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole update cycle on a virtual ESP32: two updates, a refused image, a power
+    /// cut, a rollback, and the timing of both protocols.
+    Demo(cmd::demo::DemoArgs),
     /// List devices advertising the OTA service (system Bluetooth).
     Scan(cmd::scan::ScanArgs),
+    /// Show the device's chip, running app, slots and any resumable update.
+    Info,
+    /// Push an app image and select it for the next boot (then reboot into it).
+    Flash(cmd::flash::FlashArgs),
+    /// Make the running trial image permanent (otherwise it rolls back at the next reboot).
+    Confirm,
+    /// Reboot the device.
+    Reboot,
     /// Work with app image files offline.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Create and power the virtual ESP32.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCmd),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -44,9 +66,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    let target = cli.target;
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a, json),
         Command::Image(c) => cmd::image::run(c, json),
+        Command::Sim(c) => cmd::sim::run(c, &target, json),
         Command::Scan(a) => runtime().and_then(|rt| rt.block_on(cmd::scan::run(a, json))),
+        Command::Info => runtime().and_then(|rt| rt.block_on(cmd::control::info(&target, json))),
+        Command::Confirm => {
+            runtime().and_then(|rt| rt.block_on(cmd::control::confirm(&target, json)))
+        }
+        Command::Reboot => {
+            runtime().and_then(|rt| rt.block_on(cmd::control::reboot(&target, json)))
+        }
+        Command::Flash(a) => {
+            runtime().and_then(|rt| rt.block_on(cmd::flash::run(a, &target, json)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

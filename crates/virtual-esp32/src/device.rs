@@ -542,4 +542,50 @@ impl VirtualEsp32 {
     pub fn path(&self) -> Option<&Path> {
         self.flash.path()
     }
+
+    /// Returns the file that records, beside a file-backed flash, which app is running, so a
+    /// device stays "on" between runs of a program (a CLI that connects to it does not reset it).
+    pub fn power_state_path(&self) -> Option<std::path::PathBuf> {
+        self.flash.path().map(|p| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".running");
+            s.into()
+        })
+    }
+
+    /// Opens the device at `path` as it was left: still running the app recorded by the last
+    /// [`boot`](Self::boot) through [`record_power_state`](Self::record_power_state), or
+    /// freshly booted with `config` when it was off.
+    pub fn open_powered(
+        path: impl AsRef<Path>,
+        config: BootloaderConfig,
+    ) -> Result<Self, DeviceError> {
+        let mut dev = Self::open(path)?;
+        let label = dev
+            .power_state_path()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        match label.and_then(|l| dev.table.find(l.trim()).copied()) {
+            Some(p) if p.is_app() => dev.running = Some(p),
+            _ => {
+                dev.boot(config)?;
+                dev.record_power_state()?;
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Records the running app beside the flash file (or that the device is off).
+    pub fn record_power_state(&self) -> Result<(), DeviceError> {
+        let Some(path) = self.power_state_path() else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| DeviceError::Flash(FlashError::Io(e.kind()));
+        match self.running_partition() {
+            Some(p) => std::fs::write(path, p.name()).map_err(io),
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+                _ => Ok(()),
+            },
+        }
+    }
 }

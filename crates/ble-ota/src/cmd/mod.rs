@@ -1,4 +1,8 @@
 //! One module per subcommand.
 
+pub mod control;
+pub mod demo;
+pub mod flash;
 pub mod image;
 pub mod scan;
+pub mod sim;

@@ -118,3 +118,45 @@ fn drain(sender: &mut Sender<'_>, progress: &mut dyn Progress) {
         progress.event(&e);
     }
 }
+
+/// Sends one fast-protocol command and returns the device's answer to it (an INFO cut short by
+/// the ATT MTU is read back whole from OTA Control).
+pub async fn command<L: Link>(
+    link: &mut L,
+    cmd: ota_core::protocol::fast::Command,
+) -> Result<ota_core::protocol::fast::Response> {
+    use ota_core::protocol::fast::{Response, op};
+    let mut buf = [0u8; 64];
+    let n = cmd.encode(&mut buf)?;
+    let opcode = cmd.opcode();
+    if let Err(code) = link.write(Characteristic::Control, &buf[..n], true).await? {
+        anyhow::bail!(
+            "the device rejected the command with ATT error {code:#04x}: is it running OTA firmware?"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Some(bytes) = link.notification(left).await? else {
+            break;
+        };
+        let resp = match Response::decode(&bytes) {
+            Ok(r) => r,
+            Err(_) if bytes.first() == Some(&(op::RESPONSE_FLAG | op::INFO)) => {
+                Response::decode(&link.read_control().await?)?
+            }
+            Err(_) => continue,
+        };
+        let answers = match &resp {
+            Response::Error { opcode: o, .. } => *o == opcode,
+            Response::Ack { .. } => opcode == op::STATUS,
+            Response::Rewind { .. } => false,
+            _ => true,
+        };
+        if answers {
+            return Ok(resp);
+        }
+    }
+    anyhow::bail!(
+        "no answer from the device within 5 s: does its firmware speak the fast protocol? (`--legacy` for the seed's)"
+    )
+}

@@ -1,0 +1,278 @@
+//! `ble-ota demo`: the whole update cycle on a virtual ESP32, as a new user first sees it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use ble_link_model::Profile;
+use ota_core::client::ClientError;
+use ota_core::esp::Chip;
+use ota_core::protocol::fast::{Command, Response};
+use virtual_esp32::air::{AirConfig, AirOutcome, AirReport};
+use virtual_esp32::{BootReport, DeviceSpec, FaultPlan, VirtualEsp32, app_image};
+
+use crate::cmd::sim::DEFAULT_PARTITIONS;
+use crate::progress::{Bar, rate};
+use crate::sim::{SimDevice, SimLink};
+use crate::transport::command;
+
+/// Options of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Where to keep the virtual ESP32's flash file.
+    #[arg(long, default_value = "target/demo")]
+    pub dir: PathBuf,
+    /// Pace the progress bars to the modelled time times this factor (0: no pacing).
+    #[arg(long, default_value_t = 4.0)]
+    pub speed: f64,
+    /// Link profile of the updates (desktop, android, ios, esp32-classic).
+    #[arg(long, default_value = "desktop")]
+    pub profile: String,
+}
+
+const CHIP: Chip = Chip::Esp32c3;
+
+fn step(n: u32, title: &str) {
+    println!("\n== {n}. {title}");
+}
+
+fn show(r: &BootReport) {
+    let state = r
+        .state
+        .map(|s| format!("{s:?}"))
+        .unwrap_or_else(|| "-".into());
+    for p in &r.rolled_back {
+        println!(
+            "   rollback guard: {} booted again unconfirmed -> marked ABORTED, rebooted",
+            p.name()
+        );
+    }
+    println!(
+        "   booted {} : {} {} (otadata state {state})",
+        r.slot, r.project_name, r.version
+    );
+}
+
+fn confirm(dev: SimDevice) -> Result<SimDevice> {
+    let rt = crate::runtime()?;
+    let mut link = SimLink::connect(dev)?;
+    let r = rt.block_on(command(&mut link, Command::Confirm))?;
+    ensure!(r == Response::ConfirmOk, "confirm failed: {r:?}");
+    println!("   CONFIRM -> the image is now VALID");
+    Ok(link.device)
+}
+
+fn update(
+    dev: &mut SimDevice,
+    image: &[u8],
+    legacy: bool,
+    air: &AirConfig,
+    speed: f64,
+) -> Result<AirReport> {
+    let mut bar = Bar::new(if legacy { "legacy" } else { "fast" }, false);
+    let r = dev.update_over_air(image, legacy, air, speed, &mut bar)?;
+    match r.outcome {
+        AirOutcome::Activated { .. } => {
+            bar.finish(format!("{} modelled", rate(r.image_len as u64, r.modelled)))
+        }
+        _ => bar.abandon(),
+    }
+    Ok(r)
+}
+
+pub fn run(args: DemoArgs, _json: bool) -> Result<()> {
+    let link = crate::cmd::flash::profile(&args.profile)?;
+    let air = AirConfig::new(link);
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let path = args.dir.join("esp32c3.bin");
+    let stock = virtual_esp32::BootloaderConfig { rollback: false };
+
+    step(
+        1,
+        "A virtual ESP32-C3: 4 MB flash, factory + ota_0 + ota_1, factory app 1.0.0",
+    );
+    let factory = app_image::build(CHIP, "factory-app", "1.0.0", 120_000, 1);
+    let mut created = VirtualEsp32::create(&path, DEFAULT_PARTITIONS, &factory, CHIP, 4 << 20)?;
+    show(&created.boot(stock)?);
+    created.record_power_state()?;
+    drop(created);
+    println!(
+        "   flash file: {} (espflash --merge layout; `esptool image-info` reads its slots)",
+        path.display()
+    );
+
+    let v2 = app_image::build(CHIP, "demo-app", "2.0.0", 400_000, 2);
+    let v3 = app_image::build(CHIP, "demo-app", "3.0.0", 420_000, 3);
+    let v4 = app_image::build(CHIP, "demo-app", "4.0.0", 380_000, 4);
+    let mut dev = SimDevice::open(&path, stock)?;
+
+    step(
+        2,
+        &format!(
+            "Update to 2.0.0 with the fast protocol ({} link profile)",
+            args.profile
+        ),
+    );
+    let r = update(&mut dev, &v2, false, &air, args.speed)?;
+    ensure!(
+        r.outcome == AirOutcome::Activated { slot: Some(0) },
+        "update 1: {:?}",
+        r.outcome
+    );
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(
+        b.slot == "ota_0" && b.version == "2.0.0",
+        "expected ota_0 2.0.0"
+    );
+    dev = confirm(dev)?;
+
+    step(
+        3,
+        "Update to 3.0.0 with the seed's legacy protocol (a seed client works unchanged)",
+    );
+    let r = update(&mut dev, &v3, true, &air, args.speed)?;
+    ensure!(
+        matches!(r.outcome, AirOutcome::Activated { .. }),
+        "update 2: {:?}",
+        r.outcome
+    );
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(
+        b.slot == "ota_1" && b.version == "3.0.0",
+        "expected ota_1 3.0.0"
+    );
+    dev = confirm(dev)?;
+
+    step(4, "A corrupt image (one flipped bit) is refused");
+    let mut corrupt = v4.clone();
+    corrupt[200_000] ^= 0x10;
+    let r = update(&mut dev, &corrupt, false, &air, 0.0)?;
+    match r.outcome {
+        AirOutcome::Failed(ClientError::Refused { reason, .. }) => {
+            println!("   refused by the device: {reason}")
+        }
+        other => bail!("the corrupt image was not refused: {other:?}"),
+    }
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(b.version == "3.0.0", "the corrupt image must not boot");
+
+    step(5, "Power cut in the middle of an update");
+    let ops_half = (v4.len() as u64 / 4096) * 2;
+    dev.dev.flash_mut().arm(FaultPlan::cut_at(ops_half));
+    let r = update(&mut dev, &v4, false, &air, 0.0)?;
+    dev.dev.flash_mut().disarm();
+    ensure!(
+        r.outcome == AirOutcome::PowerLost,
+        "expected a power loss, got {:?}",
+        r.outcome
+    );
+    println!("   power lost during flash write/erase #{ops_half}, mid-transfer; the device is off");
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(
+        b.slot == "ota_1" && b.version == "3.0.0",
+        "the old app must boot after a power cut"
+    );
+
+    step(6, "A trial image that is never confirmed rolls back");
+    let r = update(&mut dev, &v4, false, &air, args.speed)?;
+    ensure!(
+        matches!(r.outcome, AirOutcome::Activated { .. }),
+        "update 4: {:?}",
+        r.outcome
+    );
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(b.version == "4.0.0", "expected 4.0.0 on trial");
+    println!("   ... the app hangs before confirming; the watchdog resets it:");
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(
+        b.slot == "ota_1" && b.version == "3.0.0" && b.rolled_back.len() == 1,
+        "expected a rollback to 3.0.0"
+    );
+
+    step(7, "Summary");
+    let rt = crate::runtime()?;
+    let mut link = SimLink::connect(dev)?;
+    let Response::Info(info) = rt.block_on(command(&mut link, Command::Info))? else {
+        bail!("INFO failed")
+    };
+    println!("   {:<8} {:<15} {}", "slot", "otadata state", "");
+    for s in &info.slots {
+        let name = if s.slot == 0xFF {
+            "factory".to_string()
+        } else {
+            format!("ota_{}", s.slot)
+        };
+        let tag = if s.running { "running" } else { "" };
+        println!("   {:<8} {:<15} {tag}", name, s.state.name());
+    }
+    println!("   running: {} {}", info.app_name, info.app_version);
+    timing_table()?;
+    println!(
+        "\nDone: every step behaved as expected. Try `ble-ota --sim {} info`.",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The same 1 MiB image through both protocols on every link profile, side by side.
+fn timing_table() -> Result<()> {
+    // As large as the 1 MiB slot allows (header, descriptor, checksum and hash included).
+    let image = app_image::build(CHIP, "bench", "1.0.0", (1 << 20) - 1024, 7);
+    println!(
+        "\n   Modelled update of a {} KiB image (link + flash model, no radio here):",
+        image.len() / 1024
+    );
+    println!(
+        "   {:<14} {:>22} {:>22} {:>8}",
+        "profile", "legacy (seed)", "fast (ours)", "speedup"
+    );
+    for p in Profile::ALL {
+        let air = AirConfig::new(p.params());
+        let mut times = Vec::new();
+        for legacy in [true, false] {
+            let factory = app_image::build(CHIP, "factory-app", "1.0.0", 60_000, 1);
+            let spec = DeviceSpec {
+                chip: CHIP,
+                flash_size: 4 << 20,
+                partitions_csv: DEFAULT_PARTITIONS,
+                factory_image: &factory,
+                bootloader: None,
+            };
+            let mut dev = SimDevice {
+                dev: VirtualEsp32::create_in_memory(&spec)?,
+                bootloader: Default::default(),
+            };
+            dev.dev.boot(dev.bootloader)?;
+            let mut bar = Bar::new("", true);
+            let r = dev.update_over_air(&image, legacy, &air, 0.0, &mut bar)?;
+            ensure!(
+                matches!(r.outcome, AirOutcome::Activated { .. }),
+                "{}: {:?}",
+                p.name(),
+                r.outcome
+            );
+            times.push(r);
+        }
+        let cell = |r: &AirReport| {
+            format!(
+                "{:.1} s, {}",
+                r.modelled.as_secs_f64(),
+                rate(r.image_len as u64, r.modelled)
+            )
+        };
+        println!(
+            "   {:<14} {:>22} {:>22} {:>7.1}x",
+            p.name(),
+            cell(&times[0]),
+            cell(&times[1]),
+            times[0].modelled.as_secs_f64() / times[1].modelled.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! `ble-ota flash IMAGE`: push an app image with the fast protocol (or `--legacy`, the seed's).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ble_link_model::{LinkParams, Profile};
+use ota_core::client::{ClientError, ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
+use serde::Serialize;
+use virtual_esp32::FaultPlan;
+use virtual_esp32::air::{AirConfig, AirOutcome};
+
+use crate::cmd::image::inspect;
+use crate::cmd::sim::BootView;
+use crate::exit::{CliError, ExitCode};
+use crate::progress::{Bar, rate};
+use crate::sim::SimDevice;
+use crate::target::TargetArgs;
+use crate::transport::{Progress, ble, drive};
+
+/// Options of `flash`.
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// The app image (.bin), e.g. from `espflash save-image` or `cargo xtask firmware`.
+    pub image: PathBuf,
+    /// Use the seed's protocol (write requests, no resume) instead of the fast one.
+    #[arg(long)]
+    pub legacy: bool,
+    /// Do not reboot the device after the image is verified and selected.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Send the image even if it fails the local checks (to see the device refuse it).
+    #[arg(long)]
+    pub force: bool,
+    /// ATT MTU for the legacy packet size when the transport cannot tell it.
+    #[arg(long, default_value_t = 247)]
+    pub mtu: u16,
+    /// Virtual ESP32: link profile of the modelled BLE link (desktop, android, ios, esp32-classic).
+    #[arg(long, default_value = "desktop")]
+    pub profile: String,
+    /// Virtual ESP32: pace the progress to the modelled time (1 = real time, 0 = no pacing).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Virtual ESP32: cut power during the N-th flash write or erase of the update.
+    #[arg(long, value_name = "N")]
+    pub power_cut_at: Option<u64>,
+    /// Virtual ESP32: drop the link before the N-th data write (repeatable; the fast protocol resumes).
+    #[arg(long, value_name = "N")]
+    pub disconnect_at: Vec<u32>,
+}
+
+/// What `flash --json` prints.
+#[derive(Debug, Serialize)]
+pub struct FlashReport {
+    pub outcome: &'static str,
+    pub protocol: &'static str,
+    pub bytes: u32,
+    pub slot: Option<u8>,
+    pub reason: Option<String>,
+    pub seconds: f64,
+    pub modelled: bool,
+    pub throughput_bytes_per_s: f64,
+    pub disconnects: u32,
+    pub booted: Option<BootView>,
+}
+
+pub fn profile(name: &str) -> Result<LinkParams> {
+    Profile::from_name(name).map(|p| p.params()).ok_or_else(|| {
+        CliError::new(
+            ExitCode::Usage,
+            format!("unknown link profile `{name}` (desktop, android, ios, esp32-classic)"),
+        )
+        .into()
+    })
+}
+
+fn refused(e: ClientError) -> anyhow::Error {
+    let code = match e {
+        ClientError::Refused { .. }
+        | ClientError::RequestNak
+        | ClientError::DoneNak
+        | ClientError::AttError(_) => ExitCode::Refused,
+        _ => ExitCode::Failure,
+    };
+    CliError::new(code, format!("update failed: {e}")).into()
+}
+
+pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()> {
+    let image = std::fs::read(&args.image)
+        .with_context(|| format!("cannot read {}", args.image.display()))?;
+    let report = inspect(&image, None);
+    if !report.valid && !args.force {
+        return Err(CliError::new(
+            ExitCode::InvalidImage,
+            format!(
+                "{} is not a valid app image ({}); not sending it (--force sends it anyway)",
+                args.image.display(),
+                report.problems.join("; ")
+            ),
+        )
+        .into());
+    }
+    let protocol = if args.legacy { "legacy" } else { "fast" };
+    let mut bar = Bar::new(protocol, json);
+    let result = match &target.sim {
+        Some(path) => flash_sim(&args, target, path, &image, &mut bar),
+        None => flash_ble(&args, target, &image, &mut bar).await,
+    };
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            bar.abandon();
+            return Err(e);
+        }
+    };
+    let out = FlashReport { protocol, ..out };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        bar.finish(format!(
+            "{} in {:.1} s{}",
+            rate(out.bytes as u64, Duration::from_secs_f64(out.seconds)),
+            out.seconds,
+            if out.modelled { " (modelled)" } else { "" }
+        ));
+        match out.slot {
+            Some(s) => println!("image verified; ota_{s} selected for the next boot"),
+            None => println!("image verified and selected for the next boot"),
+        }
+        if let Some(b) = &out.booted {
+            println!(
+                "rebooted into {} ({} {}), on trial until confirmed (`ble-ota confirm`)",
+                b.slot, b.project_name, b.version
+            );
+        }
+    }
+    Ok(())
+}
+
+fn flash_sim(
+    args: &FlashArgs,
+    target: &TargetArgs,
+    path: &std::path::Path,
+    image: &[u8],
+    bar: &mut Bar,
+) -> Result<FlashReport> {
+    let mut dev = SimDevice::open(path, target.bootloader())?;
+    let mut air = AirConfig::new(profile(&args.profile)?);
+    air.disconnect_at = args.disconnect_at.clone();
+    if let Some(n) = args.power_cut_at {
+        dev.dev.flash_mut().arm(FaultPlan::cut_at(n));
+    }
+    let r = dev.update_over_air(image, args.legacy, &air, args.speed, bar)?;
+    dev.dev.flash_mut().disarm();
+    let slot = match r.outcome {
+        AirOutcome::Activated { slot } => slot,
+        AirOutcome::Failed(e) => return Err(refused(e)),
+        AirOutcome::PowerLost => {
+            dev.dev.record_power_state()?;
+            return Err(CliError::new(
+                ExitCode::Failure,
+                format!("the virtual ESP32 lost power during the update; power it on with `ble-ota sim boot {}` (the old app still boots)", path.display()),
+            )
+            .into());
+        }
+        AirOutcome::Stalled => {
+            anyhow::bail!("the modelled update stalled; this is a bug, please report it")
+        }
+    };
+    let booted = if args.no_reboot {
+        None
+    } else {
+        Some(BootView::from(&dev.reboot()?))
+    };
+    Ok(FlashReport {
+        outcome: "activated",
+        protocol: "",
+        bytes: image.len() as u32,
+        slot,
+        reason: None,
+        seconds: r.modelled.as_secs_f64(),
+        modelled: true,
+        throughput_bytes_per_s: r.throughput(),
+        disconnects: r.disconnects,
+        booted,
+    })
+}
+
+async fn flash_ble(
+    args: &FlashArgs,
+    target: &TargetArgs,
+    image: &[u8],
+    bar: &mut Bar,
+) -> Result<FlashReport> {
+    let mut link = ble::BleLink::connect(
+        target.device.as_deref(),
+        Duration::from_secs_f64(target.scan_timeout),
+    )
+    .await?;
+    send(&mut link, args, image, bar).await
+}
+
+/// Pushes `image` over any link with the chosen protocol.
+pub async fn send<L: crate::transport::Link>(
+    link: &mut L,
+    args: &FlashArgs,
+    image: &[u8],
+    bar: &mut Bar,
+) -> Result<FlashReport> {
+    let mut sender = if args.legacy {
+        Sender::Legacy(LegacySender::new(
+            image,
+            link.att_mtu().unwrap_or(args.mtu),
+        )?)
+    } else {
+        Sender::Fast(FastSender::new(
+            image,
+            SenderConfig {
+                att_mtu: link.att_mtu(),
+                reboot: !args.no_reboot,
+                ..Default::default()
+            },
+        )?)
+    };
+    let start = std::time::Instant::now();
+    let mut outcome = Outcome::default();
+    {
+        let mut watch = Watch {
+            bar,
+            outcome: &mut outcome,
+        };
+        drive(link, &mut sender, &mut watch).await?;
+    }
+    if let Some(e) = outcome.failed {
+        return Err(refused(e));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(FlashReport {
+        outcome: "activated",
+        protocol: "",
+        bytes: image.len() as u32,
+        slot: outcome.slot,
+        reason: None,
+        seconds,
+        modelled: false,
+        throughput_bytes_per_s: image.len() as f64 / seconds.max(1e-9),
+        disconnects: 0,
+        booted: None,
+    })
+}
+
+#[derive(Default)]
+struct Outcome {
+    slot: Option<u8>,
+    failed: Option<ClientError>,
+}
+
+struct Watch<'a> {
+    bar: &'a mut Bar,
+    outcome: &'a mut Outcome,
+}
+
+impl Progress for Watch<'_> {
+    fn event(&mut self, e: &ClientEvent) {
+        match e {
+            ClientEvent::Activated { slot } => self.outcome.slot = *slot,
+            ClientEvent::Failed(err) => self.outcome.failed = Some(*err),
+            _ => {}
+        }
+        self.bar.event(e);
+    }
+}

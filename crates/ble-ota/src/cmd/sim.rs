@@ -1,0 +1,152 @@
+//! `ble-ota sim`: create and power the virtual ESP32.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use ota_core::esp::Chip;
+use serde::Serialize;
+use virtual_esp32::{BootReport, VirtualEsp32, app_image};
+
+use crate::exit::{CliError, ExitCode};
+use crate::sim::SimDevice;
+use crate::target::TargetArgs;
+
+/// The seed's layout for 4 MB flash: nvs, otadata, phy_init, factory, ota_0, ota_1 (1 MB each).
+pub const DEFAULT_PARTITIONS: &str = include_str!("../../assets/partitions.csv");
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SimCmd {
+    /// Create a virtual ESP32: a flash file laid out by a partition table, with a factory app.
+    Create {
+        /// The flash file to create (overwritten).
+        path: PathBuf,
+        /// Chip: esp32c3, esp32c6, esp32, esp32s3, esp32h2, ...
+        #[arg(long, default_value = "esp32c3")]
+        chip: String,
+        /// Partitions CSV (default: factory, ota_0, ota_1 of 1 MB on 4 MB flash).
+        #[arg(long)]
+        partitions: Option<PathBuf>,
+        /// Factory app image (default: a generated demo app, version 1.0.0).
+        #[arg(long)]
+        factory: Option<PathBuf>,
+        /// Load a whole merged flash image instead (`espflash save-image --merge`).
+        #[arg(long, conflicts_with_all = ["partitions", "factory"])]
+        merged: Option<PathBuf>,
+        /// Flash size in MiB.
+        #[arg(long, default_value_t = 4)]
+        flash_mb: u32,
+    },
+    /// Reset the virtual ESP32: the bootloader picks an app and the rollback guard runs.
+    Boot {
+        /// The flash file.
+        path: PathBuf,
+    },
+}
+
+/// A boot, as printed.
+#[derive(Debug, Serialize)]
+pub struct BootView {
+    pub slot: String,
+    pub project_name: String,
+    pub version: String,
+    pub state: String,
+    pub guard: String,
+    pub rolled_back: Vec<String>,
+}
+
+impl From<&BootReport> for BootView {
+    fn from(r: &BootReport) -> Self {
+        BootView {
+            slot: r.slot.clone(),
+            project_name: r.project_name.clone(),
+            version: r.version.clone(),
+            state: r
+                .state
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "-".into()),
+            guard: format!("{:?}", r.guard),
+            rolled_back: r.rolled_back.iter().map(|p| p.name().to_string()).collect(),
+        }
+    }
+}
+
+pub fn print_boot(r: &BootReport, json: bool) {
+    let v = BootView::from(r);
+    if json {
+        println!("{}", serde_json::to_string(&v).unwrap_or_default());
+        return;
+    }
+    for p in &v.rolled_back {
+        println!(
+            "rollback: the trial image in {p} booted again unconfirmed; aborted it and rebooted"
+        );
+    }
+    println!(
+        "booted {} ({} {}), otadata state {}, rollback guard: {}",
+        v.slot, v.project_name, v.version, v.state, v.guard
+    );
+}
+
+pub fn parse_chip(name: &str) -> Result<Chip> {
+    Chip::from_name(name).ok_or_else(|| {
+        CliError::new(
+            ExitCode::Usage,
+            format!("unknown chip `{name}` (esp32c3, esp32c6, esp32, esp32s3, esp32h2, ...)"),
+        )
+        .into()
+    })
+}
+
+pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
+    match cmd {
+        SimCmd::Create {
+            path,
+            chip,
+            partitions,
+            factory,
+            merged,
+            flash_mb,
+        } => {
+            let chip = parse_chip(&chip)?;
+            let mut dev = match merged {
+                Some(m) => {
+                    let bytes =
+                        std::fs::read(&m).with_context(|| format!("reading {}", m.display()))?;
+                    VirtualEsp32::from_merged_image(&path, &bytes)?
+                }
+                None => {
+                    let csv = match partitions {
+                        Some(p) => std::fs::read_to_string(&p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                        None => DEFAULT_PARTITIONS.to_string(),
+                    };
+                    let image = match factory {
+                        Some(f) => {
+                            std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
+                        }
+                        None => app_image::build(chip, "factory-app", "1.0.0", 60_000, 1),
+                    };
+                    VirtualEsp32::create(&path, &csv, &image, chip, flash_mb << 20)?
+                }
+            };
+            let report = dev.boot(target.bootloader())?;
+            dev.record_power_state()?;
+            if !json {
+                println!(
+                    "created a virtual {} with {} MiB of flash at {}",
+                    dev.chip(),
+                    dev.flash_size() >> 20,
+                    path.display()
+                );
+            }
+            print_boot(&report, json);
+            Ok(())
+        }
+        SimCmd::Boot { path } => {
+            let mut dev = SimDevice::open(&path, target.bootloader())?;
+            let report = dev.reboot()?;
+            print_boot(&report, json);
+            Ok(())
+        }
+    }
+}

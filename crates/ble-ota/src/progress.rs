@@ -1,0 +1,77 @@
+//! The progress bar: bytes, bytes/s and ETA, fed by the sender's events.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ota_core::client::ClientEvent;
+
+use crate::transport::Progress;
+
+/// Draws a bar on stderr (hidden with `--json` or when stderr is not a terminal and `quiet`).
+pub struct Bar {
+    bar: ProgressBar,
+    /// Resumed at a non-zero offset at least once.
+    pub resumed: bool,
+}
+
+impl Bar {
+    pub fn new(label: &str, hidden: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(
+            Some(0),
+            if hidden {
+                ProgressDrawTarget::hidden()
+            } else {
+                ProgressDrawTarget::stderr()
+            },
+        );
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:32.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        Bar {
+            bar,
+            resumed: false,
+        }
+    }
+
+    /// Sets a note after the figures (e.g. the modelled time).
+    pub fn note(&self, msg: String) {
+        self.bar.set_message(msg);
+    }
+
+    pub fn finish(&self, msg: String) {
+        self.bar.finish_with_message(msg);
+    }
+
+    pub fn abandon(&self) {
+        self.bar.abandon();
+    }
+}
+
+impl Progress for Bar {
+    fn event(&mut self, event: &ClientEvent) {
+        match *event {
+            ClientEvent::Started { offset, total, .. } => {
+                self.bar.set_length(total as u64);
+                if offset > 0 {
+                    self.resumed = true;
+                    self.bar
+                        .println(format!("resuming at byte {offset} of {total}"));
+                }
+                self.bar.set_position(offset as u64);
+            }
+            ClientEvent::Progress { acked, .. } => self.bar.set_position(acked as u64),
+            _ => {}
+        }
+    }
+}
+
+/// Formats a byte rate.
+pub fn rate(bytes: u64, t: Duration) -> String {
+    format!(
+        "{:.1} kB/s",
+        bytes as f64 / t.as_secs_f64().max(1e-9) / 1000.0
+    )
+}

@@ -1,0 +1,189 @@
+//! The virtual ESP32 as a target: a flash file that stays "on" between runs, reached either
+//! through the modelled BLE link (updates, with modelled time) or directly (commands).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant as WallInstant};
+
+use anyhow::{Context, Result};
+use ota_core::client::{FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
+use ota_core::protocol::Characteristic;
+use ota_core::time::Instant;
+use virtual_esp32::air::{AirConfig, AirReport, update_over_air};
+use virtual_esp32::{BootReport, BootloaderConfig, VirtualEsp32};
+
+use crate::exit::{CliError, ExitCode};
+use crate::progress::Bar;
+use crate::transport::{Link, Progress};
+
+/// The client id a direct connection uses.
+const CLIENT: ClientId = ClientId(1);
+
+/// A virtual ESP32 opened from its flash file.
+pub struct SimDevice {
+    pub dev: VirtualEsp32,
+    pub bootloader: BootloaderConfig,
+}
+
+impl SimDevice {
+    /// Opens the device as it was left (booting it if it was off).
+    pub fn open(path: &Path, bootloader: BootloaderConfig) -> Result<SimDevice> {
+        if !path.exists() {
+            return Err(CliError::new(
+                ExitCode::NoDevice,
+                format!(
+                    "no virtual ESP32 at {}: create one with `ble-ota sim create {}`",
+                    path.display(),
+                    path.display()
+                ),
+            )
+            .into());
+        }
+        let dev = VirtualEsp32::open_powered(path, bootloader)
+            .with_context(|| format!("opening the virtual ESP32 at {}", path.display()))?;
+        Ok(SimDevice { dev, bootloader })
+    }
+
+    /// Starts the device's OTA engine, as the firmware does after boot.
+    pub fn engine(&mut self, config: DeviceConfig) -> Result<UpdateEngine> {
+        let running = *self
+            .dev
+            .running_partition()
+            .context("the virtual ESP32 is off")?;
+        let table = self.dev.partition_table().clone();
+        Ok(UpdateEngine::new(
+            self.dev.flash_mut(),
+            config,
+            table,
+            running,
+        )?)
+    }
+
+    /// Resets the device: the bootloader picks the app, the rollback guard runs.
+    pub fn reboot(&mut self) -> Result<BootReport> {
+        let report = self.dev.reboot(self.bootloader)?;
+        self.dev.record_power_state()?;
+        Ok(report)
+    }
+
+    /// Runs one update over the modelled link. `speed` paces the progress to the modelled time
+    /// (1.0: real time; 0: as fast as the host computes).
+    pub fn update_over_air(
+        &mut self,
+        image: &[u8],
+        legacy: bool,
+        air: &AirConfig,
+        speed: f64,
+        bar: &mut Bar,
+    ) -> Result<AirReport> {
+        let mut engine = self.engine(air.device_config(self.dev.chip()))?;
+        let mut sender = if legacy {
+            Sender::Legacy(LegacySender::new(image, air.link.att_mtu)?)
+        } else {
+            Sender::Fast(FastSender::new(image, SenderConfig::default())?)
+        };
+        let wall = WallInstant::now();
+        let report = update_over_air(&mut self.dev, &mut engine, &mut sender, air, &mut |e, t| {
+            if speed > 0.0 {
+                let due = t.div_f64(speed);
+                if let Some(wait) = due.checked_sub(wall.elapsed()) {
+                    std::thread::sleep(wait.min(Duration::from_millis(200)));
+                }
+            }
+            bar.note(format!("modelled {:.1} s", t.as_secs_f64()));
+            bar.event(e);
+        });
+        Ok(report)
+    }
+}
+
+/// A direct connection to the virtual ESP32's engine: every write is delivered at once.
+pub struct SimLink {
+    pub device: SimDevice,
+    pub engine: UpdateEngine,
+    notes: VecDeque<Vec<u8>>,
+    start: WallInstant,
+    /// The engine asked for a reboot.
+    pub reboot_requested: bool,
+}
+
+impl SimLink {
+    pub fn connect(mut device: SimDevice) -> Result<SimLink> {
+        let mut engine = device.engine(DeviceConfig::new(device.dev.chip()))?;
+        engine.handle_connected(CLIENT);
+        engine.handle_mtu(CLIENT, 247);
+        Ok(SimLink {
+            device,
+            engine,
+            notes: VecDeque::new(),
+            start: WallInstant::now(),
+            reboot_requested: false,
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 600];
+        while let Some((_, n)) = self.engine.poll_notification(&mut buf) {
+            self.notes.push_back(buf[..n].to_vec());
+        }
+        while let Some(e) = self.engine.poll_event() {
+            if e == Event::RebootRequested {
+                self.reboot_requested = true;
+            }
+        }
+    }
+}
+
+impl Link for SimLink {
+    fn att_mtu(&self) -> Option<u16> {
+        Some(247)
+    }
+
+    async fn write(
+        &mut self,
+        ch: Characteristic,
+        data: &[u8],
+        _with_response: bool,
+    ) -> Result<Result<(), u8>> {
+        let now = self.now();
+        let flash = self.device.dev.flash_mut();
+        let r = match ch {
+            Characteristic::Control => {
+                self.engine.handle_control_write(flash, CLIENT, data, now);
+                Ok(())
+            }
+            Characteristic::Data => self
+                .engine
+                .handle_data_write(flash, CLIENT, data, now)
+                .map_err(|r| r.att_error()),
+        };
+        self.drain();
+        Ok(r)
+    }
+
+    async fn read_control(&mut self) -> Result<Vec<u8>> {
+        Ok(self.engine.control_value().to_vec())
+    }
+
+    async fn notification(&mut self, _timeout: Duration) -> Result<Option<Vec<u8>>> {
+        if self.notes.is_empty() {
+            let now = self.now();
+            self.engine.handle_tick(now);
+            self.drain();
+        }
+        Ok(self.notes.pop_front())
+    }
+
+    async fn is_connected(&mut self) -> bool {
+        true
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

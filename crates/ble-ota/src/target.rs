@@ -1,0 +1,29 @@
+//! Which device a command talks to: the system's Bluetooth (default), an HCI controller, or a
+//! virtual ESP32.
+
+use std::path::PathBuf;
+
+/// Options shared by every command that talks to a device.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Use the virtual ESP32 stored in this flash file (see `ble-ota sim create`).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub sim: Option<PathBuf>,
+    /// Device name or address (system Bluetooth or HCI); default: the strongest OTA device.
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    /// Seconds to scan for the device.
+    #[arg(long, default_value_t = 5.0, global = true)]
+    pub scan_timeout: f64,
+    /// The virtual ESP32's bootloader has rollback support (espflash's stock one has not).
+    #[arg(long, global = true)]
+    pub rollback_bootloader: bool,
+}
+
+impl TargetArgs {
+    pub fn bootloader(&self) -> virtual_esp32::BootloaderConfig {
+        virtual_esp32::BootloaderConfig {
+            rollback: self.rollback_bootloader,
+        }
+    }
+}
