@@ -23,6 +23,8 @@ pub struct CliError {
     pub code: ExitCode,
     /// What to tell the user, including what to do next.
     pub message: String,
+    /// The command already printed its result (as JSON): print nothing more in `--json` mode.
+    pub reported: bool,
 }
 
 impl CliError {
@@ -30,8 +32,22 @@ impl CliError {
         CliError {
             code,
             message: message.into(),
+            reported: false,
         }
     }
+
+    /// Marks the error as already shown in the command's JSON output.
+    pub fn reported(mut self) -> Self {
+        self.reported = true;
+        self
+    }
+}
+
+/// Returns true if the command already reported the error in its output.
+pub fn was_reported(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<CliError>())
+        .is_some_and(|e| e.reported)
 }
 
 /// Returns the exit code for an error chain.

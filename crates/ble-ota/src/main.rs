@@ -87,7 +87,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             let code = exit::code_of(&err);
-            if json {
+            if json && exit::was_reported(&err) {
+                // The command's JSON already says what went wrong.
+            } else if json {
                 let msg =
                     serde_json::json!({ "error": format!("{err:#}"), "exit_code": code as u8 });
                 println!("{msg}");

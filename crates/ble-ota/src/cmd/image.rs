@@ -81,18 +81,17 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
         print_human(&image, &report);
     }
     if report.valid {
-        Ok(())
-    } else {
-        Err(CliError::new(
-            ExitCode::InvalidImage,
-            format!(
-                "{} is not a valid app image: {}",
-                image.display(),
-                report.problems.join("; ")
-            ),
-        )
-        .into())
+        return Ok(());
     }
+    let err = CliError::new(
+        ExitCode::InvalidImage,
+        format!(
+            "{} is not a valid app image: {}",
+            image.display(),
+            report.problems.join("; ")
+        ),
+    );
+    Err(if json { err.reported() } else { err }.into())
 }
 
 /// Parses and verifies `bytes`; never fails, it reports.

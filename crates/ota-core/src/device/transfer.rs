@@ -245,7 +245,7 @@ impl Transfer {
     ) -> Result<(), Reason> {
         if !self.otadata_prepared {
             slots
-                .invalidate_inactive_for(flash, &self.target)
+                .invalidate_inactive_except(flash, &self.running)
                 .map_err(|_| Reason::FlashError)?;
             self.otadata_prepared = true;
         }
