@@ -96,6 +96,7 @@ fn test() -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
         .env("BLE_OTA_PYTHON", &python)
+        .env("ESPTOOL", python.with_file_name("esptool"))
         .current_dir(root()))?;
     // The core must stay no_std: build it for the ESP32-C3's bare-metal target.
     run(cargo()
