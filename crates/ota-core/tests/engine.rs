@@ -15,7 +15,16 @@ use support::{Device, Fate, build_image, run};
 const MTU: u16 = 247;
 
 fn fast<'a>(img: &'a [u8]) -> Sender<'a> {
-    Sender::Fast(FastSender::new(img, SenderConfig { att_mtu: Some(MTU), ..Default::default() }).unwrap())
+    Sender::Fast(
+        FastSender::new(
+            img,
+            SenderConfig {
+                att_mtu: Some(MTU),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
 }
 
 fn legacy_sender(img: &[u8]) -> Sender<'_> {
@@ -27,8 +36,16 @@ fn legacy_sender(img: &[u8]) -> Sender<'_> {
 fn assert_landed(dev: &mut Device, factory_before: &[u8], slot: &str, img: &[u8]) {
     let p = dev.partition(slot);
     assert_eq!(dev.boot_partition(), p, "next boot must pick {slot}");
-    assert_eq!(&dev.slot_bytes(&p)[..img.len()], img, "{slot} must hold the image byte for byte");
-    assert_eq!(dev.slot_bytes(&dev.partition("factory")), factory_before, "factory untouched");
+    assert_eq!(
+        &dev.slot_bytes(&p)[..img.len()],
+        img,
+        "{slot} must hold the image byte for byte"
+    );
+    assert_eq!(
+        dev.slot_bytes(&dev.partition("factory")),
+        factory_before,
+        "factory untouched"
+    );
 }
 
 #[test]
@@ -38,13 +55,23 @@ fn fast_update_lands_in_ota_0_and_is_selected_as_new() {
     let img = build_image(Chip::Esp32c3, "app", "2.0.0", 100_000, 7);
     let mut engine = dev.engine();
     let mut sender = fast(&img);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| Fate::Deliver);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+        Fate::Deliver
+    });
     assert!(out.activated(), "{:?}", out.failure());
     assert_landed(&mut dev, &factory, "ota_0", &img);
     let slots = ota_core::esp::OtaSlots::new(dev.table.clone()).unwrap();
     let ota0 = dev.partition("ota_0");
-    assert_eq!(slots.state_of(&mut MemFlash::new(&mut dev.flash), &ota0).unwrap(), Some(OtaImgState::New));
-    assert!(out.device_events.contains(&ota_core::device::Event::RebootRequested));
+    assert_eq!(
+        slots
+            .state_of(&mut MemFlash::new(&mut dev.flash), &ota0)
+            .unwrap(),
+        Some(OtaImgState::New)
+    );
+    assert!(
+        out.device_events
+            .contains(&ota_core::device::Event::RebootRequested)
+    );
 }
 
 #[test]
@@ -55,13 +82,19 @@ fn legacy_update_as_the_seeds_client_does_it() {
     let img = build_image(Chip::Esp32c3, "app", "2.0.1", 50_001, 3);
     let mut engine = dev.engine();
     let mut sender = legacy_sender(&img);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| Fate::Deliver);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+        Fate::Deliver
+    });
     assert!(out.activated(), "{:?}", out.failure());
     assert_eq!(engine.control_value(), &[legacy::DONE_ACK]);
     assert_landed(&mut dev, &factory, "ota_0", &img);
     // Past the image, the slot's erased sector still reads 0xFF: no full-packet over-write.
     let p = dev.partition("ota_0");
-    assert!(dev.slot_bytes(&p)[img.len()..img.len() + 64].iter().all(|b| *b == 0xFF));
+    assert!(
+        dev.slot_bytes(&p)[img.len()..img.len() + 64]
+            .iter()
+            .all(|b| *b == 0xFF)
+    );
 }
 
 #[test]
@@ -72,7 +105,11 @@ fn resume_after_disconnect_continues_from_the_acknowledged_offset() {
     let mut engine = dev.engine();
     let mut sender = fast(&img);
     let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |n| {
-        if n == 300 || n == 600 { Fate::Disconnect } else { Fate::Deliver }
+        if n == 300 || n == 600 {
+            Fate::Disconnect
+        } else {
+            Fate::Deliver
+        }
     });
     assert!(out.activated(), "{:?}", out.failure());
     assert_eq!(out.disconnects, 2);
@@ -86,12 +123,20 @@ fn resume_after_disconnect_continues_from_the_acknowledged_offset() {
         .collect();
     assert_eq!(resumed.len(), 3);
     assert_eq!(resumed[0], 0);
-    assert!(resumed[1] > 0 && resumed[2] > resumed[1], "resumed at {resumed:?}");
+    assert!(
+        resumed[1] > 0 && resumed[2] > resumed[1],
+        "resumed at {resumed:?}"
+    );
     assert_landed(&mut dev, &factory, "ota_0", &img);
 }
 
 /// Sends one command and returns the device's answer.
-fn command(dev: &mut Device, engine: &mut ota_core::device::UpdateEngine, client: u16, bytes: &[u8]) -> Response {
+fn command(
+    dev: &mut Device,
+    engine: &mut ota_core::device::UpdateEngine,
+    client: u16,
+    bytes: &[u8],
+) -> Response {
     let mut f = MemFlash::new(&mut dev.flash);
     engine.handle_mtu(ClientId(client), MTU);
     engine.handle_control_write(&mut f, ClientId(client), bytes, Instant(0));
@@ -103,7 +148,11 @@ fn command(dev: &mut Device, engine: &mut ota_core::device::UpdateEngine, client
 
 fn begin(img: &[u8]) -> Vec<u8> {
     use sha2::Digest;
-    let cmd = Command::Begin { size: img.len() as u32, sha256: sha2::Sha256::digest(img).into(), flags: 0 };
+    let cmd = Command::Begin {
+        size: img.len() as u32,
+        sha256: sha2::Sha256::digest(img).into(),
+        flags: 0,
+    };
     let mut b = [0u8; 64];
     let n = cmd.encode(&mut b).unwrap();
     b[..n].to_vec()
@@ -123,8 +172,16 @@ fn wrong_chip_is_refused_before_any_flash_write() {
     let img = build_image(Chip::Esp32c6, "app", "2.0.0", 10_000, 1);
     let mut engine = dev.engine();
     let mut sender = fast(&img);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 10_000, |_| Fate::Deliver);
-    assert_eq!(out.failure(), Some(ClientError::Refused { opcode: 0, reason: Reason::WrongChip }));
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 10_000, |_| {
+        Fate::Deliver
+    });
+    assert_eq!(
+        out.failure(),
+        Some(ClientError::Refused {
+            opcode: 0,
+            reason: Reason::WrongChip
+        })
+    );
     assert!(dev.flash == before, "no byte of flash may change");
 }
 
@@ -137,8 +194,16 @@ fn corrupt_image_is_refused_at_end_and_nothing_is_selected() {
     img[5000] ^= 0x40;
     let mut engine = dev.engine();
     let mut sender = fast(&img);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| Fate::Deliver);
-    assert_eq!(out.failure(), Some(ClientError::Refused { opcode: 0x12, reason: Reason::BadImageChecksum }));
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+        Fate::Deliver
+    });
+    assert_eq!(
+        out.failure(),
+        Some(ClientError::Refused {
+            opcode: 0x12,
+            reason: Reason::BadImageChecksum
+        })
+    );
     assert_eq!(dev.otadata(), &otadata[..]);
     assert_eq!(dev.slot_bytes(&dev.partition("factory")), &factory[..]);
     assert_eq!(dev.boot_partition(), dev.partition("factory"));
@@ -152,13 +217,23 @@ fn truncated_image_is_refused() {
     let cut = &img[..img.len() - 100];
     let mut engine = dev.engine();
     let mut sender = fast(cut);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| Fate::Deliver);
-    assert_eq!(out.failure(), Some(ClientError::Refused { opcode: 0x12, reason: Reason::Truncated }));
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+        Fate::Deliver
+    });
+    assert_eq!(
+        out.failure(),
+        Some(ClientError::Refused {
+            opcode: 0x12,
+            reason: Reason::Truncated
+        })
+    );
     assert_eq!(dev.otadata(), &otadata[..]);
     // The legacy protocol refuses it at DONE.
     let mut engine = dev.engine();
     let mut sender = legacy_sender(cut);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| Fate::Deliver);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+        Fate::Deliver
+    });
     assert_eq!(out.failure(), Some(ClientError::DoneNak));
     assert_eq!(dev.otadata(), &otadata[..]);
 }
@@ -170,17 +245,38 @@ fn oversized_image_and_garbage_commands_are_refused_with_flash_untouched() {
     let mut engine = dev.engine();
     let mut big = begin(&[0u8; 16]);
     big[1..5].copy_from_slice(&(2u32 << 20).to_le_bytes());
-    assert_eq!(refused(command(&mut dev, &mut engine, 1, &big)), Reason::ImageTooLarge);
-    assert_eq!(refused(command(&mut dev, &mut engine, 1, &[0x77, 1, 2])), Reason::UnknownCommand);
-    assert_eq!(refused(command(&mut dev, &mut engine, 1, &[0x12, 0])), Reason::BadLength);
-    assert_eq!(refused(command(&mut dev, &mut engine, 1, &big[..20])), Reason::BadLength);
-    assert_eq!(refused(command(&mut dev, &mut engine, 1, &[0x12])), Reason::NoSession);
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &big)),
+        Reason::ImageTooLarge
+    );
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &[0x77, 1, 2])),
+        Reason::UnknownCommand
+    );
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &[0x12, 0])),
+        Reason::BadLength
+    );
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &big[..20])),
+        Reason::BadLength
+    );
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &[0x12])),
+        Reason::NoSession
+    );
     let mut unsupported = begin(&[0u8; 64]);
     unsupported[37] = 0x01;
-    assert_eq!(refused(command(&mut dev, &mut engine, 1, &unsupported)), Reason::Unsupported);
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &unsupported)),
+        Reason::Unsupported
+    );
     // Data with no session: refused, as a write request would be.
     let mut f = MemFlash::new(&mut dev.flash);
-    assert_eq!(engine.handle_data_write(&mut f, ClientId(1), &[0, 0, 0, 0, 0xE9, 1, 2], Instant(0)), Err(Reason::NoSession));
+    assert_eq!(
+        engine.handle_data_write(&mut f, ClientId(1), &[0, 0, 0, 0, 0xE9, 1, 2], Instant(0)),
+        Err(Reason::NoSession)
+    );
     assert!(dev.flash == before);
 }
 
@@ -191,15 +287,27 @@ fn legacy_refuses_oversized_packet_size_and_data_before_request() {
     let mut engine = dev.engine();
     let mut f = MemFlash::new(&mut dev.flash);
     let c = ClientId(1);
-    assert_eq!(engine.handle_data_write(&mut f, c, &600u16.to_le_bytes(), Instant(0)), Err(Reason::ChunkTooLarge));
-    assert_eq!(engine.handle_data_write(&mut f, c, &[0xE9; 100], Instant(0)), Err(Reason::NoSession));
-    assert_eq!(engine.handle_data_write(&mut f, c, &100u16.to_le_bytes(), Instant(0)), Ok(()));
+    assert_eq!(
+        engine.handle_data_write(&mut f, c, &600u16.to_le_bytes(), Instant(0)),
+        Err(Reason::ChunkTooLarge)
+    );
+    assert_eq!(
+        engine.handle_data_write(&mut f, c, &[0xE9; 100], Instant(0)),
+        Err(Reason::NoSession)
+    );
+    assert_eq!(
+        engine.handle_data_write(&mut f, c, &100u16.to_le_bytes(), Instant(0)),
+        Ok(())
+    );
     engine.handle_control_write(&mut f, c, &[legacy::REQUEST], Instant(0));
     let mut buf = [0u8; 8];
     assert_eq!(engine.poll_notification(&mut buf), Some((c, 1)));
     assert_eq!(buf[0], legacy::REQUEST_ACK);
     // Larger than the announced packet size.
-    assert_eq!(engine.handle_data_write(&mut f, c, &[0xE9; 101], Instant(0)), Err(Reason::ChunkTooLarge));
+    assert_eq!(
+        engine.handle_data_write(&mut f, c, &[0xE9; 101], Instant(0)),
+        Err(Reason::ChunkTooLarge)
+    );
     assert!(dev.flash == before);
 }
 
@@ -210,18 +318,33 @@ fn a_second_client_is_refused_while_one_updates() {
     let mut engine = dev.engine();
     engine.handle_connected(ClientId(1));
     engine.handle_connected(ClientId(2));
-    assert!(matches!(command(&mut dev, &mut engine, 1, &begin(&img)), Response::BeginOk { .. }));
-    assert_eq!(refused(command(&mut dev, &mut engine, 2, &begin(&img))), Reason::Busy);
+    assert!(matches!(
+        command(&mut dev, &mut engine, 1, &begin(&img)),
+        Response::BeginOk { .. }
+    ));
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 2, &begin(&img))),
+        Reason::Busy
+    );
     let other = build_image(Chip::Esp32c3, "app", "9.9.9", 20_000, 2);
-    assert_eq!(refused(command(&mut dev, &mut engine, 2, &begin(&other))), Reason::Busy);
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 2, &begin(&other))),
+        Reason::Busy
+    );
     let mut f = MemFlash::new(&mut dev.flash);
-    assert_eq!(engine.handle_control_write(&mut f, ClientId(2), &[legacy::REQUEST], Instant(0)), ());
+    assert_eq!(
+        engine.handle_control_write(&mut f, ClientId(2), &[legacy::REQUEST], Instant(0)),
+        ()
+    );
     let mut buf = [0u8; 8];
     assert_eq!(engine.poll_notification(&mut buf), Some((ClientId(2), 1)));
     assert_eq!(buf[0], legacy::REQUEST_NAK);
     // Once the first client leaves, the other may resume the same image.
     engine.handle_disconnected(ClientId(1));
-    assert!(matches!(command(&mut dev, &mut engine, 2, &begin(&img)), Response::BeginOk { .. }));
+    assert!(matches!(
+        command(&mut dev, &mut engine, 2, &begin(&img)),
+        Response::BeginOk { .. }
+    ));
 }
 
 #[test]
@@ -229,7 +352,9 @@ fn info_reports_slots_app_and_resumable_session() {
     let mut dev = Device::new(Chip::Esp32c3);
     let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 1);
     let mut engine = dev.engine();
-    let Response::Info(info) = command(&mut dev, &mut engine, 1, &[0x10]) else { panic!() };
+    let Response::Info(info) = command(&mut dev, &mut engine, 1, &[0x10]) else {
+        panic!()
+    };
     assert_eq!(info.chip_id, 5);
     assert_eq!(info.app_name.as_str(), "factory-app");
     assert_eq!(info.app_version.as_str(), "1.0.0");
@@ -240,7 +365,9 @@ fn info_reports_slots_app_and_resumable_session() {
     assert_eq!(info.slots.len(), 3);
     assert!(info.resumable.is_none());
     command(&mut dev, &mut engine, 1, &begin(&img));
-    let Response::Info(info) = command(&mut dev, &mut engine, 1, &[0x10]) else { panic!() };
+    let Response::Info(info) = command(&mut dev, &mut engine, 1, &[0x10]) else {
+        panic!()
+    };
     assert_eq!(info.resumable.map(|r| r.size), Some(img.len() as u32));
 }
 
@@ -272,7 +399,7 @@ proptest! {
         prop_assert!(out.activated(), "failed: {:?}", out.failure());
         let ota0 = dev.partition("ota_0");
         prop_assert_eq!(dev.boot_partition(), ota0);
-        prop_assert!(&dev.slot_bytes(&ota0)[..img.len()] == &img[..]);
+        prop_assert!(dev.slot_bytes(&ota0)[..img.len()] == img[..]);
         prop_assert!(dev.slot_bytes(&dev.partition("factory")) == &factory[..]);
     }
 }

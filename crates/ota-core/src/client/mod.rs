@@ -582,17 +582,19 @@ impl<'a> FastSender<'a> {
                     self.next = next;
                 }
             }
-            Response::Rewind { next } if self.state == FastState::Streaming => {
-                if next >= self.acked && next <= self.total() {
-                    self.rewinds += 1;
-                    self.acked = next;
-                    self.next = next;
-                    self.last_progress = now;
-                    self.emit(ClientEvent::Progress {
-                        acked: next,
-                        total: self.total(),
-                    });
-                }
+            Response::Rewind { next }
+                if self.state == FastState::Streaming
+                    && next >= self.acked
+                    && next <= self.total() =>
+            {
+                self.rewinds += 1;
+                self.acked = next;
+                self.next = next;
+                self.last_progress = now;
+                self.emit(ClientEvent::Progress {
+                    acked: next,
+                    total: self.total(),
+                });
             }
             Response::EndOk { slot } if self.state == FastState::AwaitEnd => {
                 self.emit(ClientEvent::Activated { slot: Some(slot) });

@@ -108,6 +108,8 @@ pub enum Event {
 pub type EngineError = SlotError;
 
 /// A queued notification.
+// Without an allocator the queue holds responses inline; it is 8 entries long.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Outgoing {
     Legacy(u8),
@@ -118,6 +120,8 @@ const MAX_CLIENTS: usize = 4;
 const OUTBOX: usize = 8;
 
 /// Session state beyond an in-progress transfer.
+// One per engine, never moved around: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Session {
     Idle,
@@ -293,12 +297,12 @@ impl UpdateEngine {
     pub fn handle_disconnected(&mut self, client: ClientId) {
         self.clients.retain(|(c, _)| *c != client);
         self.outbox_retain(client);
-        if let Session::Receiving(t) = &mut self.session {
-            if t.owner == Some(client) {
-                t.owner = None;
-                if t.protocol == Protocol::Legacy {
-                    self.fail(Reason::NoSession);
-                }
+        if let Session::Receiving(t) = &mut self.session
+            && t.owner == Some(client)
+        {
+            t.owner = None;
+            if t.protocol == Protocol::Legacy {
+                self.fail(Reason::NoSession);
             }
         }
     }
@@ -482,10 +486,10 @@ impl UpdateEngine {
     fn outbox_retain(&mut self, client: ClientId) {
         let n = self.outbox.len();
         for _ in 0..n {
-            if let Some(item) = self.outbox.pop_front() {
-                if item.0 != client {
-                    let _ = self.outbox.push_back(item);
-                }
+            if let Some(item) = self.outbox.pop_front()
+                && item.0 != client
+            {
+                let _ = self.outbox.push_back(item);
             }
         }
     }
@@ -701,10 +705,10 @@ impl UpdateEngine {
         match &self.session {
             Session::Activated { slot, .. } => return Ok(Response::EndOk { slot: *slot }),
             Session::Receiving(t) if t.owner == Some(client) => {
-                if let Protocol::Fast { size, .. } = t.protocol {
-                    if t.next < size {
-                        return Err(Reason::Incomplete);
-                    }
+                if let Protocol::Fast { size, .. } = t.protocol
+                    && t.next < size
+                {
+                    return Err(Reason::Incomplete);
                 }
             }
             Session::Receiving(t) if t.owner.is_some() => return Err(Reason::Busy),

@@ -168,7 +168,7 @@ impl Transfer {
         }
         // Flush the tail, padded with erased bytes to the flash's write unit.
         let mut tail = core::mem::take(&mut self.pending);
-        while tail.len() % F::WRITE_SIZE.max(1) != 0 {
+        while !tail.len().is_multiple_of(F::WRITE_SIZE.max(1)) {
             tail.push(0xFF).map_err(|_| Reason::FlashError)?;
         }
         if !tail.is_empty() {
@@ -215,14 +215,14 @@ impl Transfer {
         }
         self.prepare_otadata(flash, slots)?;
         if !self.pending.is_empty() {
-            while self.pending.len() % unit != 0 {
+            while !self.pending.len().is_multiple_of(unit) {
                 let Some((&b, rest)) = bytes.split_first() else {
                     break;
                 };
                 let _ = self.pending.push(b);
                 bytes = rest;
             }
-            if self.pending.len() % unit == 0 {
+            if self.pending.len().is_multiple_of(unit) {
                 let held = core::mem::take(&mut self.pending);
                 self.write(flash, &held)?;
             }

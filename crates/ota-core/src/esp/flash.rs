@@ -96,7 +96,11 @@ impl NorFlashError for MemFlashError {
 impl<'a> MemFlash<'a> {
     /// Wraps `mem` (its length is the flash size).
     pub fn new(mem: &'a mut [u8]) -> Self {
-        MemFlash { mem, writes: 0, erases: 0 }
+        MemFlash {
+            mem,
+            writes: 0,
+            erases: 0,
+        }
     }
 
     /// Returns the whole flash contents.
@@ -136,7 +140,7 @@ impl NorFlash for MemFlash<'_> {
     const ERASE_SIZE: usize = SECTOR_SIZE as usize;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        if from % SECTOR_SIZE != 0 || to % SECTOR_SIZE != 0 || to < from {
+        if !from.is_multiple_of(SECTOR_SIZE) || !to.is_multiple_of(SECTOR_SIZE) || to < from {
             return Err(MemFlashError(NorFlashErrorKind::NotAligned));
         }
         let r = self.range(from, (to - from) as usize)?;
@@ -146,7 +150,7 @@ impl NorFlash for MemFlash<'_> {
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        if offset % 4 != 0 || bytes.len() % 4 != 0 {
+        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
             return Err(MemFlashError(NorFlashErrorKind::NotAligned));
         }
         let r = self.range(offset, bytes.len())?;

@@ -760,11 +760,20 @@ mod tests {
         let d = AppDescriptor::from_bytes(&raw).unwrap();
         assert_eq!(d.secure_version, 0x0102_0304);
         assert_eq!(
-            (d.version[0], d.project_name[0], d.time[0], d.date[0], d.idf_ver[0]),
+            (
+                d.version[0],
+                d.project_name[0],
+                d.time[0],
+                d.date[0],
+                d.idf_ver[0]
+            ),
             (b'v', b'p', b't', b'd', b'i')
         );
         assert_eq!((d.app_elf_sha256[0], d.app_elf_sha256[31]), (0xAB, 0xCD));
-        assert_eq!((d.min_efuse_blk_rev_full, d.max_efuse_blk_rev_full), (101, 199));
+        assert_eq!(
+            (d.min_efuse_blk_rev_full, d.max_efuse_blk_rev_full),
+            (101, 199)
+        );
         assert_eq!(d.mmu_page_size, 16);
         raw[3] = 0;
         assert!(AppDescriptor::from_bytes(&raw).is_none());

@@ -331,6 +331,8 @@ pub struct Info {
 }
 
 /// A notification the device sends on OTA Control (also the value a read returns).
+// `no_std` without an allocator: INFO stays inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Answer to INFO.

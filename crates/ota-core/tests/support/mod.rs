@@ -22,7 +22,7 @@ pub fn build_image(chip: Chip, name: &str, version: &str, filler_len: usize, see
     desc[0x10..0x10 + version.len()].copy_from_slice(version.as_bytes());
     desc[0x30..0x30 + name.len()].copy_from_slice(name.as_bytes());
     let filler: Vec<u8> = (0..filler_len / 4 * 4)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[(i % 4) as usize] ^ seed)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ seed)
         .collect();
     let segments: [(u32, &[u8]); 2] = [(0x3C00_0020, &desc), (0x4200_0120, &filler)];
     let mut img = vec![0xE9, segments.len() as u8, 0x02, 0x2F];
@@ -58,11 +58,17 @@ impl Device {
     pub fn new(chip: Chip) -> Self {
         let mut flash = vec![0xFF; FLASH_SIZE];
         flash[0x8000..0x8000 + TABLE.len()].copy_from_slice(TABLE);
-        let table = PartitionTable::parse(TABLE, Md5Policy::Required, Some(FLASH_SIZE as u32)).unwrap();
+        let table =
+            PartitionTable::parse(TABLE, Md5Policy::Required, Some(FLASH_SIZE as u32)).unwrap();
         let factory = *table.factory().unwrap();
         let img = build_image(chip, "factory-app", "1.0.0", 3000, 1);
         flash[factory.offset as usize..][..img.len()].copy_from_slice(&img);
-        Device { flash, table, running: factory, config: DeviceConfig::new(chip) }
+        Device {
+            flash,
+            table,
+            running: factory,
+            config: DeviceConfig::new(chip),
+        }
     }
 
     pub fn partition(&self, name: &str) -> Partition {
@@ -86,7 +92,9 @@ impl Device {
     /// The partition the bootloader would pick next (no side effects).
     pub fn boot_partition(&mut self) -> Partition {
         let slots = ota_core::esp::OtaSlots::new(self.table.clone()).unwrap();
-        slots.boot_partition(&mut MemFlash::new(&mut self.flash)).unwrap()
+        slots
+            .boot_partition(&mut MemFlash::new(&mut self.flash))
+            .unwrap()
     }
 }
 
@@ -114,7 +122,9 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn activated(&self) -> bool {
-        self.events.iter().any(|e| matches!(e, ClientEvent::Activated { .. }))
+        self.events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Activated { .. }))
     }
     pub fn failure(&self) -> Option<ota_core::client::ClientError> {
         self.events.iter().find_map(|e| match e {
@@ -149,7 +159,11 @@ pub fn run(
         let mut flash = MemFlash::new(&mut dev.flash);
         let mut sent_any = false;
         for _ in 0..8 {
-            let Some(Transmit { characteristic, with_response, len }) = sender.poll_transmit(now, &mut buf)
+            let Some(Transmit {
+                characteristic,
+                with_response,
+                len,
+            }) = sender.poll_transmit(now, &mut buf)
             else {
                 break;
             };
@@ -205,7 +219,10 @@ pub fn run(
         }
         if !sent_any {
             // Idle: jump to the next deadline, as a real clock would get there.
-            let next = [engine.poll_timeout(), sender.poll_timeout()].into_iter().flatten().min();
+            let next = [engine.poll_timeout(), sender.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             if let Some(t) = next {
                 now = now.max(t);
             } else {
