@@ -1,0 +1,90 @@
+//! The boot flow: the partition table, the running partition, and the rollback guard.
+//!
+//! This is the same `ota_core` code the virtual ESP32 runs at every boot
+//! (`crates/virtual-esp32`), so the update tests there cover it.
+
+use esp_storage::FlashStorage;
+use log::{info, warn};
+use ota_core::esp::boot::{GuardOutcome, rollback_guard};
+use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
+use ota_core::esp::{OtaSlots, Partition, PartitionTable, flash};
+
+use crate::config;
+
+/// What the boot flow found.
+pub struct Booted {
+    /// The partition table in flash.
+    pub table: PartitionTable,
+    /// The partition this app runs from.
+    pub running: Partition,
+    /// What the rollback guard found (never `RolledBack`: that resets at once).
+    pub guard: GuardOutcome,
+}
+
+/// Why the boot flow could not run; the app then runs without updates.
+#[derive(Debug)]
+pub enum BootError {
+    /// The partition table could not be read or is invalid.
+    Table,
+    /// No app partition of the table holds this app.
+    RunningPartition,
+}
+
+/// Reads the table, finds the running partition and runs the rollback guard. A trial image
+/// that boots a second time unconfirmed is marked ABORTED and the chip resets at once, so the
+/// bootloader starts the previous image.
+pub fn run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
+    let mut raw = [0u8; PARTITION_TABLE_MAX_LEN];
+    flash::read(flash, PARTITION_TABLE_OFFSET, &mut raw).map_err(|e| {
+        warn!("boot: {e}");
+        BootError::Table
+    })?;
+    let table = PartitionTable::parse(&raw, Md5Policy::Required, Some(flash.capacity() as u32))
+        .map_err(|e| {
+            warn!("boot: {e}");
+            BootError::Table
+        })?;
+    let running = *table
+        .app_at(running_app_address(flash).ok_or(BootError::RunningPartition)?)
+        .ok_or(BootError::RunningPartition)?;
+    info!(
+        "boot: running {} at {:#x} ({} KiB)",
+        running.name(),
+        running.offset,
+        running.size / 1024
+    );
+
+    let guard = match OtaSlots::new(table.clone())
+        .and_then(|slots| rollback_guard(flash, &slots, &running, config::BOOTLOADER))
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // No otadata (a table without OTA slots): nothing is ever on trial.
+            warn!("boot: rollback guard: {e}");
+            GuardOutcome::NotOta
+        }
+    };
+    match guard {
+        GuardOutcome::RolledBack => {
+            warn!("boot: this image was on trial and was never confirmed: rolling back");
+            esp_hal::system::software_reset();
+        }
+        GuardOutcome::Trial => info!("boot: first boot of an update: on trial until confirmed"),
+        GuardOutcome::Confirmed => info!("boot: image confirmed"),
+        GuardOutcome::NotOta => info!("boot: not an OTA slot (factory app)"),
+    }
+    Ok(Booted {
+        table,
+        running,
+        guard,
+    })
+}
+
+/// Returns the flash address the app's code is mapped from (the MMU's first page), as
+/// esp-bootloader-esp-idf's `booted_partition` reads it.
+fn running_app_address(flash: &mut FlashStorage<'_>) -> Option<u32> {
+    let mut buf = [0u8; esp_bootloader_esp_idf::partitions::PARTITION_TABLE_MAX_LEN];
+    let table = esp_bootloader_esp_idf::partitions::read_partition_table(flash, &mut buf).ok()?;
+    let booted = table.booted_partition().ok()??;
+    Some(booted.offset())
+}
