@@ -547,6 +547,9 @@ fn decode_info(b: &[u8]) -> Option<Response> {
         let slot = r.u8()?;
         let state = SlotStateCode::from_u8(r.u8()?)?;
         let flags = r.u8()?;
+        if flags & !0b11 != 0 {
+            return None;
+        }
         slots
             .push(SlotInfo {
                 slot,
