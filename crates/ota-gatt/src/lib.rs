@@ -1,0 +1,687 @@
+//! The BLE OTA GATT service on [trouble-host](https://docs.rs/trouble-host), shared by the
+//! ESP32 firmware and the virtual ESP32 (`ble-ota device`).
+//!
+//! [`run`] advertises the device, serves one central at a time, and drives `ota-core`'s
+//! [`UpdateEngine`]: writes go to the engine, refused write requests get the engine's ATT
+//! error, its notifications go out on OTA Control, a read of OTA Control returns
+//! [`UpdateEngine::control_value`], and it returns when the engine asks for a reboot.
+//!
+//! # GATT table
+//!
+//! | Service / characteristic | UUID | Properties |
+//! |---|---|---|
+//! | OTA service | `d6f1d96d-594c-4c53-b1c6-244a1dfde6d8` | advertised |
+//! | OTA Control | `7ad671aa-21c0-46a4-b722-270e3ae3d830` | read, write, notify (values up to 512 bytes) |
+//! | OTA Data | `23408888-1f40-4cd8-9b89-ca8d45f8a5b0` | write, write without response (up to 512) |
+//! | Device Information | `0x180A` | manufacturer `0x2A29`, model `0x2A24`, hardware `0x2A27`, firmware `0x2A26` (the running app's version) |
+//!
+//! # The receive path
+//!
+//! trouble-host queues received ATT PDUs per connection and silently drops a PDU when that
+//! queue or its packet pool is full. Flash work (a 4 KiB sector erase takes tens of ms) must
+//! therefore never hold up the receive path, and a client must never have more in flight than
+//! the device can queue. Here the GATT event loop only sorts events: OTA writes and reads of
+//! OTA Control go, in order and still holding their packet, into a queue of
+//! [`QUEUE_DEPTH`] entries that a second loop feeds to the engine (one entry at a time,
+//! yielding in between, so the receive path runs between flash operations). The window the
+//! engine announces is [`RX_QUEUE_CHUNKS`] chunks, less than that queue, and the packet pool
+//! ([`pool`]) holds the whole queue plus room for replies and reassembly. A client that
+//! overruns the window anyway loses chunks in trouble-host's queue; the engine sees the gap
+//! and asks for the rest again (REWIND).
+//!
+//! # Link tuning
+//!
+//! After a central connects the device asks for a data length of 251 octets and, where the
+//! chip has it, the 2M PHY; when an update starts it asks for a short connection interval and
+//! when it ends for a relaxed one. The ATT MTU is the client's to exchange (up to
+//! [`ATT_MTU`] = 517; attribute values stay within ATT's 512 bytes).
+#![no_std]
+#![warn(missing_docs)]
+
+mod fmt;
+pub mod pool;
+
+use core::cell::RefCell;
+
+use bt_hci::cmd::le::{LeReadLocalSupportedFeatures, LeSetDataLength, LeSetPhy};
+use bt_hci::controller::{ControllerCmdAsync, ControllerCmdSync};
+use embassy_futures::select::{Either, Either3, select, select3};
+use embassy_futures::yield_now;
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::channel::Channel;
+use embassy_sync::signal::Signal;
+use embassy_time::{Duration, Timer, with_timeout};
+use embedded_storage::nor_flash::NorFlash;
+use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
+use ota_core::esp::Chip;
+use ota_core::protocol::fast::Response;
+use ota_core::protocol::{CONTROL_CHAR_UUID, DATA_CHAR_UUID, OTA_SERVICE_UUID};
+use ota_core::time::Instant;
+use trouble_host::att::AttClient;
+use trouble_host::prelude::*;
+
+use crate::fmt::{debug, warning};
+pub use crate::pool::{ATT_MTU, OtaPacketPool};
+
+/// Data chunks the device announces it can hold (the engine's window is this many chunks).
+pub const RX_QUEUE_CHUNKS: u16 = 24;
+/// Entries of the queue between the GATT event loop and the engine: the window plus room for
+/// control writes and reads that arrive while the window is full.
+pub const QUEUE_DEPTH: usize = RX_QUEUE_CHUNKS as usize + 8;
+/// Largest attribute value (ATT's limit).
+pub const MAX_VALUE_LEN: usize = 512;
+/// Attribute table entries: GAP and GATT services, OTA service, Device Information.
+const ATT_TABLE_SIZE: usize = 32;
+
+/// Returns the engine configuration that fits this crate's receive queue.
+pub const fn device_config(chip: Chip) -> DeviceConfig {
+    let mut config = DeviceConfig::new(chip);
+    config.rx_queue_chunks = RX_QUEUE_CHUNKS;
+    config
+}
+
+/// What the device asks of the link after a central connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LinkTuning {
+    /// Ask for 251-octet link-layer packets (LE Data Length Extension).
+    pub data_length: bool,
+    /// Ask for the 2M PHY (not on the original ESP32, a Bluetooth 4.2 chip).
+    pub phy_2m: bool,
+    /// Connection interval range while an update runs, in units of 1.25 ms.
+    pub fast_interval: (u16, u16),
+    /// Connection interval range otherwise, in units of 1.25 ms.
+    pub idle_interval: (u16, u16),
+    /// Supervision timeout in ms.
+    pub supervision_timeout_ms: u32,
+}
+
+impl LinkTuning {
+    /// The tuning for `chip`: DLE 251, 2M where the chip has it, 7.5-15 ms while updating
+    /// and 30-50 ms otherwise.
+    pub const fn for_chip(chip: Chip) -> Self {
+        LinkTuning {
+            data_length: true,
+            phy_2m: !matches!(chip, Chip::Esp32),
+            fast_interval: (6, 12),
+            idle_interval: (24, 40),
+            supervision_timeout_ms: 4000,
+        }
+    }
+
+    /// No tuning requests at all.
+    pub const NONE: LinkTuning = LinkTuning {
+        data_length: false,
+        phy_2m: false,
+        fast_interval: (0, 0),
+        idle_interval: (0, 0),
+        supervision_timeout_ms: 4000,
+    };
+}
+
+/// How the device presents itself.
+#[derive(Debug, Clone, Copy)]
+pub struct GattConfig<'a> {
+    /// Advertised device name (at most 22 bytes; the advertisement carries what fits, the scan
+    /// response the whole name).
+    pub name: &'a str,
+    /// Static random address (the two top bits are set here).
+    pub address: [u8; 6],
+    /// Device Information: manufacturer name.
+    pub manufacturer: &'a str,
+    /// Device Information: model number (e.g. the chip).
+    pub model: &'a str,
+    /// Device Information: hardware revision.
+    pub hardware_revision: &'a str,
+    /// Advertising interval in ms.
+    pub adv_interval_ms: u32,
+    /// Link tuning requests.
+    pub tuning: LinkTuning,
+}
+
+impl<'a> GattConfig<'a> {
+    /// A configuration for `chip` named `name`.
+    pub fn new(name: &'a str, chip: Chip, address: [u8; 6]) -> Self {
+        GattConfig {
+            name,
+            address,
+            manufacturer: "Espressif Systems",
+            model: chip.name(),
+            hardware_revision: "0",
+            adv_interval_ms: 30,
+            tuning: LinkTuning::for_chip(chip),
+        }
+    }
+}
+
+/// A PHY as reported by the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Phy {
+    /// 1 Mbit/s.
+    Le1M,
+    /// 2 Mbit/s.
+    Le2M,
+    /// Coded (long range).
+    Coded,
+}
+
+impl From<PhyKind> for Phy {
+    fn from(p: PhyKind) -> Self {
+        match p {
+            PhyKind::Le1M => Phy::Le1M,
+            PhyKind::Le2M => Phy::Le2M,
+            _ => Phy::Coded,
+        }
+    }
+}
+
+/// Something that happened, for the shell's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Note {
+    /// Advertising (again).
+    Advertising,
+    /// A central connected.
+    Connected {
+        /// The engine's id of it (the connection handle).
+        client: ClientId,
+        /// Its address, least significant byte first.
+        peer: [u8; 6],
+    },
+    /// The ATT MTU changed.
+    Mtu(u16),
+    /// The link-layer data length changed.
+    DataLength {
+        /// Max octets sent per packet.
+        tx: u16,
+        /// Max octets received per packet.
+        rx: u16,
+    },
+    /// The PHY changed.
+    Phy {
+        /// Transmit PHY.
+        tx: Phy,
+        /// Receive PHY.
+        rx: Phy,
+    },
+    /// The connection parameters changed.
+    ConnParams {
+        /// Connection interval in µs.
+        interval_us: u32,
+        /// Peripheral latency in connection events.
+        latency: u16,
+    },
+    /// A tuning request failed (the controller refused or does not support it).
+    TuningFailed(&'static str),
+    /// The engine asked the shell to act.
+    Engine(Event),
+    /// The central disconnected (HCI reason code).
+    Disconnected(u8),
+}
+
+/// Why [`run`] stopped other than for a reboot.
+#[derive(Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RunError {
+    /// The HCI controller failed (transport error).
+    Controller,
+    /// The host stack failed.
+    Host(trouble_host::Error),
+    /// The configuration does not fit (name too long).
+    Config(&'static str),
+}
+
+impl<E> From<BleHostError<E>> for RunError {
+    fn from(e: BleHostError<E>) -> Self {
+        match e {
+            BleHostError::Controller(_) => RunError::Controller,
+            BleHostError::BleHost(e) => RunError::Host(e),
+        }
+    }
+}
+
+impl From<trouble_host::Error> for RunError {
+    fn from(e: trouble_host::Error) -> Self {
+        RunError::Host(e)
+    }
+}
+
+/// The HCI commands the OTA stack needs: trouble-host's set plus the link tuning ones.
+pub trait OtaController:
+    Controller
+    + ControllerCmdSync<LeSetDataLength>
+    + ControllerCmdSync<LeReadLocalSupportedFeatures>
+    + ControllerCmdAsync<LeSetPhy>
+{
+}
+
+impl<C> OtaController for C where
+    C: Controller
+        + ControllerCmdSync<LeSetDataLength>
+        + ControllerCmdSync<LeReadLocalSupportedFeatures>
+        + ControllerCmdAsync<LeSetPhy>
+{
+}
+
+fn now() -> Instant {
+    Instant(embassy_time::Instant::now().as_millis())
+}
+
+/// The characteristic a write went to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Control,
+    Data,
+}
+
+/// An entry of the queue between the GATT event loop and the engine. Events keep their
+/// packet (and their reply) until the engine has handled them.
+enum Item<'s, 'v> {
+    Write {
+        target: Target,
+        request: bool,
+        event: WriteEvent<'s, 'v, OtaPacketPool>,
+    },
+    ReadControl(ReadEvent<'s, 'v, OtaPacketPool>),
+    Disconnected,
+}
+
+/// How a connection ended.
+enum Served {
+    Disconnected,
+    Reboot,
+}
+
+type Observer<'o> = RefCell<&'o mut dyn FnMut(Note)>;
+
+fn note(observer: &Observer<'_>, n: Note) {
+    debug!("[ota-gatt] {:?}", n);
+    (observer.borrow_mut())(n);
+}
+
+/// Runs the OTA GATT server on `controller` until the engine asks for a reboot; returns
+/// [`Event::RebootRequested`] then, after the last notification went out and the central was
+/// disconnected. `engine` runs on `flash`; `observer` hears what happens on the link.
+///
+/// One central is served at a time; the engine refuses a second updater anyway.
+pub async fn run<C, F>(
+    controller: C,
+    flash: &mut F,
+    mut engine: UpdateEngine,
+    config: &GattConfig<'_>,
+    observer: &mut dyn FnMut(Note),
+) -> Result<Event, RunError>
+where
+    C: OtaController,
+    F: NorFlash,
+{
+    let observer: Observer<'_> = RefCell::new(observer);
+    // Device Information's firmware revision: the running app's version.
+    let version = match engine.info(flash, ClientId(0)) {
+        Ok(info) => info.app_version,
+        Err(_) => Default::default(),
+    };
+
+    let mut address = config.address;
+    address[5] |= 0xC0; // static random address
+    let mut resources: HostResources<OtaPacketPool, 1, 2> = HostResources::new();
+    let stack = trouble_host::new(controller, &mut resources)
+        .set_random_address(Address::random(address))
+        .build();
+    let mut runner = stack.runner();
+    let mut peripheral = stack.peripheral();
+
+    // The attribute table.
+    let mut control_store = [0u8; MAX_VALUE_LEN];
+    let mut data_store = [0u8; MAX_VALUE_LEN];
+    let mut table: AttributeTable<'_, NoopRawMutex, ATT_TABLE_SIZE> = AttributeTable::new();
+    GapConfig::Peripheral(PeripheralConfig {
+        name: config.name,
+        appearance: &appearance::UNKNOWN,
+    })
+    .build(&mut table)
+    .map_err(RunError::Config)?;
+    let (control, data_handle) = {
+        let mut ota = table.add_service(Service::new(Uuid::from(OTA_SERVICE_UUID)));
+        let control = ota
+            .add_characteristic(
+                Uuid::from(CONTROL_CHAR_UUID),
+                [
+                    CharacteristicProp::Read,
+                    CharacteristicProp::Write,
+                    CharacteristicProp::Notify,
+                ],
+                heapless09::Vec::<u8, MAX_VALUE_LEN>::new(),
+                &mut control_store,
+            )
+            .build();
+        let data = ota
+            .add_characteristic(
+                Uuid::from(DATA_CHAR_UUID),
+                [
+                    CharacteristicProp::Write,
+                    CharacteristicProp::WriteWithoutResponse,
+                ],
+                heapless09::Vec::<u8, MAX_VALUE_LEN>::new(),
+                &mut data_store,
+            )
+            .build();
+        ota.build();
+        (control, data.handle)
+    };
+    {
+        let mut dis = table.add_service(Service::new(service::DEVICE_INFORMATION));
+        dis.add_characteristic_ro(
+            characteristic::MANUFACTURER_NAME_STRING,
+            config.manufacturer,
+        );
+        dis.add_characteristic_ro(characteristic::MODEL_NUMBER_STRING, config.model);
+        dis.add_characteristic_ro(
+            characteristic::HARDWARE_REVISION_STRING,
+            config.hardware_revision,
+        );
+        dis.add_characteristic_ro(characteristic::FIRMWARE_REVISION_STRING, version.as_str());
+        dis.build();
+    }
+    let server: AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, 1> =
+        AttributeServer::new(table);
+
+    // Advertising data: flags, the OTA service, as much of the name as fits; the scan
+    // response carries the whole name.
+    let uuid = [OTA_SERVICE_UUID.to_le_bytes()];
+    let name = config.name.as_bytes();
+    let room = 31 - 3 - 18 - 2;
+    let mut adv_data = [0u8; 31];
+    let adv_len = AdStructure::encode_slice(
+        &[
+            AdStructure::Flags(LE_GENERAL_DISCOVERABLE | BR_EDR_NOT_SUPPORTED),
+            AdStructure::CompleteServiceUuids128(&uuid),
+            if name.len() <= room {
+                AdStructure::CompleteLocalName(name)
+            } else {
+                AdStructure::ShortenedLocalName(&name[..room])
+            },
+        ],
+        &mut adv_data,
+    )
+    .map_err(|_| RunError::Config("advertising data"))?;
+    let mut scan_data = [0u8; 31];
+    let scan_len = AdStructure::encode_slice(
+        &[AdStructure::CompleteLocalName(&name[..name.len().min(29)])],
+        &mut scan_data,
+    )
+    .map_err(|_| RunError::Config("scan response data"))?;
+    let params = AdvertisementParameters {
+        interval_min: Duration::from_millis(config.adv_interval_ms as u64),
+        interval_max: Duration::from_millis(config.adv_interval_ms as u64 + 10),
+        ..Default::default()
+    };
+
+    let serve_loop = async {
+        loop {
+            note(&observer, Note::Advertising);
+            let advertiser = peripheral
+                .advertise(
+                    &params,
+                    Advertisement::ConnectableScannableUndirected {
+                        adv_data: &adv_data[..adv_len],
+                        scan_data: &scan_data[..scan_len],
+                    },
+                )
+                .await?;
+            let conn = advertiser.accept().await?;
+            let conn = conn.with_attribute_server(&server)?;
+            let served = serve(
+                &stack,
+                &conn,
+                &control,
+                data_handle,
+                flash,
+                &mut engine,
+                config,
+                &observer,
+            )
+            .await;
+            if let Served::Reboot = served {
+                // Let the last notification reach the air, then drop the link as a reset does.
+                Timer::after_millis(250).await;
+                conn.raw().disconnect();
+                let _ = with_timeout(Duration::from_secs(3), async {
+                    loop {
+                        if let GattConnectionEvent::Disconnected { .. } = conn.next().await {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return Ok::<Event, RunError>(Event::RebootRequested);
+            }
+        }
+    };
+    match select(runner.run(), serve_loop).await {
+        Either::First(Ok(())) => Err(RunError::Controller),
+        Either::First(Err(e)) => Err(e.into()),
+        Either::Second(r) => r,
+    }
+}
+
+/// Serves one connection until it drops or the engine asks for a reboot.
+#[allow(clippy::too_many_arguments)]
+async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
+    stack: &Stack<'_, C, OtaPacketPool>,
+    conn: &GattConnection<'s, 'v, OtaPacketPool>,
+    control: &Characteristic<heapless09::Vec<u8, MAX_VALUE_LEN>>,
+    data_handle: u16,
+    flash: &mut F,
+    engine: &mut UpdateEngine,
+    config: &GattConfig<'_>,
+    observer: &Observer<'_>,
+) -> Served {
+    let client = ClientId(conn.raw().handle().raw());
+    let peer = conn.raw().peer_address();
+    note(
+        observer,
+        Note::Connected {
+            client,
+            peer: peer.addr.into_inner(),
+        },
+    );
+    engine.handle_connected(client);
+    let queue: Channel<NoopRawMutex, Item<'s, 'v>, QUEUE_DEPTH> = Channel::new();
+    // true: an update runs (short interval); false: relaxed.
+    let busy: Signal<NoopRawMutex, bool> = Signal::new();
+
+    // The receive path: sorts events, never waits on flash work.
+    let receive = async {
+        loop {
+            match conn.next().await {
+                GattConnectionEvent::Disconnected { reason } => {
+                    note(observer, Note::Disconnected(reason.into_inner()));
+                    queue.send(Item::Disconnected).await;
+                    core::future::pending::<()>().await;
+                }
+                GattConnectionEvent::Gatt { event } => match event {
+                    GattEvent::Write(event)
+                        if event.handle() == control.handle || event.handle() == data_handle =>
+                    {
+                        let target = if event.handle() == control.handle {
+                            Target::Control
+                        } else {
+                            Target::Data
+                        };
+                        let request = matches!(event.payload().incoming(), AttClient::Request(_));
+                        queue
+                            .send(Item::Write {
+                                target,
+                                request,
+                                event,
+                            })
+                            .await;
+                    }
+                    GattEvent::Read(event) if event.handle() == control.handle => {
+                        queue.send(Item::ReadControl(event)).await;
+                    }
+                    other => match other.accept() {
+                        Ok(reply) => reply.send().await,
+                        Err(_e) => warning!("[ota-gatt] cannot answer: {:?}", _e),
+                    },
+                },
+                GattConnectionEvent::PhyUpdated { tx_phy, rx_phy } => note(
+                    observer,
+                    Note::Phy {
+                        tx: tx_phy.into(),
+                        rx: rx_phy.into(),
+                    },
+                ),
+                GattConnectionEvent::DataLengthUpdated {
+                    max_tx_octets,
+                    max_rx_octets,
+                    ..
+                } => note(
+                    observer,
+                    Note::DataLength {
+                        tx: max_tx_octets,
+                        rx: max_rx_octets,
+                    },
+                ),
+                GattConnectionEvent::ConnectionParamsUpdated {
+                    conn_interval,
+                    peripheral_latency,
+                    ..
+                } => note(
+                    observer,
+                    Note::ConnParams {
+                        interval_us: conn_interval.as_micros() as u32,
+                        latency: peripheral_latency,
+                    },
+                ),
+                _ => {}
+            }
+        }
+    };
+
+    // The engine: one queue entry at a time, yielding in between.
+    let work = async {
+        let mut mtu = 0u16;
+        let mut buf = [0u8; Response::MAX_LEN + 8];
+        loop {
+            let item = match engine.poll_timeout() {
+                Some(at) => {
+                    let wait = at.0.saturating_sub(now().0);
+                    match select(queue.receive(), Timer::after_millis(wait)).await {
+                        Either::First(item) => Some(item),
+                        Either::Second(()) => None,
+                    }
+                }
+                None => Some(queue.receive().await),
+            };
+            let current = conn.raw().att_mtu();
+            if current != mtu {
+                mtu = current;
+                engine.handle_mtu(client, mtu);
+                note(observer, Note::Mtu(mtu));
+            }
+            let t = now();
+            let mut ended = false;
+            match item {
+                None => engine.handle_tick(t),
+                Some(Item::Write {
+                    target,
+                    request,
+                    event,
+                }) => {
+                    let verdict = event.with_data(|_, data| match target {
+                        Target::Control => {
+                            engine.handle_control_write(flash, client, data, t);
+                            Ok(())
+                        }
+                        Target::Data => engine.handle_data_write(flash, client, data, t),
+                    });
+                    let reply = match verdict {
+                        Err(reason) if request => {
+                            event.reject(AttErrorCode::new(reason.att_error()))
+                        }
+                        _ => event.accept_unprocessed(),
+                    };
+                    if let Ok(reply) = reply {
+                        reply.send().await;
+                    }
+                }
+                Some(Item::ReadControl(event)) => {
+                    if let Ok(reply) = event.accept_unprocessed(engine.control_value()) {
+                        reply.send().await;
+                    }
+                }
+                Some(Item::Disconnected) => {
+                    engine.handle_disconnected(client);
+                    ended = true;
+                }
+            }
+            while let Some((_, n)) = engine.poll_notification(&mut buf) {
+                if !ended && control.notify_raw(conn, &buf[..n], false).await.is_err() {
+                    warning!("[ota-gatt] notification failed");
+                }
+            }
+            let mut reboot = false;
+            while let Some(e) = engine.poll_event() {
+                note(observer, Note::Engine(e));
+                match e {
+                    Event::RebootRequested => reboot = true,
+                    Event::UpdateStarted { .. } => busy.signal(true),
+                    Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
+                        busy.signal(false)
+                    }
+                    Event::Confirmed => {}
+                }
+            }
+            if ended {
+                return Served::Disconnected;
+            }
+            if reboot {
+                return Served::Reboot;
+            }
+            yield_now().await;
+        }
+    };
+
+    // Link tuning requests; their completions arrive as connection events.
+    let tuning = async {
+        let tuning = config.tuning;
+        let link = conn.raw();
+        if tuning.data_length && link.update_data_length(stack, 251, 2120).await.is_err() {
+            note(observer, Note::TuningFailed("data length"));
+        }
+        if tuning.phy_2m && link.set_phy(stack, PhyKind::Le2M).await.is_err() {
+            note(observer, Note::TuningFailed("2M PHY"));
+        }
+        if tuning.fast_interval.0 == 0 {
+            core::future::pending::<()>().await;
+        }
+        let mut fast = true;
+        loop {
+            let (min, max) = if fast {
+                tuning.fast_interval
+            } else {
+                tuning.idle_interval
+            };
+            let params = RequestedConnParams {
+                min_connection_interval: Duration::from_micros(min as u64 * 1250),
+                max_connection_interval: Duration::from_micros(max as u64 * 1250),
+                max_latency: 0,
+                min_event_length: Duration::from_secs(0),
+                max_event_length: Duration::from_secs(0),
+                supervision_timeout: Duration::from_millis(tuning.supervision_timeout_ms as u64),
+            };
+            if link.update_connection_params(stack, &params).await.is_err() {
+                note(observer, Note::TuningFailed("connection interval"));
+            }
+            fast = busy.wait().await;
+        }
+    };
+
+    match select3(receive, work, tuning).await {
+        Either3::Second(served) => served,
+        _ => Served::Disconnected,
+    }
+}
