@@ -39,7 +39,7 @@ use esp_hal::timer::timg::TimerGroup;
 use esp_radio::ble::controller::BleConnector;
 use esp_storage::FlashStorage;
 use log::{info, warn};
-use ota_core::device::{DeviceConfig, UpdateEngine};
+use ota_core::device::UpdateEngine;
 use ota_core::esp::boot::GuardOutcome;
 use trouble_host::prelude::ExternalController;
 
@@ -61,19 +61,27 @@ async fn main(spawner: Spawner) -> ! {
     info!("{} {} on {}", desc.project_name(), desc.version(), config::HARDWARE_REVISION);
 
     let mut flash = FlashStorage::new(peripherals.FLASH);
-    let (engine, trial) = match boot::run(&mut flash) {
+    let (ota, trial) = match boot::run(&mut flash) {
         Ok(booted) => {
             let trial = booted.guard == GuardOutcome::Trial;
             let engine = UpdateEngine::new(
                 &mut flash,
-                DeviceConfig::new(config::CHIP),
-                booted.table,
+                ota_gatt::device_config(config::CHIP),
+                booted.table.clone(),
                 booted.running,
             );
-            if let Err(e) = &engine {
-                warn!("ota: cannot start the update engine: {e}");
-            }
-            (engine.ok(), trial)
+            let ota = match engine {
+                Ok(engine) => Some(ota::Ota {
+                    engine,
+                    table: booted.table,
+                    running: booted.running,
+                }),
+                Err(e) => {
+                    warn!("ota: cannot start the update engine: {e}");
+                    None
+                }
+            };
+            (ota, trial)
         }
         Err(e) => {
             warn!("boot: {e:?}: running without updates");
@@ -87,5 +95,5 @@ async fn main(spawner: Spawner) -> ! {
         Ok(c) => c,
         Err(e) => panic!("BLE controller init failed: {e:?}"),
     };
-    ota::run(ExternalController::new(connector), flash, engine).await
+    ota::run(ExternalController::new(connector), flash, ota).await
 }
