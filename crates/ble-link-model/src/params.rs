@@ -158,9 +158,9 @@ pub enum QueuePolicy {
 }
 
 /// Receive queue depth of the profiles, in ATT PDUs: the window the device engine announces
-/// by default (`ota_core::device::DeviceConfig::new`, `rx_queue_chunks = 16`), so a client
-/// that respects the window never overruns it.
-pub const DEFAULT_RX_QUEUE_DEPTH: u16 = 16;
+/// by default (`ota_core::device::DeviceConfig::new`, `rx_queue_chunks = 32`), so a client
+/// that respects the window never overruns it. 32 PDUs of 251 bytes is 8 KiB of device RAM.
+pub const DEFAULT_RX_QUEUE_DEPTH: u16 = 32;
 
 /// The central's TX buffer of the profiles, in ATT PDUs. Stacks hold a few controller ACL
 /// buffers plus a host queue; 16 PDUs is enough to fill any profile's connection event

@@ -361,7 +361,7 @@ fn info_reports_slots_app_and_resumable_session() {
     assert_eq!(info.running_slot, ota_core::protocol::fast::SLOT_FACTORY);
     assert_eq!(info.max_image_size, 0x100000);
     assert_eq!(info.chunk_size, 240);
-    assert_eq!(info.window, 240 * 16);
+    assert_eq!(info.window, 240 * 32);
     assert_eq!(info.slots.len(), 3);
     assert!(info.resumable.is_none());
     command(&mut dev, &mut engine, 1, &begin(&img));

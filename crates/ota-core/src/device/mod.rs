@@ -66,11 +66,16 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
-    /// Defaults for `chip`: a 16-chunk receive queue, 508-byte chunks, 4 ACKs per window.
+    /// Defaults for `chip`: a 32-chunk receive queue, 508-byte chunks, 4 ACKs per window.
+    ///
+    /// 32 chunks in flight cover an erase of a 4 KiB sector (45 ms typical) plus the two
+    /// connection intervals an ACK needs to reach the client and open the window again, so the
+    /// flash, not the window, bounds the speed. The shell's BLE receive queue must hold them
+    /// (trouble-host: `l2cap-rx-queue-size` and packet pool of at least 32, plus margin).
     pub const fn new(chip: Chip) -> Self {
         DeviceConfig {
             chip,
-            rx_queue_chunks: 16,
+            rx_queue_chunks: 32,
             max_chunk: (MAX_ATTRIBUTE_LEN - fast::CHUNK_HEADER_LEN) as u16,
             acks_per_window: 4,
             rewind_retry_ms: 300,

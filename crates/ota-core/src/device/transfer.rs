@@ -21,9 +21,8 @@ pub(super) enum Protocol {
     Fast { size: u32, sha256: [u8; 32] },
 }
 
-/// Bytes held in RAM before programming: the image header until it proved the image is for
-/// this chip, then only a tail shorter than the flash's write unit.
-const PENDING_CAP: usize = 32;
+/// A NOR flash program page: bytes are held in RAM until a whole page can be programmed.
+const PAGE_SIZE: usize = 256;
 
 #[derive(Debug)]
 pub(super) struct Transfer {
@@ -41,7 +40,7 @@ pub(super) struct Transfer {
     pub last_progress: Instant,
     validator: ImageValidator,
     hasher: Sha256,
-    pending: heapless::Vec<u8, PENDING_CAP>,
+    pending: heapless::Vec<u8, PAGE_SIZE>,
     /// Bytes programmed into the slot.
     programmed: u32,
     /// Bytes of the slot erased so far (sector multiple).
@@ -197,43 +196,31 @@ impl Transfer {
         Ok((target.ota_slot().unwrap_or(SLOT_OTHER), next, digest))
     }
 
-    /// Programs in-order bytes, holding back the header until it is validated and any tail
-    /// shorter than the write unit.
+    /// Programs in-order bytes one whole 256-byte flash page at a time: a page is programmed
+    /// once, with one page-program command, however the client chunked the data. Nothing
+    /// touches flash before the image header proved the image is for this chip.
     fn program<F: NorFlash>(
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
         mut bytes: &[u8],
     ) -> Result<(), Reason> {
-        let unit = F::WRITE_SIZE.max(1);
-        if self.validator.header().is_none() {
-            // Not even the header yet: nothing touches flash.
-            return self
-                .pending
-                .extend_from_slice(bytes)
-                .map_err(|_| Reason::BadLength);
-        }
-        self.prepare_otadata(flash, slots)?;
-        if !self.pending.is_empty() {
-            while !self.pending.len().is_multiple_of(unit) {
-                let Some((&b, rest)) = bytes.split_first() else {
-                    break;
-                };
-                let _ = self.pending.push(b);
-                bytes = rest;
-            }
-            if self.pending.len().is_multiple_of(unit) {
-                let held = core::mem::take(&mut self.pending);
-                self.write(flash, &held)?;
+        while !bytes.is_empty() {
+            let take = (PAGE_SIZE - self.pending.len()).min(bytes.len());
+            let (head, rest) = bytes.split_at(take);
+            // Cannot fail: `take` fits the room left.
+            let _ = self.pending.extend_from_slice(head);
+            bytes = rest;
+            if self.pending.len() == PAGE_SIZE {
+                if self.validator.header().is_none() {
+                    return Err(Reason::BadImageFormat);
+                }
+                self.prepare_otadata(flash, slots)?;
+                let page = core::mem::take(&mut self.pending);
+                self.write(flash, &page)?;
             }
         }
-        let aligned = bytes.len() / unit * unit;
-        if aligned > 0 {
-            self.write(flash, &bytes[..aligned])?;
-        }
-        self.pending
-            .extend_from_slice(&bytes[aligned..])
-            .map_err(|_| Reason::FlashError)
+        Ok(())
     }
 
     /// Before the first byte lands in the slot: stop otadata from falling back onto it, as
