@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod firmware;
+
 #[derive(Debug, Parser)]
 #[command(about = "Project tasks")]
 struct Cli {
@@ -22,6 +24,9 @@ enum Task {
     Setup,
     /// Run every test: unit, property, vectors, CLI, no_std build, end-to-end.
     Test,
+    /// Build the firmware for the ESP32-C3 and ESP32-C6, write and check their app images
+    /// (firmware/target/images/<chip>.bin) and report image size and RAM use.
+    Firmware,
 }
 
 /// Rust targets of the RISC-V ESP32 chips built in CI.
@@ -34,6 +39,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup().map(|_| ()),
         Task::Test => test(),
+        Task::Firmware => firmware::firmware(),
     }
 }
 
@@ -92,6 +98,8 @@ fn setup() -> Result<PathBuf> {
 
 fn test() -> Result<()> {
     let python = setup()?;
+    // The firmware first: the host tests below load its app images into the virtual ESP32.
+    firmware::firmware()?;
     // Host workspace: unit, vector, property and CLI tests, plus those needing Python tools.
     run(cargo()
         .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
