@@ -9,6 +9,9 @@ pub struct TargetArgs {
     /// Use the virtual ESP32 stored in this flash file (see `ble-ota sim create`).
     #[arg(long, value_name = "PATH", global = true)]
     pub sim: Option<PathBuf>,
+    /// Use an HCI controller: `tcp:HOST:PORT` (H4 over TCP) or `serial:/dev/ttyUSB0[@BAUD]`.
+    #[arg(long, value_name = "SPEC", global = true)]
+    pub hci: Option<String>,
     /// Device name or address (system Bluetooth or HCI); default: the strongest OTA device.
     #[arg(long, global = true)]
     pub device: Option<String>,

@@ -22,6 +22,16 @@ async fn ask(target: &TargetArgs, cmd: Command) -> Result<(Response, Option<SimL
             let r = command(&mut link, cmd).await?;
             Ok((r, Some(link)))
         }
+        None if target.hci.is_some() => {
+            let mut link = crate::transport::hci::connect_hci_with(
+                target.hci.as_deref().unwrap_or_default(),
+                target.device.as_deref(),
+                Duration::from_secs_f64(target.scan_timeout),
+            )
+            .await?;
+            let r = command(&mut link, cmd).await?;
+            Ok((r, None))
+        }
         None => {
             let mut link = ble::BleLink::connect(
                 target.device.as_deref(),

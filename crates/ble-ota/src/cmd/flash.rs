@@ -192,6 +192,15 @@ async fn flash_ble(
     image: &[u8],
     bar: &mut Bar,
 ) -> Result<FlashReport> {
+    if let Some(spec) = &target.hci {
+        let mut link = crate::transport::hci::connect_hci_with(
+            spec,
+            target.device.as_deref(),
+            Duration::from_secs_f64(target.scan_timeout),
+        )
+        .await?;
+        return send(&mut link, args, image, bar).await;
+    }
     let mut link = ble::BleLink::connect(
         target.device.as_deref(),
         Duration::from_secs_f64(target.scan_timeout),

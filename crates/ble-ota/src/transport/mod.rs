@@ -2,6 +2,7 @@
 //! itself runs in `ota-core`'s sender, driven by [`drive`].
 
 pub mod ble;
+pub mod hci;
 
 use std::time::Duration;
 

@@ -1,0 +1,231 @@
+//! `ble-ota device --hci SPEC --sim FLASH.bin`: the virtual ESP32 behind a real BLE host stack.
+//!
+//! The device runs `ota-gatt` (the firmware's GATT code) on trouble-host over an HCI
+//! controller reached through TCP or a serial port, with the virtual ESP32's flash. When the
+//! engine asks for a reboot the virtual ESP32 reboots (ESP-IDF bootloader rules, rollback
+//! guard) and advertises again, until the process is killed.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ble_link_model::FlashTiming;
+use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
+use ota_core::device::Event;
+use ota_gatt::{GattConfig, LinkTuning, Note, Phy};
+use serde_json::json;
+
+use crate::cmd::sim::BootView;
+use crate::exit::{CliError, ExitCode};
+use crate::sim::SimDevice;
+use crate::target::TargetArgs;
+use crate::transport::hci::{HciSpec, open_controller};
+
+/// Options of `device`.
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// Advertised device name (at most 22 bytes).
+    #[arg(long, default_value = "ble-ota-sim")]
+    pub name: String,
+    /// Take as long as a real SPI NOR flash for each erase and program (blocking, as on the
+    /// chip: 45 ms per 4 KiB sector erase, 0.7 ms per page).
+    #[arg(long)]
+    pub flash_timing: bool,
+    /// Stop after this many reboots (default: run until killed).
+    #[arg(long, value_name = "N")]
+    pub max_boots: Option<u32>,
+    /// Do not ask for a data length, PHY or connection interval change.
+    #[arg(long)]
+    pub no_tuning: bool,
+}
+
+fn emit(json_out: bool, value: serde_json::Value, text: String) {
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        let _ = writeln!(out, "{value}");
+    } else {
+        let _ = writeln!(out, "{text}");
+    }
+    let _ = out.flush();
+}
+
+fn phy_name(p: Phy) -> &'static str {
+    match p {
+        Phy::Le1M => "1M",
+        Phy::Le2M => "2M",
+        Phy::Coded => "coded",
+    }
+}
+
+fn report(json_out: bool, n: Note) {
+    let (v, t) = match n {
+        Note::Advertising => (json!({"event": "advertising"}), "advertising".into()),
+        Note::Connected { client, peer } => {
+            let addr = format!(
+                "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
+                peer[5], peer[4], peer[3], peer[2], peer[1], peer[0]
+            );
+            (
+                json!({"event": "connected", "handle": client.0, "peer": addr}),
+                format!("connected: {addr} (handle {})", client.0),
+            )
+        }
+        Note::Mtu(m) => (json!({"event": "mtu", "mtu": m}), format!("ATT MTU {m}")),
+        Note::DataLength { tx, rx } => (
+            json!({"event": "data_length", "tx": tx, "rx": rx}),
+            format!("data length: tx {tx}, rx {rx} octets"),
+        ),
+        Note::Phy { tx, rx } => (
+            json!({"event": "phy", "tx": phy_name(tx), "rx": phy_name(rx)}),
+            format!("PHY: tx {}, rx {}", phy_name(tx), phy_name(rx)),
+        ),
+        Note::ConnParams {
+            interval_us,
+            latency,
+        } => (
+            json!({"event": "conn_params", "interval_us": interval_us, "latency": latency}),
+            format!(
+                "connection interval {:.2} ms, latency {latency}",
+                interval_us as f64 / 1000.0
+            ),
+        ),
+        Note::TuningFailed(what) => (
+            json!({"event": "tuning_failed", "what": what}),
+            format!("link tuning refused: {what}"),
+        ),
+        Note::Engine(e) => (
+            json!({"event": "engine", "what": format!("{e:?}")}),
+            format!("update: {e:?}"),
+        ),
+        Note::Disconnected(reason) => (
+            json!({"event": "disconnected", "reason": reason}),
+            format!("disconnected (reason {reason:#04x})"),
+        ),
+    };
+    emit(json_out, v, t);
+}
+
+/// A flash that takes as long as a real one, blocking the thread as the chip's flash does.
+struct Paced<'a, F> {
+    inner: &'a mut F,
+    timing: FlashTiming,
+}
+
+impl<F: ErrorType> ErrorType for Paced<'_, F> {
+    type Error = F::Error;
+}
+
+impl<F: ReadNorFlash> ReadNorFlash for Paced<'_, F> {
+    const READ_SIZE: usize = F::READ_SIZE;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+}
+
+impl<F: NorFlash> NorFlash for Paced<'_, F> {
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    const ERASE_SIZE: usize = F::ERASE_SIZE;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        let sectors = (to.saturating_sub(from)).div_ceil(self.timing.sector_size) as u64;
+        std::thread::sleep(Duration::from_micros(
+            sectors * self.timing.sector_erase_us as u64,
+        ));
+        self.inner.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        let page = self.timing.page_size;
+        let first = offset / page;
+        let last = (offset + bytes.len().max(1) as u32 - 1) / page;
+        std::thread::sleep(Duration::from_micros(
+            (last - first + 1) as u64 * self.timing.page_program_us as u64,
+        ));
+        self.inner.write(offset, bytes)
+    }
+}
+
+/// Runs `ble-ota device`.
+pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> {
+    let Some(spec) = target.hci.as_deref() else {
+        return Err(CliError::new(
+            ExitCode::Usage,
+            "`ble-ota device` needs --hci tcp:HOST:PORT (or serial:PATH) and --sim FLASH.bin",
+        )
+        .into());
+    };
+    let Some(path) = target.sim.as_deref() else {
+        return Err(CliError::new(
+            ExitCode::Usage,
+            "`ble-ota device` needs --sim FLASH.bin (create one with `ble-ota sim create`)",
+        )
+        .into());
+    };
+    if args.name.len() > 22 {
+        return Err(CliError::new(ExitCode::Usage, "--name: at most 22 bytes").into());
+    }
+    let spec = HciSpec::parse(spec)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut dev = SimDevice::open(path, target.bootloader())?;
+        let chip = dev.dev.chip();
+        // A stable static random address per device name.
+        let mut address = [0u8; 6];
+        for (i, b) in args.name.bytes().enumerate() {
+            address[i % 6] = address[i % 6].wrapping_mul(31).wrapping_add(b);
+        }
+        let mut config = GattConfig::new(&args.name, chip, address);
+        config.model = chip.name();
+        config.hardware_revision = "virtual";
+        config.manufacturer = "ble-ota (virtual ESP32)";
+        if args.no_tuning {
+            config.tuning = LinkTuning::NONE;
+        }
+        let mut boots = 0u32;
+        loop {
+            if let Some(boot) = dev.dev.last_boot() {
+                let v = BootView::from(boot);
+                emit(
+                    json_out,
+                    json!({"event": "boot", "slot": v.slot, "project": v.project_name, "version": v.version, "state": v.state}),
+                    format!("running {} {} from {} ({})", v.project_name, v.version, v.slot, v.state),
+                );
+            }
+            let engine = dev.engine(ota_gatt::device_config(chip))?;
+            let controller = open_controller(&spec).await?;
+            let mut observer = |n: Note| report(json_out, n);
+            let flash = dev.dev.flash_mut();
+            let result = if args.flash_timing {
+                let mut paced = Paced {
+                    inner: flash,
+                    timing: FlashTiming::TYPICAL_4MB_SPI_NOR,
+                };
+                ota_gatt::run(controller, &mut paced, engine, &config, &mut observer).await
+            } else {
+                ota_gatt::run(controller, flash, engine, &config, &mut observer).await
+            };
+            match result {
+                Ok(Event::RebootRequested) => {}
+                Ok(other) => anyhow::bail!("the GATT server stopped with {other:?}"),
+                Err(e) => anyhow::bail!("the BLE host stopped: {e:?}"),
+            }
+            let boot = dev.reboot().context("rebooting the virtual ESP32")?;
+            let _ = boot;
+            boots += 1;
+            if args.max_boots.is_some_and(|m| boots >= m) {
+                if let Some(boot) = dev.dev.last_boot() {
+                    let v = BootView::from(boot);
+                    emit(
+                        json_out,
+                        json!({"event": "boot", "slot": v.slot, "project": v.project_name, "version": v.version, "state": v.state}),
+                        format!("running {} {} from {} ({})", v.project_name, v.version, v.slot, v.state),
+                    );
+                }
+                return Ok(());
+            }
+        }
+    })
+}
