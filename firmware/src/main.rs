@@ -58,7 +58,12 @@ async fn main(spawner: Spawner) -> ! {
     esp_rtos::start(timg0.timer0, peripherals.FROM_CPU_INTR0);
 
     let desc = &config::ESP_APP_DESC;
-    info!("{} {} on {}", desc.project_name(), desc.version(), config::HARDWARE_REVISION);
+    info!(
+        "{} {} on {}",
+        desc.project_name(),
+        desc.version(),
+        config::HARDWARE_REVISION
+    );
 
     let mut flash = FlashStorage::new(peripherals.FLASH);
     let (ota, trial) = match boot::run(&mut flash) {

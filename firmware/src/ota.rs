@@ -49,7 +49,11 @@ pub async fn run(controller: BleController, flash: FlashStorage<'static>, ota: O
     let flash = RefCell::new(flash);
     let mac = esp_hal::efuse::base_mac_address();
     let m = mac.as_bytes();
-    let mut gatt = GattConfig::new(config::DEVICE_NAME, config::CHIP, [m[5], m[4], m[3], m[2], m[1], m[0]]);
+    let mut gatt = GattConfig::new(
+        config::DEVICE_NAME,
+        config::CHIP,
+        [m[5], m[4], m[3], m[2], m[1], m[0]],
+    );
     gatt.manufacturer = config::MANUFACTURER;
     gatt.model = config::MODEL;
     gatt.hardware_revision = config::HARDWARE_REVISION;
@@ -66,13 +70,7 @@ pub async fn run(controller: BleController, flash: FlashStorage<'static>, ota: O
         other => debug!("ota: {other:?}"),
     };
     let mut service_flash = SharedFlash(&flash);
-    let service = ota_gatt::run(
-        controller,
-        &mut service_flash,
-        engine,
-        &gatt,
-        &mut observer,
-    );
+    let service = ota_gatt::run(controller, &mut service_flash, engine, &gatt, &mut observer);
     // The `auto` policy's confirm. `ota_gatt::run` owns the engine, so a second engine on the
     // same flash confirms (`UpdateEngine::confirm` writes otadata VALID); flash calls never
     // overlap, as both run on this task and none awaits inside.
@@ -81,9 +79,14 @@ pub async fn run(controller: BleController, flash: FlashStorage<'static>, ota: O
             CONFIRM_NOW.wait().await;
             let result = {
                 let mut f = SharedFlash(&flash);
-                UpdateEngine::new(&mut f, ota_gatt::device_config(config::CHIP), table.clone(), running)
-                    .map_err(|_| "otadata unreadable")
-                    .and_then(|mut e| e.confirm(&mut f).map_err(|_| "otadata write failed"))
+                UpdateEngine::new(
+                    &mut f,
+                    ota_gatt::device_config(config::CHIP),
+                    table.clone(),
+                    running,
+                )
+                .map_err(|_| "otadata unreadable")
+                .and_then(|mut e| e.confirm(&mut f).map_err(|_| "otadata write failed"))
             };
             match result {
                 Ok(()) => on_event(Event::Confirmed),

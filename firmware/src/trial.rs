@@ -50,13 +50,11 @@ pub async fn supervise(mut rwdt: Rwdt, trial: bool) {
         }
     };
     let policy = async {
-        if trial {
-            if let Err(why) = confirm().await {
-                error!("trial: {why}: rolling back");
-                // Let the log line out, then reset while still PENDING_VERIFY.
-                Timer::after_millis(100).await;
-                esp_hal::system::software_reset();
-            }
+        if trial && let Err(why) = confirm().await {
+            error!("trial: {why}: rolling back");
+            // Let the log line out, then reset while still PENDING_VERIFY.
+            Timer::after_millis(100).await;
+            esp_hal::system::software_reset();
         }
         core::future::pending::<()>().await
     };
@@ -84,7 +82,10 @@ async fn confirm() -> Result<(), &'static str> {
                 .map_err(|_| "the OTA task did not confirm")?;
         }
         ConfirmPolicy::Strict { timeout } => {
-            info!("trial: waiting {} s for a client's CONFIRM", timeout.as_secs());
+            info!(
+                "trial: waiting {} s for a client's CONFIRM",
+                timeout.as_secs()
+            );
             match select(CONFIRMED.wait(), Timer::after(timeout)).await {
                 Either::First(()) => {}
                 Either::Second(()) => return Err("no CONFIRM from a client in time"),

@@ -58,9 +58,13 @@ pub fn firmware() -> Result<()> {
             .args(["build", "--release", "--locked", "--target", chip.target])
             .args(["--no-default-features", "--features", chip.name])
             .current_dir(&fw))?;
-        let elf_path = fw.join("target").join(chip.target).join("release").join(BIN);
-        let elf = std::fs::read(&elf_path)
-            .with_context(|| format!("reading {}", elf_path.display()))?;
+        let elf_path = fw
+            .join("target")
+            .join(chip.target)
+            .join("release")
+            .join(BIN);
+        let elf =
+            std::fs::read(&elf_path).with_context(|| format!("reading {}", elf_path.display()))?;
         let image = app_image(&elf, chip, &fw.join("partitions.csv"))?;
         let mut validator = ImageValidator::new(Some(chip.core), slot);
         let info = validator
@@ -120,7 +124,8 @@ fn app_image(elf: &[u8], chip: &FirmwareChip, partitions: &Path) -> Result<Vec<u
 
 /// Returns the size of the smallest app partition of a partition table CSV.
 fn smallest_app_slot(csv: &Path) -> Result<u32> {
-    let text = std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
     let table = esp_idf_part::PartitionTable::try_from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", csv.display()))?;
     table
