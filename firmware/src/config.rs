@@ -51,8 +51,8 @@ pub enum ConfirmPolicy {
     /// Confirms once BLE is up and [`crate::app::self_test`] passed. The seed's clients, which
     /// know no CONFIRM, end on the new firmware.
     Auto,
-    /// Waits for a client's CONFIRM (`ble-ota confirm`, or `ble-ota flash` without
-    /// `--no-confirm`) for `timeout` after BLE is up, then rolls back.
+    /// Waits for a client's CONFIRM (`ble-ota confirm`) for `timeout` after BLE is up, then
+    /// rolls back.
     Strict {
         /// How long to wait for the CONFIRM.
         timeout: Duration,
