@@ -2,9 +2,9 @@
 //! Bluetooth LE with `ble-ota flash`.
 //!
 //! ```text
-//! cargo run --release                      # ESP32-C3: build, flash with partitions.csv, monitor
-//! cargo c6                                 # the same for an ESP32-C6
-//! ble-ota flash --name esp-ble-ota app.bin # later updates, over BLE
+//! cargo run --release                        # ESP32-C3: build, flash with partitions.csv, monitor
+//! cargo c6                                   # the same for an ESP32-C6
+//! ble-ota flash --device esp-ble-ota app.bin # later updates, over BLE
 //! ```
 //!
 //! Boot log of a first boot after an update:
