@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask test`: everything CI checks (installs what it needs first).
 //! - `cargo xtask setup`: only the installs (Rust targets, the Python venv with Bumble and esptool).
+//! - `cargo xtask bench`: the benchmarks; writes BENCHMARKS.md (see `crates/ota-bench`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +10,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod firmware;
 
 #[derive(Debug, Parser)]
@@ -27,6 +29,13 @@ enum Task {
     /// Build the firmware for the ESP32-C3 and ESP32-C6, write and check their app images
     /// (firmware/target/images/<chip>.bin) and report image size and RAM use.
     Firmware,
+    /// Run the benchmarks (modelled update times, host CPU cost) and write BENCHMARKS.md,
+    /// target/bench/bench.json and docs/bench.svg.
+    Bench {
+        /// The firmware's app image (default: firmware/target/images/esp32c3.bin if built).
+        #[arg(long)]
+        firmware: Option<PathBuf>,
+    },
 }
 
 /// Rust targets of the RISC-V ESP32 chips built in CI.
@@ -40,6 +49,7 @@ fn main() -> Result<()> {
         Task::Setup => setup().map(|_| ()),
         Task::Test => test(),
         Task::Firmware => firmware::firmware(),
+        Task::Bench { firmware } => bench::bench(firmware),
     }
 }
 

@@ -1,0 +1,129 @@
+//! The benchmark's device and images: a virtual ESP32-C3 with two 2 MB OTA slots, and app
+//! images of an exact size.
+
+use ota_core::device::{ClientId, DeviceConfig, UpdateEngine};
+use ota_core::esp::Chip;
+use ota_core::esp::boot::BootloaderConfig;
+use ota_core::protocol::fast::{self, Command};
+use ota_core::time::Instant;
+use virtual_esp32::{DeviceSpec, VirtualEsp32, app_image};
+
+/// The chip every benchmark device is.
+pub const CHIP: Chip = Chip::Esp32c3;
+
+/// Partition table of the benchmark device: factory 1 MB, `ota_0` and `ota_1` 2 MB each.
+pub const PARTITIONS_CSV: &str = include_str!("partitions.csv");
+
+/// Flash size of the benchmark device.
+pub const FLASH_SIZE: u32 = 8 << 20;
+
+/// A freshly booted benchmark device ([`CHIP`]) running its factory app.
+pub fn device() -> VirtualEsp32 {
+    device_for(CHIP)
+}
+
+/// A freshly booted benchmark device of `chip` running its factory app.
+pub fn device_for(chip: Chip) -> VirtualEsp32 {
+    let factory = app_image::build(chip, "factory-app", "1.0.0", 30_000, 1);
+    let spec = DeviceSpec {
+        chip,
+        flash_size: FLASH_SIZE,
+        partitions_csv: PARTITIONS_CSV,
+        factory_image: &factory,
+        bootloader: None,
+    };
+    let mut dev = VirtualEsp32::create_in_memory(&spec).expect("benchmark device spec is valid");
+    dev.boot(BootloaderConfig { rollback: false })
+        .expect("factory app boots");
+    dev
+}
+
+/// Returns the chip an app image is built for (`esp_image_header_t.chip_id`, bytes 12..14),
+/// if it starts with the image magic and names a known chip.
+pub fn image_chip(image: &[u8]) -> Option<Chip> {
+    if image.first() != Some(&0xE9) || image.len() < 14 {
+        return None;
+    }
+    Chip::from_id(u16::from_le_bytes([image[12], image[13]]))
+}
+
+/// The device engine on `dev` with `config`.
+pub fn engine(dev: &mut VirtualEsp32, config: DeviceConfig) -> UpdateEngine {
+    let table = dev.partition_table().clone();
+    let running = *dev
+        .running_partition()
+        .expect("a booted device runs an app");
+    UpdateEngine::new(dev.flash_mut(), config, table, running).expect("device has OTA slots")
+}
+
+/// A valid app image of exactly `len` bytes (`len` ≥ 1024): the builder's filler is sized so
+/// the header, descriptor, padding, checksum and appended SHA-256 make up the rest.
+pub fn image_of_len(len: usize, seed: u64) -> Vec<u8> {
+    // The builder's overhead is fixed but for padding to 16 bytes; search the few candidates.
+    let probe = app_image::build(CHIP, "bench-app", "2.0.0", 4, seed).len();
+    let overhead = probe - 4;
+    let base = len.saturating_sub(overhead + 32);
+    for payload in (base..base + 64).step_by(4) {
+        let img = app_image::build(CHIP, "bench-app", "2.0.0", payload, seed);
+        if img.len() == len {
+            return img;
+        }
+    }
+    // Not every length is reachable (the image is a multiple of 16 bytes): the closest below.
+    let mut best = app_image::build(CHIP, "bench-app", "2.0.0", base, seed);
+    for payload in (base..base + 64).step_by(4) {
+        let img = app_image::build(CHIP, "bench-app", "2.0.0", payload, seed);
+        if img.len() <= len && img.len() > best.len() {
+            best = img;
+        }
+    }
+    best
+}
+
+/// The device-side work of one fast-protocol update, without any link: BEGIN, every chunk in
+/// order, END (SHA-256 and ESP-IDF checks, read-back of the slot, otadata). This is what
+/// the host CPU benchmark times; `sha256` is the image's, computed by the caller (it is the
+/// client's work).
+///
+/// # Panics
+/// If the engine does not activate the image.
+pub fn engine_update(
+    dev: &mut VirtualEsp32,
+    engine: &mut UpdateEngine,
+    image: &[u8],
+    sha256: [u8; 32],
+    chunk: usize,
+) {
+    const CLIENT: ClientId = ClientId(1);
+    let now = Instant(0);
+    engine.handle_connected(CLIENT);
+    engine.handle_mtu(CLIENT, 517);
+    let mut buf = [0u8; 64];
+    let n = Command::Begin {
+        size: image.len() as u32,
+        sha256,
+        flags: 0,
+    }
+    .encode(&mut buf)
+    .expect("BEGIN fits 64 bytes");
+    engine.handle_control_write(dev.flash_mut(), CLIENT, &buf[..n], now);
+    let mut note = [0u8; 600];
+    while engine.poll_notification(&mut note).is_some() {}
+    let mut write = Vec::with_capacity(chunk + fast::CHUNK_HEADER_LEN);
+    for (i, part) in image.chunks(chunk).enumerate() {
+        write.clear();
+        write.extend_from_slice(&fast::encode_chunk_header((i * chunk) as u32));
+        write.extend_from_slice(part);
+        engine
+            .handle_data_write(dev.flash_mut(), CLIENT, &write, now)
+            .expect("in-order chunks are accepted");
+        while engine.poll_notification(&mut note).is_some() {}
+    }
+    let n = Command::End.encode(&mut buf).expect("END fits");
+    engine.handle_control_write(dev.flash_mut(), CLIENT, &buf[..n], now);
+    let mut activated = false;
+    while let Some((_, len)) = engine.poll_notification(&mut note) {
+        activated |= note[..len].first() == Some(&(fast::op::END | fast::op::RESPONSE_FLAG));
+    }
+    assert!(activated, "the engine did not activate the image");
+}

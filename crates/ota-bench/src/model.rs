@@ -1,0 +1,295 @@
+//! Part 1: modelled update time of every column under one link profile.
+
+use std::time::Duration;
+
+use ble_link_model::{FlashTiming, LinkParams, LinkStats, Profile, ceilings};
+use ota_core::client::{FastSender, LegacySender, Sender, SenderConfig};
+use serde::Serialize;
+use virtual_esp32::FlashStats;
+use virtual_esp32::air::{AirConfig, AirOutcome, update_over_air};
+
+use crate::device::{device_for, engine, image_chip};
+use crate::reference::{self, espressif, nordic, smp};
+
+/// The protocols compared, in the report's column order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Column {
+    /// The seed's protocol (`Sender::Legacy`) against our device engine.
+    Seed,
+    /// Ours (`Sender::Fast`) against our device engine.
+    Ours,
+    /// [`reference::espressif`].
+    Espressif,
+    /// [`reference::smp`].
+    McumgrSmp,
+    /// [`reference::nordic`].
+    NordicDfu,
+}
+
+impl Column {
+    /// Every column.
+    pub const ALL: [Column; 5] = [
+        Column::Seed,
+        Column::Ours,
+        Column::Espressif,
+        Column::McumgrSmp,
+        Column::NordicDfu,
+    ];
+
+    /// The column's heading.
+    pub const fn title(self) -> &'static str {
+        match self {
+            Column::Seed => "seed (legacy)",
+            Column::Ours => "ours (fast)",
+            Column::Espressif => "Espressif BLE OTA",
+            Column::McumgrSmp => "MCUmgr SMP",
+            Column::NordicDfu => "Nordic DFU",
+        }
+    }
+}
+
+/// One protocol's modelled update.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// Which protocol.
+    pub column: Column,
+    /// Modelled seconds from the first write to the last awaited answer.
+    pub seconds: f64,
+    /// Image bytes per modelled second.
+    pub bytes_per_s: f64,
+    /// Flash busy time charged to the device, seconds.
+    pub flash_s: f64,
+    /// Connection events that carried packets.
+    pub connection_events: u64,
+    /// Central data packets (LL).
+    pub central_data_packets: u64,
+}
+
+/// Everything about our protocol that explains where its time goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct OursDetail {
+    /// Sector-erase commands.
+    pub sector_erases: u64,
+    /// Page-program commands.
+    pub page_programs: u64,
+    /// Page programs a writer of whole aligned pages would need (image length / 256).
+    pub ideal_page_programs: u64,
+    /// Seconds of flash time the partial pages add over whole pages.
+    pub partial_page_s: f64,
+    /// Flash busy time / modelled time.
+    pub flash_utilisation: f64,
+    /// Mean central data packets per connection event.
+    pub packets_per_event: f64,
+    /// Write commands the link carried.
+    pub pdus: u64,
+}
+
+/// One profile × one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileRun {
+    /// The profile's short name.
+    pub profile: String,
+    /// A one-line description of the link.
+    pub link: String,
+    /// Image bytes.
+    pub image_len: usize,
+    /// Every column.
+    pub cells: Vec<Cell>,
+    /// The link ceiling (B/s): write commands filling every connection event, the best value
+    /// length (see `link_ceiling_value_len`).
+    pub link_ceiling: f64,
+    /// The value length that gives the link ceiling.
+    pub link_ceiling_value_len: usize,
+    /// The airtime-only bound (B/s) for that value length, ignoring event boundaries.
+    pub airtime_ceiling: f64,
+    /// The flash ceiling (B/s): erase + program of the image and nothing else.
+    pub flash_ceiling: f64,
+    /// Ours / min(link ceiling, flash ceiling), throughput.
+    pub ours_vs_ceiling: f64,
+    /// Ours / seed, throughput.
+    pub ours_vs_seed: f64,
+    /// Which ceiling is lower: "link" or "flash".
+    pub lower_ceiling: String,
+    /// Where our time goes.
+    pub ours: OursDetail,
+}
+
+impl ProfileRun {
+    /// Returns the cell of `column`.
+    pub fn cell(&self, column: Column) -> &Cell {
+        self.cells
+            .iter()
+            .find(|c| c.column == column)
+            .expect("every column is measured")
+    }
+}
+
+/// Describes a link in one line.
+pub fn describe(p: &LinkParams) -> String {
+    format!(
+        "{:?}, {} ms interval, ATT MTU {}, LL payload {}, {} packets/event, rx queue {}",
+        p.phy,
+        p.conn_interval_us() as f64 / 1000.0,
+        p.att_mtu,
+        p.max_ll_payload,
+        p.max_packets_per_event
+            .map_or("unlimited".to_string(), |n| n.to_string()),
+        p.rx_queue_depth,
+    )
+    .replace("Le1M", "LE 1M")
+    .replace("Le2M", "LE 2M")
+}
+
+/// Returns the link ceiling for the best value length and that length.
+pub fn link_ceiling(p: &LinkParams) -> (f64, usize) {
+    (20..=p.max_value_len())
+        .map(|len| (ceilings::link(p, len), len))
+        .fold((0.0, 0), |best, c| if c.0 > best.0 { c } else { best })
+}
+
+fn flash_time(t: &FlashTiming, s: &FlashStats) -> Duration {
+    t.erase_time(s.sector_erase_cmds)
+        + Duration::from_micros(s.page_programs * u64::from(t.page_program_us))
+}
+
+fn diff(after: FlashStats, before: FlashStats) -> FlashStats {
+    FlashStats {
+        sector_erase_cmds: after.sector_erase_cmds - before.sector_erase_cmds,
+        page_programs: after.page_programs - before.page_programs,
+        block_erase_cmds: after.block_erase_cmds - before.block_erase_cmds,
+        ..FlashStats::default()
+    }
+}
+
+fn cell(column: Column, modelled: Duration, len: usize, flash: Duration, link: &LinkStats) -> Cell {
+    Cell {
+        column,
+        seconds: modelled.as_secs_f64(),
+        bytes_per_s: len as f64 / modelled.as_secs_f64(),
+        flash_s: flash.as_secs_f64(),
+        connection_events: link.connection_events,
+        central_data_packets: link.central_data_packets,
+    }
+}
+
+/// Runs our device engine against the seed's client (`legacy`) or ours over `config`.
+fn ours_or_seed(
+    image: &[u8],
+    legacy: bool,
+    config: &AirConfig,
+) -> (Duration, LinkStats, FlashStats) {
+    let chip = image_chip(image).expect("an ESP app image");
+    let mut dev = device_for(chip);
+    let mut eng = engine(&mut dev, config.device_config(chip));
+    let mut sender = if legacy {
+        Sender::Legacy(LegacySender::new(image, config.link.att_mtu).expect("image fits"))
+    } else {
+        Sender::Fast(FastSender::new(image, SenderConfig::default()).expect("image fits"))
+    };
+    let before = dev.flash().stats();
+    let report = update_over_air(&mut dev, &mut eng, &mut sender, config, &mut |_, _| {});
+    assert!(
+        matches!(report.outcome, AirOutcome::Activated { .. }),
+        "{} update failed: {:?}",
+        if legacy { "seed" } else { "our" },
+        report.outcome
+    );
+    let flash = diff(dev.flash().stats(), before);
+    (report.modelled, report.link, flash)
+}
+
+/// Runs every column for `profile` on `image`.
+pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
+    let params = profile.params();
+    let timing = FlashTiming::TYPICAL_4MB_SPI_NOR;
+    let config = AirConfig::new(params);
+    let len = image.len();
+    let mut cells = Vec::new();
+
+    let (t, link, flash) = ours_or_seed(image, true, &config);
+    cells.push(cell(
+        Column::Seed,
+        t,
+        len,
+        flash_time(&timing, &flash),
+        &link,
+    ));
+    let (t, link, flash) = ours_or_seed(image, false, &config);
+    let ours_flash = flash_time(&timing, &flash);
+    cells.push(cell(Column::Ours, t, len, ours_flash, &link));
+    let ours_stats = (t, link, flash);
+
+    let value = params.max_value_len();
+    let mut c = espressif::EspClient::new(image, value);
+    let mut d = espressif::EspDevice::new(timing);
+    let r = reference::run(params, &mut c, &mut d);
+    cells.push(cell(
+        Column::Espressif,
+        r.modelled,
+        len,
+        d.flash_time(),
+        &r.link,
+    ));
+    let mut c = smp::SmpClient::new(image, value);
+    let mut d = smp::SmpDevice::new(timing);
+    let r = reference::run(params, &mut c, &mut d);
+    cells.push(cell(
+        Column::McumgrSmp,
+        r.modelled,
+        len,
+        d.flash_time(),
+        &r.link,
+    ));
+    let mut c = nordic::DfuClient::new(image, value);
+    let mut d = nordic::DfuDevice::new(timing);
+    let r = reference::run(params, &mut c, &mut d);
+    cells.push(cell(
+        Column::NordicDfu,
+        r.modelled,
+        len,
+        d.flash_time(),
+        &r.link,
+    ));
+
+    let (link_ceiling, link_ceiling_value_len) = link_ceiling(&params);
+    let airtime_ceiling =
+        ceilings::airtime(params.phy, params.max_ll_payload, link_ceiling_value_len);
+    let flash_ceiling = ceilings::flash(&timing, len as u64);
+    let lower = link_ceiling.min(flash_ceiling);
+    let ours = cells[1].bytes_per_s;
+    let seed = cells[0].bytes_per_s;
+
+    let (t, link, flash) = ours_stats;
+    let ideal_pages = (len as u64).div_ceil(u64::from(timing.page_size));
+    let ours_detail = OursDetail {
+        sector_erases: flash.sector_erase_cmds,
+        page_programs: flash.page_programs,
+        ideal_page_programs: ideal_pages,
+        partial_page_s: flash.page_programs.saturating_sub(ideal_pages) as f64
+            * f64::from(timing.page_program_us)
+            / 1e6,
+        flash_utilisation: ours_flash.as_secs_f64() / t.as_secs_f64(),
+        packets_per_event: link.central_data_packets as f64 / link.connection_events.max(1) as f64,
+        pdus: link.pdus_to_peripheral,
+    };
+    ProfileRun {
+        profile: profile.name().to_string(),
+        link: describe(&params),
+        image_len: len,
+        cells,
+        link_ceiling,
+        link_ceiling_value_len,
+        airtime_ceiling,
+        flash_ceiling,
+        ours_vs_ceiling: ours / lower,
+        ours_vs_seed: ours / seed,
+        lower_ceiling: if link_ceiling <= flash_ceiling {
+            "link"
+        } else {
+            "flash"
+        }
+        .to_string(),
+        ours: ours_detail,
+    }
+}
