@@ -6,7 +6,7 @@
 //! Bumble's link). They need the Python venv: run them with `cargo xtask test`, which sets
 //! `BLE_OTA_PYTHON`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -218,4 +218,233 @@ fn new_protocol_update_over_hci() {
     let boot = dev.wait_event("boot", Duration::from_secs(10));
     assert_eq!(boot["version"], "2.0.0");
     dev.wait_event("advertising", Duration::from_secs(10));
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn legacy_update_over_hci() {
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    let mut dev = device(ports[0], &sim, &[]);
+    let (path, img) = image(dir.path(), "app.bin", "3.0.0", 120_000, 11);
+    let started = Instant::now();
+    let out = flash_hci(ports[1], &path, &["--legacy"]);
+    let report = flash_json(&out);
+    eprintln!(
+        "legacy update of {} bytes in {:.2} s",
+        img.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(report["outcome"], "activated");
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["version"], "3.0.0");
+    let slot = boot["slot"].as_str().unwrap().to_string();
+    assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn seed_legacy_client_on_bumble() {
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    let mut dev = device(ports[0], &sim, &[]);
+    let (path, img) = image(dir.path(), "app.bin", "4.0.0", 60_000, 13);
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/legacy_client.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+        .args(["--mtu", "517", "--file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let log = text(&out);
+    assert!(out.status.success(), "legacy_client.py: {log}");
+    // Step by step, as the seed's client does.
+    for step in [
+        "connected, MTU 517, packet size 512",
+        "packet size 512 written to OTA Data",
+        "subscribed to OTA Control",
+        "OTA request acknowledged",
+        "OTA done acknowledged",
+    ] {
+        assert!(log.contains(step), "missing `{step}` in:\n{log}");
+    }
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["version"], "4.0.0");
+    let slot = boot["slot"].as_str().unwrap().to_string();
+    assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn resume_after_forced_disconnect() {
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    let mut dev = device(ports[0], &sim, &[]);
+    let (path, img) = image(dir.path(), "app.bin", "5.0.0", 150_000, 17);
+    // Drop the link twice mid-transfer; each time the client reconnects and resumes.
+    let out = flash_hci(
+        ports[1],
+        &path,
+        &["--disconnect-at", "100", "--disconnect-at", "250"],
+    );
+    let report = flash_json(&out);
+    assert_eq!(report["outcome"], "activated");
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["version"], "5.0.0");
+    let events = dev.drain();
+    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    assert!(count("connected") >= 3, "three connections: {events:?}");
+    assert!(count("disconnected") >= 3, "{events:?}");
+    // Resumed, not restarted: one session for the whole image.
+    let started = events
+        .iter()
+        .filter(|e| {
+            e["what"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("UpdateStarted"))
+        })
+        .count();
+    assert_eq!(
+        started, 1,
+        "the update resumed instead of restarting: {events:?}"
+    );
+    let slot = boot["slot"].as_str().unwrap().to_string();
+    assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn corrupt_image_refused() {
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    let mut dev = device(ports[0], &sim, &[]);
+    let (path, mut img) = image(dir.path(), "app.bin", "6.0.0", 40_000, 19);
+    let mid = img.len() / 2;
+    img[mid] ^= 0x5A;
+    std::fs::write(&path, &img).unwrap();
+    let out = flash_hci(ports[1], &path, &["--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "refused exit code: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Bad")
+            || String::from_utf8_lossy(&out.stderr).contains("Bad"),
+        "the reason is printed: {}",
+        text(&out)
+    );
+    // The device did not reboot and still serves: INFO answers with the factory app.
+    let info = run(&[
+        "--json",
+        "info",
+        "--hci",
+        &format!("tcp:127.0.0.1:{}", ports[1]),
+        "--scan-timeout",
+        "15",
+    ]);
+    assert!(info.status.success(), "info: {}", text(&info));
+    let v: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["app_version"], "1.0.0");
+    assert!(
+        !dev.drain().iter().any(|e| e["event"] == "boot"),
+        "no reboot after a refused image"
+    );
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn write_command_flood_is_recovered() {
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    // Real flash timing: the device falls behind, as a chip erasing sectors does.
+    let mut dev = device(ports[0], &sim, &["--flash-timing"]);
+    let (path, img) = image(dir.path(), "app.bin", "7.0.0", 150_000, 23);
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/flood_client.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+        .args(["--mtu", "247", "--file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "flood_client.py: {}", text(&out));
+    let flood: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("flood: {flood}");
+    let window_chunks = flood["window"].as_u64().unwrap() / flood["chunk_size"].as_u64().unwrap();
+    assert!(
+        flood["chunks"].as_u64().unwrap() > 4 * window_chunks,
+        "the flood exceeds the receive queue: {flood}"
+    );
+    assert!(
+        flood["rewinds"].as_u64().unwrap() >= 1,
+        "chunks beyond the queue were lost and the gap reported: {flood}"
+    );
+    assert!(
+        flood["acked"].as_u64().unwrap() < img.len() as u64,
+        "the flood alone did not deliver everything: {flood}"
+    );
+    // A well-behaved client resumes the session and completes it.
+    let report = flash_json(&flash_hci(ports[1], &path, &[]));
+    assert_eq!(report["outcome"], "activated");
+    let boot = dev.wait_event("boot", Duration::from_secs(20));
+    assert_eq!(boot["version"], "7.0.0");
+    let slot = boot["slot"].as_str().unwrap().to_string();
+    assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn link_tuning_completes() {
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    let mut dev = device(ports[0], &sim, &[]);
+    let info = run(&[
+        "--json",
+        "info",
+        "--hci",
+        &format!("tcp:127.0.0.1:{}", ports[1]),
+        "--scan-timeout",
+        "15",
+    ]);
+    assert!(info.status.success(), "info: {}", text(&info));
+    let v: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["chip"], "esp32c3");
+    // ATT MTU 517: chunks of 512 - 4 bytes.
+    assert_eq!(v["chunk_size"], 508);
+    // Both sides ask for 251 octets (the device its TX, the client, which sends the image,
+    // its own); the device ends up with 251 both ways.
+    dev.wait_line(Duration::from_secs(10), |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["event"] == "data_length" && v["tx"] == 251 && v["rx"] == 251)
+    });
+    dev.wait_event("disconnected", Duration::from_secs(10));
+    let events = dev.drain();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "phy" && e["tx"] == "2M" && e["rx"] == "2M"),
+        "2M PHY both ways: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "conn_params"
+            && e["interval_us"].as_u64().is_some_and(|i| i <= 15_000)),
+        "short connection interval: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "mtu" && e["mtu"] == 517),
+        "ATT MTU 517: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "tuning_failed"),
+        "no tuning request failed: {events:?}"
+    );
 }

@@ -449,7 +449,8 @@ where
                 conn.raw().disconnect();
                 let _ = with_timeout(Duration::from_secs(3), async {
                     loop {
-                        if let GattConnectionEvent::Disconnected { .. } = conn.next().await {
+                        if let GattConnectionEvent::Disconnected { reason } = conn.next().await {
+                            note(&observer, Note::Disconnected(reason.into_inner()));
                             break;
                         }
                     }

@@ -199,6 +199,7 @@ async fn flash_ble(
             Duration::from_secs_f64(target.scan_timeout),
         )
         .await?;
+        link.disconnect_at = args.disconnect_at.clone();
         return send(&mut link, args, image, bar).await;
     }
     let mut link = ble::BleLink::connect(

@@ -138,6 +138,9 @@ enum Cmd {
     Reconnect {
         reply: oneshot::Sender<Result<u16, String>>,
     },
+    Disconnect {
+        reply: std::sync::mpsc::Sender<()>,
+    },
 }
 
 /// A device connected through an HCI controller (trouble-host central).
@@ -148,6 +151,11 @@ pub struct HciLink {
     mtu: u16,
     /// Link-layer events seen so far.
     pub link_notes: Arc<std::sync::Mutex<Vec<LinkNote>>>,
+    /// Drop the link just before these data writes (1-based), like `flash --disconnect-at`.
+    pub disconnect_at: Vec<u32>,
+    data_writes: u32,
+    /// Links dropped on purpose so far.
+    pub forced_disconnects: u32,
 }
 
 /// Connects to the OTA device `selector` names (name or address; default: the first one
@@ -199,10 +207,22 @@ pub async fn connect_hci_with(
         connected,
         mtu,
         link_notes,
+        disconnect_at: Vec::new(),
+        data_writes: 0,
+        forced_disconnects: 0,
     })
 }
 
 impl HciLink {
+    /// Drops the link (the device sees a disconnection and advertises again).
+    pub async fn disconnect(&mut self) {
+        let (reply, rx) = std::sync::mpsc::channel();
+        if self.cmds.send(Cmd::Disconnect { reply }).is_ok() {
+            let _ =
+                tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(4))).await;
+        }
+    }
+
     /// The link-layer events seen so far.
     pub fn link_notes(&self) -> Vec<LinkNote> {
         self.link_notes.lock().unwrap().clone()
@@ -215,6 +235,17 @@ impl super::Link for HciLink {
     }
 
     async fn write(&mut self, ch: Ch, data: &[u8], with_response: bool) -> Result<Result<(), u8>> {
+        if ch == Ch::Data {
+            self.data_writes += 1;
+            if self.disconnect_at.contains(&self.data_writes) {
+                self.disconnect().await;
+                self.forced_disconnects += 1;
+                bail!(
+                    "link dropped on purpose before data write {}",
+                    self.data_writes
+                );
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.cmds
             .send(Cmd::Write {
@@ -272,6 +303,20 @@ impl super::Link for HciLink {
             .map_err(|_| anyhow!("the HCI host thread stopped"))?
             .map_err(|e| anyhow!(e))?;
         Ok(())
+    }
+}
+
+impl Drop for HciLink {
+    fn drop(&mut self) {
+        // Disconnect cleanly before the process exits: a controller whose host vanished
+        // (Bumble's virtual one at least) keeps the connection, and the device would never
+        // advertise again.
+        if self.connected.load(Ordering::SeqCst) {
+            let (reply, rx) = std::sync::mpsc::channel();
+            if self.cmds.send(Cmd::Disconnect { reply }).is_ok() {
+                let _ = rx.recv_timeout(Duration::from_secs(4));
+            }
+        }
     }
 }
 
@@ -421,6 +466,9 @@ impl Central {
                             Some(Cmd::Read { reply }) => {
                                 let _ = reply.send(Err("not connected".into()));
                             }
+                            Some(Cmd::Disconnect { reply }) => {
+                                let _ = reply.send(());
+                            }
                         }
                     },
                 };
@@ -518,6 +566,14 @@ impl Central {
                 .subscribe(&control, false)
                 .await
                 .map_err(|e| format!("cannot subscribe to OTA Control: {e:?}"))?;
+            // The central sends the image: ask for long link-layer packets and the 2M PHY on
+            // its side too (the completions arrive as connection events).
+            if conn.update_data_length(stack, 251, 2120).await.is_err() {
+                log::warn!("hci: the controller refused data length 251");
+            }
+            if conn.set_phy(stack, PhyKind::Le2M).await.is_err() {
+                log::warn!("hci: the controller refused the 2M PHY");
+            }
             self.connected.store(true, Ordering::SeqCst);
             self.note(LinkNote::Connected { mtu });
             if let Some(r) = ready.take() {
@@ -569,6 +625,26 @@ impl Central {
                         Cmd::Reconnect { reply } => {
                             conn.disconnect();
                             return Ok(SessionEnd::Reconnect(reply));
+                        }
+                        Cmd::Disconnect { reply } => {
+                            conn.disconnect();
+                            // Wait until the controller confirms, so a reconnection finds
+                            // the device advertising again.
+                            let _ = embassy_time::with_timeout(
+                                embassy_time::Duration::from_secs(3),
+                                async {
+                                    loop {
+                                        if let ConnectionEvent::Disconnected { .. } =
+                                            conn.next().await
+                                        {
+                                            break;
+                                        }
+                                    }
+                                },
+                            )
+                            .await;
+                            let _ = reply.send(());
+                            return Ok(SessionEnd::Disconnected);
                         }
                     },
                     Either3::Second(n) => {
