@@ -403,3 +403,42 @@ proptest! {
         prop_assert!(dev.slot_bytes(&dev.partition("factory")) == &factory[..]);
     }
 }
+
+#[test]
+fn a_trial_confirmed_by_another_engine_no_longer_blocks_updates() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 1);
+    let mut engine = dev.engine();
+    let mut sender = fast(&img);
+    assert!(
+        run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+            Fate::Deliver
+        })
+        .activated()
+    );
+    // Boot into ota_0: the guard puts it on trial.
+    let ota0 = dev.partition("ota_0");
+    let slots = ota_core::esp::OtaSlots::new(dev.table.clone()).unwrap();
+    let guard = ota_core::esp::boot::rollback_guard(
+        &mut MemFlash::new(&mut dev.flash),
+        &slots,
+        &ota0,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(guard, ota_core::esp::boot::GuardOutcome::Trial);
+    dev.running = ota0;
+    let mut serving = dev.engine();
+    let next = build_image(Chip::Esp32c3, "app", "3.0.0", 20_000, 2);
+    assert_eq!(
+        refused(command(&mut dev, &mut serving, 1, &begin(&next))),
+        Reason::TrialPending
+    );
+    // The firmware's self-test confirms through its own engine.
+    let mut other = dev.engine();
+    other.confirm(&mut MemFlash::new(&mut dev.flash)).unwrap();
+    assert!(matches!(
+        command(&mut dev, &mut serving, 1, &begin(&next)),
+        Response::BeginOk { slot: 1, .. }
+    ));
+}

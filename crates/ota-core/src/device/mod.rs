@@ -556,7 +556,18 @@ impl UpdateEngine {
         ))
     }
 
-    fn legacy_request<F: NorFlash>(&mut self, _flash: &mut F, client: ClientId, now: Instant) {
+    /// Re-reads the running image's otadata state: another part of the firmware (its
+    /// automatic confirm policy) may have confirmed it through a second engine since.
+    fn refresh_running_state<F: NorFlash>(&mut self, flash: &mut F) {
+        if self.running.ota_slot().is_some() {
+            if let Ok(state) = self.slots.state_of(flash, &self.running) {
+                self.running_state = state;
+            }
+        }
+    }
+
+    fn legacy_request<F: NorFlash>(&mut self, flash: &mut F, client: ClientId, now: Instant) {
+        self.refresh_running_state(flash);
         let started = self
             .check_can_start(client)
             .and_then(|()| self.new_transfer(Protocol::Legacy, client, now));
@@ -643,7 +654,7 @@ impl UpdateEngine {
 
     fn begin<F: NorFlash>(
         &mut self,
-        _flash: &mut F,
+        flash: &mut F,
         client: ClientId,
         size: u32,
         sha256: [u8; 32],
@@ -687,6 +698,7 @@ impl UpdateEngine {
             }
             _ => {}
         }
+        self.refresh_running_state(flash);
         self.check_can_start(client)?;
         let t = self.new_transfer(Protocol::Fast { size, sha256 }, client, now)?;
         if size > t.target.size {
