@@ -116,10 +116,10 @@ fn test() -> Result<()> {
         .env("BLE_OTA_PYTHON", &python)
         .env("ESPTOOL", python.with_file_name("esptool"))
         .current_dir(root()))?;
-    // The core must stay no_std: build it for the ESP32-C3's bare-metal target.
+    // The core and the GATT crate must stay no_std: build them for the ESP32-C3's bare-metal target.
     run(cargo()
         .args([
-            "build", "--locked", "-p", "ota-core", "--target", TARGETS[0],
+            "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
     Ok(())

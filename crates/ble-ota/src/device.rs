@@ -97,6 +97,10 @@ fn report(json_out: bool, n: Note) {
             json!({"event": "engine", "what": format!("{e:?}")}),
             format!("update: {e:?}"),
         ),
+        Note::Gap { next } => (
+            json!({"event": "gap", "next": next}),
+            format!("data lost before offset {next}: asked the client to resend from there"),
+        ),
         Note::Disconnected(reason) => (
             json!({"event": "disconnected", "reason": reason}),
             format!("disconnected (reason {reason:#04x})"),

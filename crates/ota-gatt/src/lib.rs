@@ -216,6 +216,12 @@ pub enum Note {
     TuningFailed(&'static str),
     /// The engine asked the shell to act.
     Engine(Event),
+    /// The engine found a gap in the data (chunks lost before it) and asked the client to
+    /// resend from `next` (a REWIND notification).
+    Gap {
+        /// The offset the client must resend from.
+        next: u32,
+    },
     /// The central disconnected (HCI reason code).
     Disconnected(u8),
 }
@@ -620,6 +626,10 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                 }
             }
             while let Some((_, n)) = engine.poll_notification(&mut buf) {
+                if n >= 5 && buf[0] == ota_core::protocol::fast::op::REWIND {
+                    let next = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                    note(observer, Note::Gap { next });
+                }
                 if !ended && control.notify_raw(conn, &buf[..n], false).await.is_err() {
                     warning!("[ota-gatt] notification failed");
                 }

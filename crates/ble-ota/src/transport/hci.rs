@@ -150,6 +150,7 @@ pub struct HciLink {
     connected: Arc<AtomicBool>,
     mtu: u16,
     /// Link-layer events seen so far.
+    #[allow(dead_code)]
     pub link_notes: Arc<std::sync::Mutex<Vec<LinkNote>>>,
     /// Drop the link just before these data writes (1-based), like `flash --disconnect-at`.
     pub disconnect_at: Vec<u32>,
@@ -160,6 +161,7 @@ pub struct HciLink {
 
 /// Connects to the OTA device `selector` names (name or address; default: the first one
 /// advertising the OTA service) through the HCI controller at `spec`.
+#[allow(dead_code)] // API for other callers; the commands pass a scan timeout
 pub async fn connect_hci(spec: &str, selector: Option<&str>) -> Result<HciLink> {
     connect_hci_with(spec, selector, Duration::from_secs(10)).await
 }
@@ -224,6 +226,7 @@ impl HciLink {
     }
 
     /// The link-layer events seen so far.
+    #[allow(dead_code)]
     pub fn link_notes(&self) -> Vec<LinkNote> {
         self.link_notes.lock().unwrap().clone()
     }
