@@ -197,7 +197,11 @@ pub async fn connect_hci_with(
         })?;
     let mtu = match ready_rx.await {
         Ok(Ok(mtu)) => mtu,
-        Ok(Err(e)) if e.starts_with("no device") => {
+        Ok(Err(e))
+            if ["no device", "cannot reach", "cannot open the HCI"]
+                .iter()
+                .any(|p| e.starts_with(p)) =>
+        {
             return Err(CliError::new(ExitCode::NoDevice, e).into());
         }
         Ok(Err(e)) => bail!("{e}"),
