@@ -15,15 +15,32 @@ fn main() {
             link.rx_queue_depth = depth;
             let cfg = AirConfig::new(link);
             let factory = app_image::build(Chip::Esp32c3, "f", "1", 30_000, 1);
-            let spec = DeviceSpec { chip: Chip::Esp32c3, flash_size: 4 << 20, partitions_csv: csv, factory_image: &factory, bootloader: None };
+            let spec = DeviceSpec {
+                chip: Chip::Esp32c3,
+                flash_size: 4 << 20,
+                partitions_csv: csv,
+                factory_image: &factory,
+                bootloader: None,
+            };
             let mut dev = VirtualEsp32::create_in_memory(&spec).unwrap();
             dev.boot(Default::default()).unwrap();
             let table = dev.partition_table().clone();
             let running = *dev.running_partition().unwrap();
-            let mut engine = UpdateEngine::new(dev.flash_mut(), cfg.device_config(Chip::Esp32c3), table, running).unwrap();
+            let mut engine = UpdateEngine::new(
+                dev.flash_mut(),
+                cfg.device_config(Chip::Esp32c3),
+                table,
+                running,
+            )
+            .unwrap();
             let mut sender = Sender::Fast(FastSender::new(&img, SenderConfig::default()).unwrap());
             let r = update_over_air(&mut dev, &mut engine, &mut sender, &cfg, &mut |_, _| {});
-            println!("{:<14} depth {depth:>3}: {:>6.1} kB/s  ({:?})", p.name(), r.throughput() / 1000.0, r.outcome);
+            println!(
+                "{:<14} depth {depth:>3}: {:>6.1} kB/s  ({:?})",
+                p.name(),
+                r.throughput() / 1000.0,
+                r.outcome
+            );
         }
     }
 }

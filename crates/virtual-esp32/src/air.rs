@@ -344,8 +344,13 @@ fn deliver(
 /// Flash time of the operations between two counter snapshots.
 fn flash_time(t: &FlashTiming, before: crate::FlashStats, after: crate::FlashStats) -> Duration {
     let sectors = after.sector_erase_cmds - before.sector_erase_cmds;
+    let blocks = after.block_erase_cmds - before.block_erase_cmds;
     let pages = after.page_programs - before.page_programs;
-    Duration::from_micros(sectors * t.sector_erase_us as u64 + pages * t.page_program_us as u64)
+    Duration::from_micros(
+        sectors * t.sector_erase_us as u64
+            + blocks * t.block_erase_us as u64
+            + pages * t.page_program_us as u64,
+    )
 }
 
 fn sum_stats(all: &[LinkStats]) -> LinkStats {

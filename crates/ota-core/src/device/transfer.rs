@@ -21,6 +21,11 @@ pub(super) enum Protocol {
     Fast { size: u32, sha256: [u8; 32] },
 }
 
+/// The block-erase unit of SPI NOR flash (esp-storage issues the block command for it).
+const BLOCK_SIZE: u32 = 0x1_0000;
+/// Image bytes a block must hold before one block erase beats erasing its sectors one by one
+/// (typical 150 ms against 45 ms per sector: more than three sectors).
+const BLOCK_WORTH_ERASING: u32 = 4 * SECTOR_SIZE;
 /// A NOR flash program page: bytes are held in RAM until a whole page can be programmed.
 const PAGE_SIZE: usize = 256;
 
@@ -239,7 +244,9 @@ impl Transfer {
         Ok(())
     }
 
-    /// Writes at the program pointer, erasing the sectors it reaches first.
+    /// Writes at the program pointer, erasing what it reaches first: a whole 64 KiB block with
+    /// one block-erase command where the block is aligned, inside the slot and the image fills
+    /// most of it (a third of the time of its 16 sectors), otherwise one 4 KiB sector.
     fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Reason> {
         let end = self.programmed + data.len() as u32;
         if end > self.target.size {
@@ -247,8 +254,16 @@ impl Transfer {
         }
         while self.erased < end {
             let from = self.target.offset + self.erased;
-            flash::erase(flash, from, from + SECTOR_SIZE).map_err(|_| Reason::FlashError)?;
-            self.erased += SECTOR_SIZE;
+            let image_end = match self.protocol {
+                Protocol::Fast { size, .. } => size,
+                Protocol::Legacy => self.validator.total_len().unwrap_or(self.target.size),
+            };
+            let block = from % BLOCK_SIZE == 0
+                && self.erased + BLOCK_SIZE <= self.target.size
+                && image_end >= self.erased + BLOCK_WORTH_ERASING;
+            let len = if block { BLOCK_SIZE } else { SECTOR_SIZE };
+            flash::erase(flash, from, from + len).map_err(|_| Reason::FlashError)?;
+            self.erased += len;
         }
         flash::write(flash, self.target.offset + self.programmed, data)
             .map_err(|_| Reason::FlashError)?;
