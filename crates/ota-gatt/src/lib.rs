@@ -64,7 +64,7 @@ use crate::fmt::{debug, warning};
 pub use crate::pool::{ATT_MTU, OtaPacketPool};
 
 /// Data chunks the device announces it can hold (the engine's window is this many chunks).
-pub const RX_QUEUE_CHUNKS: u16 = 24;
+pub const RX_QUEUE_CHUNKS: u16 = 32;
 /// Entries of the queue between the GATT event loop and the engine: the window plus room for
 /// control writes and reads that arrive while the window is full.
 pub const QUEUE_DEPTH: usize = RX_QUEUE_CHUNKS as usize + 8;
