@@ -4,7 +4,7 @@
 //! between a transport and the core's sender, and shows progress.
 
 mod cmd;
-mod device;
+
 mod exit;
 mod progress;
 mod sim;
@@ -57,7 +57,7 @@ enum Command {
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
     /// Run the virtual ESP32 (`--sim`) as a BLE peripheral on an HCI controller (`--hci`).
-    Device(device::DeviceArgs),
+    Device(cmd::device::DeviceArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -74,7 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(a) => cmd::demo::run(a, json),
         Command::Image(c) => cmd::image::run(c, json),
         Command::Sim(c) => cmd::sim::run(c, &target, json),
-        Command::Device(a) => device::run(a, &target, json),
+        Command::Device(a) => cmd::device::run(a, &target, json),
         Command::Scan(a) => runtime().and_then(|rt| rt.block_on(cmd::scan::run(a, json))),
         Command::Info => runtime().and_then(|rt| rt.block_on(cmd::control::info(&target, json))),
         Command::Confirm => {

@@ -44,7 +44,7 @@ pub struct FlashArgs {
     /// Virtual ESP32: cut power during the N-th flash write or erase of the update.
     #[arg(long, value_name = "N")]
     pub power_cut_at: Option<u64>,
-    /// Virtual ESP32: drop the link before the N-th data write (repeatable; the fast protocol resumes).
+    /// Drop the link before the N-th data write (repeatable; the fast protocol resumes).
     #[arg(long, value_name = "N")]
     pub disconnect_at: Vec<u32>,
 }

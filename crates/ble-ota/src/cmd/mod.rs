@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod demo;
+pub mod device;
 pub mod flash;
 pub mod image;
 pub mod scan;

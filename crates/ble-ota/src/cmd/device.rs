@@ -28,7 +28,7 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "ble-ota-sim")]
     pub name: String,
     /// Take as long as a real SPI NOR flash for each erase and program (blocking, as on the
-    /// chip: 45 ms per 4 KiB sector erase, 0.7 ms per page).
+    /// chip: 45 ms per 4 KiB sector erase, 150 ms per 64 KiB block erase, 0.7 ms per page).
     #[arg(long)]
     pub flash_timing: bool,
     /// Stop after this many reboots (default: run until killed).
@@ -133,10 +133,20 @@ impl<F: NorFlash> NorFlash for Paced<'_, F> {
     const WRITE_SIZE: usize = F::WRITE_SIZE;
     const ERASE_SIZE: usize = F::ERASE_SIZE;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        let sectors = (to.saturating_sub(from)).div_ceil(self.timing.sector_size) as u64;
-        std::thread::sleep(Duration::from_micros(
-            sectors * self.timing.sector_erase_us as u64,
-        ));
+        // Aligned 64 KiB blocks take one block-erase command, the rest one per sector.
+        let (block, sector) = (self.timing.block_size, self.timing.sector_size);
+        let mut at = from;
+        let mut us = 0u64;
+        while at < to {
+            if at % block == 0 && to - at >= block {
+                us += self.timing.block_erase_us as u64;
+                at += block;
+            } else {
+                us += self.timing.sector_erase_us as u64;
+                at += sector;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(us));
         self.inner.erase(from, to)
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
