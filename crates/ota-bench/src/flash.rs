@@ -1,10 +1,12 @@
 //! Flash time of the reference devices, charged with the same rules as ours.
 //!
-//! The virtual ESP32 counts one sector-erase command per 4 KiB sector and one page-program
-//! command per 256-byte page a write touches; `virtual_esp32::air` charges them with
-//! [`FlashTiming`] (W25Q32FV typical times, cited there). [`FlashCost`] applies the same two
+//! The virtual ESP32 counts one erase command per 4 KiB sector or aligned 64 KiB block and one
+//! page-program command per 256-byte page a write touches; `virtual_esp32::air` charges them
+//! with [`FlashTiming`] (W25Q32FV typical times, cited there). [`FlashCost`] applies the same
 //! rules to a reference device's writes, so every column pays the same price for the same
-//! flash operations.
+//! flash operations. Which erase commands a reference issues follows what its real
+//! implementation does: sector by sector unless it knows the image size and erases the range
+//! with ESP-IDF's `esp_partition_erase_range`, which uses block erases where aligned.
 
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ pub struct FlashCost {
     erased: u64,
     /// Total charged so far.
     total: Duration,
+    /// Image size, when the device erases with block commands where it can.
+    block_erase_for: Option<u64>,
 }
 
 impl FlashCost {
@@ -27,7 +31,14 @@ impl FlashCost {
             timing,
             erased: 0,
             total: Duration::ZERO,
+            block_erase_for: None,
         }
+    }
+
+    /// Erases with 64 KiB block commands where aligned and filled by an image of `len` bytes
+    /// (as ESP-IDF's `esp_ota_begin` does through `esp_partition_erase_range`, and as ours does).
+    pub fn use_block_erase(&mut self, len: u64) {
+        self.block_erase_for = Some(len);
     }
 
     /// Erases every sector up to the one holding byte `end - 1` that is not erased yet, one
@@ -38,8 +49,20 @@ impl FlashCost {
         if target <= self.erased {
             return Duration::ZERO;
         }
-        let took = self.timing.erase_time((target - self.erased) / sector);
-        self.erased = target;
+        let block = u64::from(self.timing.block_size);
+        let mut took = Duration::ZERO;
+        while self.erased < target {
+            let whole_block = self
+                .block_erase_for
+                .is_some_and(|len| self.erased % block == 0 && len >= self.erased + 4 * sector);
+            if whole_block {
+                took += self.timing.block_erase_time(1);
+                self.erased += block;
+            } else {
+                took += self.timing.erase_time(1);
+                self.erased += sector;
+            }
+        }
         self.total += took;
         took
     }

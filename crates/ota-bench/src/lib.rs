@@ -12,5 +12,6 @@
 pub mod device;
 pub mod flash;
 pub mod model;
+pub mod realstack;
 pub mod reference;
 pub mod report;

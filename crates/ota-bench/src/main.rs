@@ -24,9 +24,15 @@ struct Args {
     /// Criterion's output directory (default: <root>/target/criterion).
     #[arg(long)]
     criterion: Option<PathBuf>,
-    /// Why the real-stack run did not happen (set by `cargo xtask bench`).
+    /// The `ble-ota` binary for the real-stack run (part 3; with `--python`).
+    #[arg(long, requires = "python")]
+    ble_ota: Option<PathBuf>,
+    /// The Python of the venv with Bumble (`cargo xtask setup`), for part 3.
     #[arg(long)]
-    real_stack_not_measured: Option<String>,
+    python: Option<PathBuf>,
+    /// Legacy and fast runs each in part 3.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 /// The 1 MiB image of part 1.
@@ -57,10 +63,17 @@ fn main() -> Result<()> {
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
-    let real_stack = RealStack::NotMeasured {
-        reason: args.real_stack_not_measured.unwrap_or_else(|| {
-            "`ota-bench` was run without `cargo xtask bench`, which probes for it".into()
-        }),
+    let real_stack = match (&args.ble_ota, &args.python) {
+        (Some(bin), Some(py)) => {
+            eprintln!("real stack: {} rounds of legacy and fast over Bumble", args.rounds);
+            match ota_bench::realstack::run(bin, py, &root, &image, args.rounds) {
+                Ok(m) => RealStack::Measured(m),
+                Err(e) => RealStack::NotMeasured { reason: format!("the run failed: {e:#}") },
+            }
+        }
+        _ => RealStack::NotMeasured {
+            reason: "`ota-bench` was run without `--ble-ota` and `--python` (`cargo xtask bench` passes them)".into(),
+        },
     };
     let report = Report {
         modelled,

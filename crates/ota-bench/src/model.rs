@@ -71,6 +71,8 @@ pub struct Cell {
 pub struct OursDetail {
     /// Sector-erase commands.
     pub sector_erases: u64,
+    /// 64 KiB block-erase commands ours issued.
+    pub block_erases: u64,
     /// Page-program commands.
     pub page_programs: u64,
     /// Page programs a writer of whole aligned pages would need (image length / 256).
@@ -150,6 +152,7 @@ pub fn link_ceiling(p: &LinkParams) -> (f64, usize) {
 
 fn flash_time(t: &FlashTiming, s: &FlashStats) -> Duration {
     t.erase_time(s.sector_erase_cmds)
+        + t.block_erase_time(s.block_erase_cmds)
         + Duration::from_micros(s.page_programs * u64::from(t.page_program_us))
 }
 
@@ -264,6 +267,7 @@ pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
     let ideal_pages = (len as u64).div_ceil(u64::from(timing.page_size));
     let ours_detail = OursDetail {
         sector_erases: flash.sector_erase_cmds,
+        block_erases: flash.block_erase_cmds,
         page_programs: flash.page_programs,
         ideal_page_programs: ideal_pages,
         partial_page_s: flash.page_programs.saturating_sub(ideal_pages) as f64

@@ -242,6 +242,9 @@ impl Device for EspDevice {
                 if id == START {
                     self.fw_len =
                         u64::from(u32::from_le_bytes([value[2], value[3], value[4], value[5]]));
+                    // `esp_ota_begin(size)` erases the image's range with block erases where
+                    // aligned; modelled as done just ahead of the writes, like ours.
+                    self.flash.use_block_erase(self.fw_len);
                 }
                 // Stop: the OTA task finishes (`esp_ota_end`) before the ACK.
                 let took = if id == STOP {
