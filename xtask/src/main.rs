@@ -122,5 +122,20 @@ fn test() -> Result<()> {
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
+    // Style and lints, last so a lint never hides a failing test.
+    run(cargo()
+        .args(["fmt", "--all", "--", "--check"])
+        .current_dir(root()))?;
+    run(cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(root()))?;
     Ok(())
 }

@@ -52,9 +52,9 @@ impl FlashCost {
         let block = u64::from(self.timing.block_size);
         let mut took = Duration::ZERO;
         while self.erased < target {
-            let whole_block = self
-                .block_erase_for
-                .is_some_and(|len| self.erased % block == 0 && len >= self.erased + 4 * sector);
+            let whole_block = self.block_erase_for.is_some_and(|len| {
+                self.erased.is_multiple_of(block) && len >= self.erased + 4 * sector
+            });
             if whole_block {
                 took += self.timing.block_erase_time(1);
                 self.erased += block;

@@ -201,7 +201,7 @@ pub fn run(args: DemoArgs, _json: bool) -> Result<()> {
     let Response::Info(info) = rt.block_on(command(&mut link, Command::Info))? else {
         bail!("INFO failed")
     };
-    println!("   {:<8} {:<15} {}", "slot", "otadata state", "");
+    println!("   {:<8} {:<15} ", "slot", "otadata state");
     for s in &info.slots {
         let name = if s.slot == 0xFF {
             "factory".to_string()

@@ -138,7 +138,7 @@ impl<F: NorFlash> NorFlash for Paced<'_, F> {
         let mut at = from;
         let mut us = 0u64;
         while at < to {
-            if at % block == 0 && to - at >= block {
+            if at.is_multiple_of(block) && to - at >= block {
                 us += self.timing.block_erase_us as u64;
                 at += block;
             } else {

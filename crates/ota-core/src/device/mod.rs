@@ -559,10 +559,10 @@ impl UpdateEngine {
     /// Re-reads the running image's otadata state: another part of the firmware (its
     /// automatic confirm policy) may have confirmed it through a second engine since.
     fn refresh_running_state<F: NorFlash>(&mut self, flash: &mut F) {
-        if self.running.ota_slot().is_some() {
-            if let Ok(state) = self.slots.state_of(flash, &self.running) {
-                self.running_state = state;
-            }
+        if self.running.ota_slot().is_some()
+            && let Ok(state) = self.slots.state_of(flash, &self.running)
+        {
+            self.running_state = state;
         }
     }
 

@@ -258,7 +258,7 @@ impl Transfer {
                 Protocol::Fast { size, .. } => size,
                 Protocol::Legacy => self.validator.total_len().unwrap_or(self.target.size),
             };
-            let block = from % BLOCK_SIZE == 0
+            let block = from.is_multiple_of(BLOCK_SIZE)
                 && self.erased + BLOCK_SIZE <= self.target.size
                 && image_end >= self.erased + BLOCK_WORTH_ERASING;
             let len = if block { BLOCK_SIZE } else { SECTOR_SIZE };
