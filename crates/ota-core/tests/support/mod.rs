@@ -2,6 +2,9 @@
 //! carries the client sender's writes to the device engine with scripted faults.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use ota_core::client::{ClientEvent, Sender, Transmit};
 use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
 use ota_core::esp::flash::MemFlash;
@@ -9,41 +12,21 @@ use ota_core::esp::partition::Md5Policy;
 use ota_core::esp::{Chip, Partition, PartitionTable};
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
-use sha2::{Digest, Sha256};
 
 pub const FLASH_SIZE: usize = 4 << 20;
 pub const TABLE: &[u8] = include_bytes!("../fixtures/partitions_two_ota.bin");
 
-/// Builds a valid ESP-IDF app image: header, an app-descriptor segment, a filler segment,
-/// checksum and appended SHA-256.
+/// Builds a valid ESP-IDF app image: header, an app-descriptor segment, a filler segment of
+/// `filler_len` bytes (rounded down to 4) varied by `seed`, checksum and appended SHA-256.
 pub fn build_image(chip: Chip, name: &str, version: &str, filler_len: usize, seed: u8) -> Vec<u8> {
-    let mut desc = vec![0u8; 256];
-    desc[0..4].copy_from_slice(&0xABCD5432u32.to_le_bytes());
-    desc[0x10..0x10 + version.len()].copy_from_slice(version.as_bytes());
-    desc[0x30..0x30 + name.len()].copy_from_slice(name.as_bytes());
     let filler: Vec<u8> = (0..filler_len / 4 * 4)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ seed)
         .collect();
-    let segments: [(u32, &[u8]); 2] = [(0x3C00_0020, &desc), (0x4200_0120, &filler)];
-    let mut img = vec![0xE9, segments.len() as u8, 0x02, 0x2F];
-    img.extend_from_slice(&0x4038_0000u32.to_le_bytes());
-    img.extend_from_slice(&[0xEE, 0, 0, 0]);
-    img.extend_from_slice(&chip.id().to_le_bytes());
-    img.extend_from_slice(&[0, 0, 0, 0xFF, 0xFF, 0, 0, 0, 0, 1]);
-    let mut checksum = 0xEFu8;
-    for (addr, data) in segments {
-        img.extend_from_slice(&addr.to_le_bytes());
-        img.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        img.extend_from_slice(data);
-        checksum = data.iter().fold(checksum, |c, b| c ^ b);
-    }
-    while img.len() % 16 != 15 {
-        img.push(0);
-    }
-    img.push(checksum);
-    let hash = Sha256::digest(&img);
-    img.extend_from_slice(&hash);
-    img
+    common::build_image(&common::ImageSpec {
+        chip_id: chip.id(),
+        segments: vec![(0x3C00_0020, common::app_desc(name, version)), (0x4200_0120, filler)],
+        hash: true,
+    })
 }
 
 /// A device: RAM flash with the two-OTA table, a factory app, blank otadata.
