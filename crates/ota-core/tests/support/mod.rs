@@ -24,7 +24,10 @@ pub fn build_image(chip: Chip, name: &str, version: &str, filler_len: usize, see
         .collect();
     common::build_image(&common::ImageSpec {
         chip_id: chip.id(),
-        segments: vec![(0x3C00_0020, common::app_desc(name, version)), (0x4200_0120, filler)],
+        segments: vec![
+            (0x3C00_0020, common::app_desc(name, version)),
+            (0x4200_0120, filler),
+        ],
         hash: true,
     })
 }
