@@ -6,10 +6,12 @@ use anyhow::{Context, Result, bail, ensure};
 use ble_link_model::Profile;
 use ota_core::client::ClientError;
 use ota_core::esp::Chip;
+use ota_core::esp::image::verify_in_flash;
 use ota_core::protocol::fast::{Command, Response};
 use virtual_esp32::air::{AirConfig, AirOutcome, AirReport};
 use virtual_esp32::{BootReport, DeviceSpec, FaultPlan, VirtualEsp32, app_image};
 
+use crate::cmd::image::cstr;
 use crate::cmd::sim::DEFAULT_PARTITIONS;
 use crate::progress::{Bar, rate};
 use crate::sim::{SimDevice, SimLink};
@@ -201,15 +203,30 @@ pub fn run(args: DemoArgs, _json: bool) -> Result<()> {
     let Response::Info(info) = rt.block_on(command(&mut link, Command::Info))? else {
         bail!("INFO failed")
     };
-    println!("   {:<8} {:<15} ", "slot", "otadata state");
+    println!("   {:<8} {:<12} {:<15} ", "slot", "app", "otadata state");
+    let table = link.device.dev.partition_table().clone();
     for s in &info.slots {
         let name = if s.slot == 0xFF {
             "factory".to_string()
         } else {
             format!("ota_{}", s.slot)
         };
+        // The version of the image each slot holds, read from its app descriptor.
+        let version = table
+            .find(&name)
+            .and_then(|p| {
+                verify_in_flash(link.device.dev.flash_mut(), p.offset, p.size, Some(CHIP)).ok()
+            })
+            .and_then(|i| i.app)
+            .map(|d| cstr(&d.version))
+            .unwrap_or_else(|| "(none)".into());
         let tag = if s.running { "running" } else { "" };
-        println!("   {:<8} {:<15} {tag}", name, s.state.name());
+        println!(
+            "   {:<8} {:<12} {:<15} {tag}",
+            name,
+            version,
+            s.state.name()
+        );
     }
     println!("   running: {} {}", info.app_name, info.app_version);
     timing_table()?;

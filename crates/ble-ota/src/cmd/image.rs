@@ -267,7 +267,8 @@ fn rev(full: u16) -> String {
     }
 }
 
-fn cstr(b: &[u8]) -> String {
+/// Returns a NUL-padded C string field as text.
+pub(crate) fn cstr(b: &[u8]) -> String {
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
