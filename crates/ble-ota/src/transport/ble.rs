@@ -1,8 +1,10 @@
 //! The system's Bluetooth through btleplug: BlueZ on Linux, CoreBluetooth on macOS, WinRT on
 //! Windows. Kept thin: everything above it is tested through the other transports.
 //!
-//! Known platform limits: btleplug reports the ATT MTU inconsistently across platforms, so the
-//! chunk size the device announces is used as is (the device knows its MTU). On macOS,
+//! Known platform limits: btleplug reports the ATT MTU inconsistently across platforms (23 until
+//! it learns better on some), so the fast protocol relies on the chunk size the device announces
+//! (the device knows its MTU) and uses btleplug's value only to lower it; the legacy packet size
+//! is MTU - 3 from btleplug, or `--mtu` when btleplug does not know. On macOS,
 //! btleplug queues write-without-response until CoreBluetooth says it can send, so nothing is
 //! dropped silently; on Linux, BlueZ queues them in the kernel.
 
@@ -150,8 +152,11 @@ impl BleLink {
 
 impl Link for BleLink {
     fn att_mtu(&self) -> Option<u16> {
-        // Not reliable on every platform before the first exchange: trust the device's chunk size.
-        None
+        // btleplug reports the default 23 until some platforms learn the negotiated value: only
+        // a larger value is news. It caps the legacy packet size (a packet larger than the MTU
+        // allows would fail) and, for the fast protocol, never raises the device's chunk size.
+        let mtu = self.peripheral.mtu();
+        (mtu > 23).then_some(mtu)
     }
 
     async fn write(
