@@ -760,6 +760,9 @@ impl UpdateEngine {
         data: &[u8],
         now: Instant,
     ) -> Result<(), Reason> {
+        // What this client was told in BEGIN_OK: chunks up to `chunk_size`, an ACK every `step`.
+        let chunk_size = self.chunk_size(client) as usize;
+        let step = (self.window(client) / self.config.acks_per_window.max(1) as u32).max(1);
         let Session::Receiving(t) = &mut self.session else {
             // Before REQUEST the seed's client writes the packet size here.
             if data.len() == legacy::PACKET_SIZE_WRITE_LEN {
@@ -793,28 +796,13 @@ impl UpdateEngine {
                     t.accept(flash, &self.slots, at, data, now).map(|_| None)
                 }
             }
-            Protocol::Fast { .. } => {
-                let chunk_size = {
-                    let mtu_chunk = max_value_len(
-                        self.clients
-                            .iter()
-                            .find(|(c, _)| *c == client)
-                            .map(|(_, m)| *m)
-                            .unwrap_or(23),
-                    )
-                    .saturating_sub(fast::CHUNK_HEADER_LEN);
-                    mtu_chunk.min(self.config.max_chunk as usize)
-                };
-                let step = (chunk_size as u32 * self.config.rx_queue_chunks.max(1) as u32)
-                    / self.config.acks_per_window.max(1) as u32;
-                match fast::decode_chunk(data) {
-                    Err(_) => Err(Reason::BadLength),
-                    Ok((_, payload)) if payload.len() > chunk_size => Err(Reason::ChunkTooLarge),
-                    Ok((offset, payload)) => t
-                        .accept(flash, &self.slots, offset, payload, now)
-                        .map(|outcome| outcome.ack(t, step.max(1), now)),
-                }
-            }
+            Protocol::Fast { .. } => match fast::decode_chunk(data) {
+                Err(_) => Err(Reason::BadLength),
+                Ok((_, payload)) if payload.len() > chunk_size => Err(Reason::ChunkTooLarge),
+                Ok((offset, payload)) => t
+                    .accept(flash, &self.slots, offset, payload, now)
+                    .map(|outcome| outcome.ack(t, step, now)),
+            },
         };
         match result {
             Ok(Some(resp)) => {
