@@ -262,3 +262,47 @@ fn image_inspect_agrees_with_esptool() {
         );
     }
 }
+
+#[test]
+fn the_modelled_link_can_be_tuned_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev.bin");
+    let dev = dev.to_str().unwrap();
+    json(&["sim", "create", dev]);
+    let v2 = write_image(dir.path(), "v2.bin", "2.0.0", 150_000);
+    let base = json(&["--sim", dev, "flash", &v2, "--speed", "0"]);
+    // The new image is on trial: a second update is refused until it is confirmed.
+    assert_eq!(
+        ble_ota(&["--sim", dev, "flash", &v2, "--speed", "0"])
+            .status
+            .code(),
+        Some(3)
+    );
+    json(&["--sim", dev, "confirm"]);
+    // A slower link (1M PHY, 30 ms interval, no data length extension) takes longer.
+    let slow = json(&[
+        "--sim",
+        dev,
+        "flash",
+        &v2,
+        "--speed",
+        "0",
+        "--phy",
+        "1m",
+        "--interval-ms",
+        "30",
+        "--data-length",
+        "27",
+        "--queue-full",
+        "drop",
+        "--rx-queue",
+        "8",
+    ]);
+    assert_eq!(slow["outcome"], "activated");
+    assert!(slow["seconds"].as_f64().unwrap() > 2.0 * base["seconds"].as_f64().unwrap());
+    // Impossible parameters are refused as usage errors.
+    let out = ble_ota(&["--sim", dev, "flash", &v2, "--interval-ms", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = ble_ota(&["--sim", dev, "flash", &v2, "--att-mtu", "9000"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ble_link_model::{LinkParams, Profile};
+use ble_link_model::{LinkParams, Phy, Profile, QueuePolicy};
 use ota_core::client::{ClientError, ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
 use serde::Serialize;
 use virtual_esp32::FaultPlan;
@@ -35,9 +35,9 @@ pub struct FlashArgs {
     /// ATT MTU for the legacy packet size when the transport cannot tell it.
     #[arg(long, default_value_t = 247)]
     pub mtu: u16,
-    /// Virtual ESP32: link profile of the modelled BLE link (desktop, android, ios, esp32-classic).
-    #[arg(long, default_value = "desktop")]
-    pub profile: String,
+    /// Virtual ESP32: the modelled BLE link (a profile, then any overrides).
+    #[command(flatten)]
+    pub link: LinkArgs,
     /// Virtual ESP32: pace the progress to the modelled time (1 = real time, 0 = no pacing).
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
@@ -47,6 +47,102 @@ pub struct FlashArgs {
     /// Drop the link before the N-th data write (repeatable; the fast protocol resumes).
     #[arg(long, value_name = "N")]
     pub disconnect_at: Vec<u32>,
+}
+
+/// The modelled link of the virtual ESP32: a profile, with any parameter overridden.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Modelled link (virtual ESP32)")]
+pub struct LinkArgs {
+    /// Link profile: desktop, android, ios, esp32-classic.
+    #[arg(long, default_value = "desktop")]
+    pub profile: String,
+    /// ATT MTU (23-517).
+    #[arg(long)]
+    pub att_mtu: Option<u16>,
+    /// Connection interval in ms (multiple of 1.25, 7.5-4000).
+    #[arg(long)]
+    pub interval_ms: Option<f64>,
+    /// PHY: 1m or 2m.
+    #[arg(long)]
+    pub phy: Option<String>,
+    /// Largest link-layer payload: 27 (no data length extension) to 251.
+    #[arg(long)]
+    pub data_length: Option<u16>,
+    /// Packets the central sends per connection event (phones limit it).
+    #[arg(long)]
+    pub packets_per_event: Option<u16>,
+    /// The device's receive queue, in ATT writes (its announced window follows it).
+    #[arg(long)]
+    pub rx_queue: Option<u16>,
+    /// When the device's queue is full: stall (link-layer flow control) or drop (as trouble-host).
+    #[arg(long)]
+    pub queue_full: Option<String>,
+    /// Flash timing: 4 KiB sector erase, in ms.
+    #[arg(long)]
+    pub sector_erase_ms: Option<f64>,
+    /// Flash timing: 64 KiB block erase, in ms.
+    #[arg(long)]
+    pub block_erase_ms: Option<f64>,
+    /// Flash timing: 256-byte page program, in ms.
+    #[arg(long)]
+    pub page_program_ms: Option<f64>,
+}
+
+impl LinkArgs {
+    /// Returns the modelled session configuration these options describe.
+    pub fn air_config(&self) -> Result<AirConfig> {
+        let usage = |m: String| -> anyhow::Error { CliError::new(ExitCode::Usage, m).into() };
+        let mut link = profile(&self.profile)?;
+        if let Some(m) = self.att_mtu {
+            link.att_mtu = m;
+        }
+        if let Some(ms) = self.interval_ms {
+            let units = ms / 1.25;
+            if units.fract() != 0.0 {
+                return Err(usage(format!(
+                    "--interval-ms {ms}: must be a multiple of 1.25 ms"
+                )));
+            }
+            link.conn_interval_units = units as u16;
+        }
+        if let Some(phy) = &self.phy {
+            link.phy = match phy.to_ascii_lowercase().as_str() {
+                "1m" => Phy::Le1M,
+                "2m" => Phy::Le2M,
+                other => return Err(usage(format!("--phy {other}: use 1m or 2m"))),
+            };
+        }
+        if let Some(n) = self.data_length {
+            link.max_ll_payload = n;
+        }
+        if let Some(n) = self.packets_per_event {
+            link.max_packets_per_event = Some(n);
+        }
+        if let Some(n) = self.rx_queue {
+            link.rx_queue_depth = n;
+        }
+        if let Some(q) = &self.queue_full {
+            link.full_queue = match q.as_str() {
+                "stall" => QueuePolicy::Stall,
+                "drop" => QueuePolicy::Drop,
+                other => return Err(usage(format!("--queue-full {other}: use stall or drop"))),
+            };
+        }
+        link.validate()
+            .map_err(|e| usage(format!("invalid link parameters: {e}")))?;
+        let mut air = AirConfig::new(link);
+        let us = |ms: f64| (ms * 1000.0).round() as u32;
+        if let Some(ms) = self.sector_erase_ms {
+            air.flash.sector_erase_us = us(ms);
+        }
+        if let Some(ms) = self.block_erase_ms {
+            air.flash.block_erase_us = us(ms);
+        }
+        if let Some(ms) = self.page_program_ms {
+            air.flash.page_program_us = us(ms);
+        }
+        Ok(air)
+    }
 }
 
 /// What `flash --json` prints.
@@ -145,7 +241,7 @@ fn flash_sim(
     bar: &mut Bar,
 ) -> Result<FlashReport> {
     let mut dev = SimDevice::open(path, target.bootloader())?;
-    let mut air = AirConfig::new(profile(&args.profile)?);
+    let mut air = args.link.air_config()?;
     air.disconnect_at = args.disconnect_at.clone();
     if let Some(n) = args.power_cut_at {
         dev.dev.flash_mut().arm(FaultPlan::cut_at(n));
