@@ -442,3 +442,24 @@ fn a_trial_confirmed_by_another_engine_no_longer_blocks_updates() {
         Response::BeginOk { slot: 1, .. }
     ));
 }
+
+#[test]
+fn a_device_that_never_answers_begin_fails_the_update_in_time() {
+    // A seed device ignores the fast protocol's BEGIN.
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 1000, 1);
+    let mut sender = fast(&img);
+    let mut buf = [0u8; 600];
+    let tx = sender.poll_transmit(Instant(0), &mut buf).expect("BEGIN");
+    assert_eq!(buf[0], 0x11);
+    sender.handle_write_result(Instant(1), Ok(()));
+    let deadline = sender.poll_timeout().expect("a deadline for the answer");
+    assert!(tx.with_response && deadline > Instant(1));
+    sender.handle_timeout(deadline);
+    assert!(sender.is_finished());
+    assert_eq!(
+        sender.poll_event(),
+        Some(ota_core::client::ClientEvent::Failed(
+            ClientError::NoAnswer { opcode: 0x11 }
+        ))
+    );
+}

@@ -98,6 +98,14 @@ pub enum ClientError {
         "link dropped during a legacy update; run it again (the fast protocol resumes instead)"
     )]
     Disconnected,
+    /// BEGIN, END or REBOOT got no answer in time.
+    #[error(
+        "no answer to command {opcode:#04x}: is the device running firmware with the fast protocol? (`--legacy` speaks the seed's)"
+    )]
+    NoAnswer {
+        /// The command's opcode.
+        opcode: u8,
+    },
     /// No progress despite repeated STATUS requests.
     #[error("device stopped acknowledging data; move closer or retry")]
     Stalled,
@@ -119,6 +127,9 @@ pub struct SenderConfig {
     pub stall_timeout_ms: u32,
     /// Give up after this many STATUS requests in a row without progress.
     pub max_stalls: u8,
+    /// Give up when BEGIN, END or REBOOT gets no answer for this long (END includes the
+    /// device's read-back of the whole image).
+    pub answer_timeout_ms: u32,
 }
 
 impl Default for SenderConfig {
@@ -128,6 +139,7 @@ impl Default for SenderConfig {
             reboot: true,
             stall_timeout_ms: 2000,
             max_stalls: 5,
+            answer_timeout_ms: 15_000,
         }
     }
 }
@@ -391,6 +403,8 @@ pub struct FastSender<'a> {
     acked: u32,
     next: u32,
     request_in_flight: bool,
+    /// The command waiting for its answer, and until when.
+    awaiting: Option<(u8, Instant)>,
     status_wanted: bool,
     last_progress: Instant,
     stalls: u8,
@@ -414,6 +428,7 @@ impl<'a> FastSender<'a> {
             acked: 0,
             next: 0,
             request_in_flight: false,
+            awaiting: None,
             status_wanted: false,
             last_progress: Instant(0),
             stalls: 0,
@@ -445,9 +460,12 @@ impl<'a> FastSender<'a> {
         self.emit(ClientEvent::Failed(e));
     }
 
-    fn control(&mut self, cmd: Command, buf: &mut [u8]) -> Option<Transmit> {
+    fn control(&mut self, cmd: Command, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let len = cmd.encode(buf).ok()?;
         self.request_in_flight = true;
+        if cmd != Command::Status {
+            self.awaiting = Some((cmd.opcode(), now.after_ms(self.config.answer_timeout_ms)));
+        }
         Some(Transmit {
             characteristic: Characteristic::Control,
             with_response: true,
@@ -465,19 +483,19 @@ impl<'a> FastSender<'a> {
                         sha256: self.sha256,
                         flags: 0,
                     };
-                    return self.control(cmd, buf);
+                    return self.control(cmd, now, buf);
                 }
                 FastState::SendReboot => {
                     self.state = FastState::AwaitReboot;
-                    return self.control(Command::Reboot, buf);
+                    return self.control(Command::Reboot, now, buf);
                 }
                 FastState::Streaming if self.status_wanted => {
                     self.status_wanted = false;
-                    return self.control(Command::Status, buf);
+                    return self.control(Command::Status, now, buf);
                 }
                 FastState::Streaming if self.acked == self.total() => {
                     self.state = FastState::AwaitEnd;
-                    return self.control(Command::End, buf);
+                    return self.control(Command::End, now, buf);
                 }
                 _ => {}
             }
@@ -627,6 +645,7 @@ impl<'a> FastSender<'a> {
     fn handle_disconnected(&mut self) {
         self.request_in_flight = false;
         self.status_wanted = false;
+        self.awaiting = None;
         match self.state {
             FastState::Done | FastState::Failed => {}
             // The device had answered END; the reboot may be what dropped the link.
@@ -640,6 +659,21 @@ impl<'a> FastSender<'a> {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        let awaiting = matches!(
+            self.state,
+            FastState::AwaitBegin | FastState::AwaitEnd | FastState::AwaitReboot
+        );
+        if let (true, Some((opcode, deadline))) = (awaiting, self.awaiting)
+            && now >= deadline
+        {
+            self.awaiting = None;
+            if self.state == FastState::AwaitReboot {
+                // The image is selected already; a device may reset before it answers.
+                self.state = FastState::Done;
+                return self.emit(ClientEvent::Rebooting);
+            }
+            return self.fail(ClientError::NoAnswer { opcode });
+        }
         if self.state != FastState::Streaming
             || self.acked == self.total() && self.next == self.acked
         {
@@ -656,8 +690,15 @@ impl<'a> FastSender<'a> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        (self.state == FastState::Streaming && self.next > self.acked)
-            .then(|| self.last_progress.after_ms(self.config.stall_timeout_ms))
+        let stall = (self.state == FastState::Streaming && self.next > self.acked)
+            .then(|| self.last_progress.after_ms(self.config.stall_timeout_ms));
+        let answer = matches!(
+            self.state,
+            FastState::AwaitBegin | FastState::AwaitEnd | FastState::AwaitReboot
+        )
+        .then_some(self.awaiting.map(|(_, d)| d))
+        .flatten();
+        [stall, answer].into_iter().flatten().min()
     }
 
     fn is_finished(&self) -> bool {
