@@ -306,3 +306,29 @@ fn the_modelled_link_can_be_tuned_from_the_command_line() {
     let out = ble_ota(&["--sim", dev, "flash", &v2, "--att-mtu", "9000"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The firmware's real app images (from `cargo xtask firmware`) pass `ble-ota image inspect`.
+#[test]
+#[ignore = "needs the firmware images: run via cargo xtask test (it runs cargo xtask firmware first)"]
+fn firmware_images_pass_image_inspect() {
+    for chip in ["esp32c3", "esp32c6"] {
+        let path = format!(
+            "{}/../../firmware/target/images/{chip}.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        assert!(
+            Path::new(&path).exists(),
+            "{path} is missing: run `cargo xtask firmware`"
+        );
+        let r = json(&["image", "inspect", &path, "--chip", chip]);
+        assert_eq!(r["valid"], true, "{chip}: {r}");
+        assert_eq!(r["chip"], chip);
+        assert_eq!(r["checksum_valid"], true);
+        assert_eq!(r["hash_valid"], true);
+        assert!(!r["project_name"].as_str().unwrap().is_empty());
+        assert!(
+            r["image_len"].as_u64().unwrap() < 1 << 20,
+            "{chip}: larger than the 1 MiB slot"
+        );
+    }
+}
