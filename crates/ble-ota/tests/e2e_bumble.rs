@@ -180,6 +180,39 @@ fn slot_bytes(sim: &Path, label: &str, len: usize) -> Vec<u8> {
     flash[p.offset as usize..p.offset as usize + len].to_vec()
 }
 
+/// Fresh controllers (ports 0 and 1), a fresh virtual ESP32 and `ble-ota device` on port 0.
+struct Rig {
+    _ctl: Proc,
+    ports: Vec<u16>,
+    dir: tempfile::TempDir,
+    sim: PathBuf,
+    dev: Proc,
+}
+
+impl Rig {
+    fn start(device_args: &[&str]) -> Rig {
+        let (_ctl, ports) = controllers(2);
+        let dir = tempfile::tempdir().unwrap();
+        let sim = create_sim(dir.path());
+        let dev = device(ports[0], &sim, device_args);
+        Rig {
+            _ctl,
+            ports,
+            dir,
+            sim,
+            dev,
+        }
+    }
+}
+
+/// Asserts the device rebooted into `version` and its slot holds `img` byte for byte.
+fn assert_booted(dev: &mut Proc, sim: &Path, version: &str, img: &[u8]) {
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["version"], version);
+    let slot = boot["slot"].as_str().unwrap().to_string();
+    assert_eq!(slot_bytes(sim, &slot, img.len()), img);
+}
+
 /// `ble-ota --json flash --hci ...` from the controller on `port`.
 fn flash_hci(port: u16, image: &Path, extra: &[&str]) -> Output {
     let hci = format!("tcp:127.0.0.1:{port}");
@@ -198,10 +231,13 @@ fn flash_json(out: &Output) -> Value {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn new_protocol_update_over_hci() {
-    let (_ctl, ports) = controllers(2);
-    let dir = tempfile::tempdir().unwrap();
-    let sim = create_sim(dir.path());
-    let mut dev = device(ports[0], &sim, &[]);
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
     let (path, img) = image(dir.path(), "app.bin", "2.0.0", 200_000, 7);
     let started = Instant::now();
     let out = flash_hci(ports[1], &path, &[]);
@@ -223,10 +259,13 @@ fn new_protocol_update_over_hci() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn legacy_update_over_hci() {
-    let (_ctl, ports) = controllers(2);
-    let dir = tempfile::tempdir().unwrap();
-    let sim = create_sim(dir.path());
-    let mut dev = device(ports[0], &sim, &[]);
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
     let (path, img) = image(dir.path(), "app.bin", "3.0.0", 120_000, 11);
     let started = Instant::now();
     let out = flash_hci(ports[1], &path, &["--legacy"]);
@@ -237,19 +276,19 @@ fn legacy_update_over_hci() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(report["outcome"], "activated");
-    let boot = dev.wait_event("boot", Duration::from_secs(10));
-    assert_eq!(boot["version"], "3.0.0");
-    let slot = boot["slot"].as_str().unwrap().to_string();
-    assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+    assert_booted(&mut dev, &sim, "3.0.0", &img);
 }
 
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn seed_legacy_client_on_bumble() {
-    let (_ctl, ports) = controllers(2);
-    let dir = tempfile::tempdir().unwrap();
-    let sim = create_sim(dir.path());
-    let mut dev = device(ports[0], &sim, &[]);
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
     let (path, img) = image(dir.path(), "app.bin", "4.0.0", 60_000, 13);
     let out = Command::new(python())
         .arg(Path::new(ROOT).join("e2e/legacy_client.py"))
@@ -270,19 +309,19 @@ fn seed_legacy_client_on_bumble() {
     ] {
         assert!(log.contains(step), "missing `{step}` in:\n{log}");
     }
-    let boot = dev.wait_event("boot", Duration::from_secs(10));
-    assert_eq!(boot["version"], "4.0.0");
-    let slot = boot["slot"].as_str().unwrap().to_string();
-    assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+    assert_booted(&mut dev, &sim, "4.0.0", &img);
 }
 
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn resume_after_forced_disconnect() {
-    let (_ctl, ports) = controllers(2);
-    let dir = tempfile::tempdir().unwrap();
-    let sim = create_sim(dir.path());
-    let mut dev = device(ports[0], &sim, &[]);
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
     let (path, img) = image(dir.path(), "app.bin", "5.0.0", 150_000, 17);
     // Drop the link twice mid-transfer; each time the client reconnects and resumes.
     let out = flash_hci(
@@ -318,10 +357,13 @@ fn resume_after_forced_disconnect() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn corrupt_image_refused() {
-    let (_ctl, ports) = controllers(2);
-    let dir = tempfile::tempdir().unwrap();
-    let sim = create_sim(dir.path());
-    let mut dev = device(ports[0], &sim, &[]);
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim: _sim,
+        mut dev,
+    } = Rig::start(&[]);
     let (path, mut img) = image(dir.path(), "app.bin", "6.0.0", 40_000, 19);
     let mid = img.len() / 2;
     img[mid] ^= 0x5A;
@@ -414,10 +456,13 @@ fn write_command_flood_is_recovered() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn link_tuning_completes() {
-    let (_ctl, ports) = controllers(2);
-    let dir = tempfile::tempdir().unwrap();
-    let sim = create_sim(dir.path());
-    let mut dev = device(ports[0], &sim, &[]);
+    let Rig {
+        _ctl,
+        ports,
+        dir: _dir,
+        sim: _sim,
+        mut dev,
+    } = Rig::start(&[]);
     let info = run(&[
         "--json",
         "info",
