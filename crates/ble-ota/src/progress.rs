@@ -15,17 +15,34 @@ pub struct Bar {
 }
 
 impl Bar {
+    /// A bar for a real link: bytes, wall-clock rate and ETA.
     pub fn new(label: &str, hidden: bool) -> Self {
-        let bar = ProgressBar::with_draw_target(
-            Some(0),
-            if hidden {
-                ProgressDrawTarget::hidden()
-            } else {
-                ProgressDrawTarget::stderr()
-            },
-        );
+        Self::with_template(
+            label,
+            hidden,
+            "{prefix:>8} [{bar:32.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+    }
+
+    /// A bar for the modelled link: the rate and time shown are the modelled ones (set through
+    /// [`note`](Self::note)), not the wall clock's, which the pacing makes meaningless.
+    pub fn modelled(label: &str, hidden: bool) -> Self {
+        Self::with_template(
+            label,
+            hidden,
+            "{prefix:>8} [{bar:32.cyan/blue}] {bytes}/{total_bytes} {msg}",
+        )
+    }
+
+    fn with_template(label: &str, hidden: bool, template: &str) -> Self {
+        let target = if hidden {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let bar = ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:32.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+            ProgressStyle::with_template(template)
                 .expect("static template")
                 .progress_chars("=> "),
         );

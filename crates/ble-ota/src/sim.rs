@@ -91,8 +91,14 @@ impl SimDevice {
                     std::thread::sleep(wait.min(Duration::from_millis(200)));
                 }
             }
-            bar.note(format!("modelled {:.1} s", t.as_secs_f64()));
             bar.event(e);
+            if let ota_core::client::ClientEvent::Progress { acked, .. } = e {
+                bar.note(format!(
+                    "{} (modelled, {:.1} s)",
+                    crate::progress::rate(*acked as u64, t),
+                    t.as_secs_f64()
+                ));
+            }
         });
         Ok(report)
     }

@@ -70,7 +70,7 @@ fn update(
     air: &AirConfig,
     speed: f64,
 ) -> Result<AirReport> {
-    let mut bar = Bar::new(if legacy { "legacy" } else { "fast" }, false);
+    let mut bar = Bar::modelled(if legacy { "legacy" } else { "fast" }, false);
     let r = dev.update_over_air(image, legacy, air, speed, &mut bar)?;
     match r.outcome {
         AirOutcome::Activated { .. } => {
@@ -266,7 +266,7 @@ fn timing_table() -> Result<()> {
                 bootloader: Default::default(),
             };
             dev.dev.boot(dev.bootloader)?;
-            let mut bar = Bar::new("", true);
+            let mut bar = Bar::modelled("", true);
             let r = dev.update_over_air(&image, legacy, &air, 0.0, &mut bar)?;
             ensure!(
                 matches!(r.outcome, AirOutcome::Activated { .. }),

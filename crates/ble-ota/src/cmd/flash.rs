@@ -197,7 +197,11 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
         .into());
     }
     let protocol = if args.legacy { "legacy" } else { "fast" };
-    let mut bar = Bar::new(protocol, json);
+    let mut bar = if target.sim.is_some() {
+        Bar::modelled(protocol, json)
+    } else {
+        Bar::new(protocol, json)
+    };
     let result = match &target.sim {
         Some(path) => flash_sim(&args, target, path, &image, &mut bar),
         None => flash_ble(&args, target, &image, &mut bar).await,
