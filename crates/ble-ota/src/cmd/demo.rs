@@ -162,7 +162,8 @@ pub fn run(args: DemoArgs, _json: bool) -> Result<()> {
     ensure!(b.version == "3.0.0", "the corrupt image must not boot");
 
     step(5, "Power cut in the middle of an update");
-    let ops_half = (v4.len() as u64 / 4096) * 2;
+    // About one flash operation per 256-byte page written: half the pages is about halfway.
+    let ops_half = v4.len() as u64 / 256 / 2;
     dev.dev.flash_mut().arm(FaultPlan::cut_at(ops_half));
     let r = update(&mut dev, &v4, false, &air, 0.0)?;
     dev.dev.flash_mut().disarm();
