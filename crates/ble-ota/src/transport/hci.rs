@@ -205,7 +205,7 @@ pub async fn connect_hci_with(
             return Err(CliError::new(ExitCode::NoDevice, e).into());
         }
         Ok(Err(e)) => bail!("{e}"),
-        Err(_) => bail!("the HCI host thread stopped"),
+        Err(_) => return Err(host_stopped()),
     };
     Ok(HciLink {
         cmds: cmd_tx,
@@ -219,7 +219,27 @@ pub async fn connect_hci_with(
     })
 }
 
+/// The HCI host thread ended: the controller closed its connection or the stack failed.
+fn host_stopped() -> anyhow::Error {
+    anyhow!(
+        "the BLE host on the HCI controller stopped (the controller closed the connection?); \
+         check the controller and run the command again: the fast protocol resumes"
+    )
+}
+
 impl HciLink {
+    /// Sends a command to the HCI host thread and waits for its answer.
+    async fn ask<T>(
+        &self,
+        cmd: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Cmd,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds.send(cmd(reply)).map_err(|_| host_stopped())?;
+        rx.await
+            .map_err(|_| host_stopped())?
+            .map_err(|e| anyhow!(e))
+    }
+
     /// Drops the link (the device sees a disconnection and advertises again).
     pub async fn disconnect(&mut self) {
         let (reply, rx) = std::sync::mpsc::channel();
@@ -253,28 +273,17 @@ impl super::Link for HciLink {
                 );
             }
         }
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Write {
-                ch,
-                data: data.to_vec(),
-                with_response,
-                reply,
-            })
-            .map_err(|_| anyhow!("the HCI host thread stopped"))?;
-        rx.await
-            .map_err(|_| anyhow!("the HCI host thread stopped"))?
-            .map_err(|e| anyhow!(e))
+        self.ask(|reply| Cmd::Write {
+            ch,
+            data: data.to_vec(),
+            with_response,
+            reply,
+        })
+        .await
     }
 
     async fn read_control(&mut self) -> Result<Vec<u8>> {
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Read { reply })
-            .map_err(|_| anyhow!("the HCI host thread stopped"))?;
-        rx.await
-            .map_err(|_| anyhow!("the HCI host thread stopped"))?
-            .map_err(|e| anyhow!(e))
+        self.ask(|reply| Cmd::Read { reply }).await
     }
 
     async fn notification(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
@@ -282,14 +291,12 @@ impl super::Link for HciLink {
             return match self.notes.try_recv() {
                 Ok(n) => Ok(Some(n)),
                 Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    bail!("the HCI host thread stopped")
-                }
+                Err(mpsc::error::TryRecvError::Disconnected) => Err(host_stopped()),
             };
         }
         match tokio::time::timeout(timeout, self.notes.recv()).await {
             Ok(Some(n)) => Ok(Some(n)),
-            Ok(None) => bail!("the HCI host thread stopped"),
+            Ok(None) => Err(host_stopped()),
             Err(_) => Ok(None),
         }
     }
@@ -301,14 +308,7 @@ impl super::Link for HciLink {
     async fn reconnect(&mut self) -> Result<()> {
         // Notifications of the old connection mean nothing any more.
         while self.notes.try_recv().is_ok() {}
-        let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Cmd::Reconnect { reply })
-            .map_err(|_| anyhow!("the HCI host thread stopped"))?;
-        self.mtu = rx
-            .await
-            .map_err(|_| anyhow!("the HCI host thread stopped"))?
-            .map_err(|e| anyhow!(e))?;
+        self.mtu = self.ask(|reply| Cmd::Reconnect { reply }).await?;
         Ok(())
     }
 }
