@@ -1,24 +1,25 @@
-//! The boot flow: the partition table, the running partition, and the rollback guard.
+//! The boot flow: the partition table, the running partition, the rollback guard, and the
+//! update engine with this boot's confirm policy.
 //!
 //! This is the same `ota_core` code the virtual ESP32 runs at every boot
 //! (`crates/virtual-esp32`), so the update tests there cover it.
 
 use esp_storage::FlashStorage;
 use log::{info, warn};
+use ota_core::device::UpdateEngine;
+use ota_core::device::trial::TrialPolicy;
 use ota_core::esp::boot::{GuardOutcome, rollback_guard};
 use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
-use ota_core::esp::{OtaSlots, Partition, PartitionTable, flash};
+use ota_core::esp::{OtaSlots, PartitionTable, flash};
 
 use crate::config;
 
-/// What the boot flow found.
+/// What the boot flow hands to the OTA service.
 pub struct Booted {
-    /// The partition table in flash.
-    pub table: PartitionTable,
-    /// The partition this app runs from.
-    pub running: Partition,
-    /// What the rollback guard found (never `RolledBack`: that resets at once).
-    pub guard: GuardOutcome,
+    /// The update engine for the running partition.
+    pub engine: UpdateEngine,
+    /// The confirm policy of this boot (on trial or not).
+    pub trial: TrialPolicy,
 }
 
 /// Why the boot flow could not run; the app then runs without updates.
@@ -28,12 +29,25 @@ pub enum BootError {
     Table,
     /// No app partition of the table holds this app.
     RunningPartition,
+    /// The update engine could not start (no OTA slots or otadata).
+    Engine,
 }
 
-/// Reads the table, finds the running partition and runs the rollback guard. A trial image
-/// that boots a second time unconfirmed is marked ABORTED and the chip resets at once, so the
-/// bootloader starts the previous image.
-pub fn run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
+/// Runs the boot flow; `None` (logged) means the app runs without updates.
+pub fn run(flash: &mut FlashStorage<'_>) -> Option<Booted> {
+    match try_run(flash) {
+        Ok(booted) => Some(booted),
+        Err(e) => {
+            warn!("boot: {e:?}: running without updates");
+            None
+        }
+    }
+}
+
+/// Reads the table, finds the running partition, runs the rollback guard and starts the
+/// engine. A trial image that boots a second time unconfirmed is marked ABORTED and the chip
+/// resets at once, so the bootloader starts the previous image.
+fn try_run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
     let mut raw = [0u8; PARTITION_TABLE_MAX_LEN];
     flash::read(flash, PARTITION_TABLE_OFFSET, &mut raw).map_err(|e| {
         warn!("boot: {e}");
@@ -73,13 +87,14 @@ pub fn run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
         GuardOutcome::Confirmed => info!("boot: image confirmed"),
         GuardOutcome::NotOta => info!("boot: not an OTA slot (factory app)"),
     }
-    Ok(Booted {
-        table,
-        running,
-        guard,
-    })
+    let engine = UpdateEngine::new(flash, ota_gatt::device_config(config::CHIP), table, running)
+        .map_err(|e| {
+            warn!("boot: update engine: {e}");
+            BootError::Engine
+        })?;
+    let trial = TrialPolicy::new(config::TRIAL, guard == GuardOutcome::Trial, ota_gatt::now());
+    Ok(Booted { engine, trial })
 }
-
 /// Returns the flash address the app's code is mapped from (the MMU's first page), as
 /// esp-bootloader-esp-idf's `booted_partition` reads it.
 fn running_app_address(flash: &mut FlashStorage<'_>) -> Option<u32> {

@@ -1,10 +1,11 @@
-//! Everything a product changes in one place: names, the confirm policy and its timeouts.
+//! Everything a product changes in one place: names, the confirm policy and the watchdog.
 //!
 //! The app version is `version` in `Cargo.toml`; it lands in the app descriptor below, which the
 //! bootloader tooling, `ble-ota info`, `ble-ota image inspect` and the Device Information
 //! service (firmware revision) all read.
 
 use embassy_time::Duration;
+use ota_core::device::trial::{ConfirmPolicy, TrialConfig};
 use ota_core::esp::Chip;
 use ota_core::esp::boot::BootloaderConfig;
 
@@ -45,35 +46,24 @@ esp_bootloader_esp_idf::esp_app_desc!(
     esp_bootloader_esp_idf::SECURE_VERSION
 );
 
-/// How a trial image (the first boot of an update) gets confirmed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfirmPolicy {
-    /// Confirms once BLE is up and [`crate::app::self_test`] passed. The seed's clients, which
-    /// know no CONFIRM, end on the new firmware.
-    Auto,
-    /// Waits for a client's CONFIRM (`ble-ota confirm`) for `timeout` after BLE is up, then
-    /// rolls back.
-    Strict {
-        /// How long to wait for the CONFIRM.
-        timeout: Duration,
-    },
-}
-
-/// The confirm policy (Cargo feature `strict-confirm` selects [`ConfirmPolicy::Strict`]).
-pub const CONFIRM_POLICY: ConfirmPolicy = if cfg!(feature = "strict-confirm") {
-    ConfirmPolicy::Strict {
-        timeout: Duration::from_secs(120),
-    }
+/// How a trial image (the first boot of an update) gets confirmed, and its deadlines
+/// (`ota_core::device::trial`, the same policy `ble-ota device --confirm` runs):
+///
+/// - auto (default): once advertising started and [`crate::app::self_test`] passed. The
+///   seed's clients, which know no CONFIRM, end on the new firmware.
+/// - strict (Cargo feature `strict-confirm`): a client's CONFIRM (`ble-ota confirm`) within
+///   120 s of advertising, or the image rolls back.
+///
+/// Either way an image whose BLE does not start advertising within 60 s rolls back.
+pub const TRIAL: TrialConfig = TrialConfig::new(if cfg!(feature = "strict-confirm") {
+    ConfirmPolicy::Strict
 } else {
     ConfirmPolicy::Auto
-};
+});
 
 /// The watchdog (RTC WDT) resets the chip when the executor stops feeding it this long. A trial
 /// image that hangs is thus reset, and the rollback guard then boots the previous image.
 pub const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(8);
-/// A trial image must be confirmed within this time after boot (BLE up, self-test) or it is
-/// rolled back, whatever the policy: this catches an image whose BLE never comes up.
-pub const TRIAL_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The bootloader in flash: espflash's bundled one has no rollback support; the Cargo feature
 /// `bootloader-rollback` is for an ESP-IDF bootloader built with

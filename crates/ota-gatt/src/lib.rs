@@ -4,7 +4,9 @@
 //! [`run`] advertises the device, serves one central at a time, and drives `ota-core`'s
 //! [`UpdateEngine`]: writes go to the engine, refused write requests get the engine's ATT
 //! error, its notifications go out on OTA Control, a read of OTA Control returns
-//! [`UpdateEngine::control_value`], and it returns when the engine asks for a reboot.
+//! [`UpdateEngine::control_value`], and it returns when the engine asks for a reboot. It also
+//! carries out the trial image's confirm policy ([`TrialPolicy`]), so the firmware and the
+//! virtual ESP32 confirm or roll back by the very same code.
 //!
 //! # GATT table
 //!
@@ -31,17 +33,20 @@
 //!
 //! # Link tuning
 //!
-//! After a central connects the device asks for a data length of 251 octets and, where the
-//! chip has it, the 2M PHY; when an update starts it asks for a short connection interval and
-//! when it ends for a relaxed one. The ATT MTU is the client's to exchange (up to
-//! [`ATT_MTU`] = 517; attribute values stay within ATT's 512 bytes).
+//! After a central connects the device asks for a data length of 251 octets, where the chip
+//! has it the 2M PHY, and a relaxed connection interval; when an update starts it asks for a
+//! short interval and when it ends for the relaxed one again. The ATT MTU is the client's to
+//! exchange, up to [`ATT_MTU`] = 498: a seed client's packet size (MTU - 3, unclamped) then
+//! stays within ATT's 512 bytes, and a full value fills exactly two 251-octet PDUs.
 #![no_std]
 #![warn(missing_docs)]
 
 mod fmt;
 pub mod pool;
 
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
+use core::future::Future;
+use core::pin::pin;
 
 use bt_hci::cmd::le::{LeReadLocalSupportedFeatures, LeSetDataLength, LeSetPhy};
 use bt_hci::controller::{ControllerCmdAsync, ControllerCmdSync};
@@ -52,10 +57,13 @@ use embassy_sync::channel::Channel;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Timer, with_timeout};
 use embedded_storage::nor_flash::NorFlash;
+use ota_core::device::trial::{TrialAction, TrialFailure, TrialPolicy};
 use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
 use ota_core::esp::Chip;
 use ota_core::protocol::fast::Response;
-use ota_core::protocol::{CONTROL_CHAR_UUID, DATA_CHAR_UUID, OTA_SERVICE_UUID};
+use ota_core::protocol::{
+    CONTROL_CHAR_UUID, DATA_CHAR_UUID, LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN, OTA_SERVICE_UUID,
+};
 use ota_core::time::Instant;
 use trouble_host::att::AttClient;
 use trouble_host::prelude::*;
@@ -69,7 +77,10 @@ pub const RX_QUEUE_CHUNKS: u16 = 32;
 /// control writes and reads that arrive while the window is full.
 pub const QUEUE_DEPTH: usize = RX_QUEUE_CHUNKS as usize + 8;
 /// Largest attribute value (ATT's limit).
-pub const MAX_VALUE_LEN: usize = 512;
+pub const MAX_VALUE_LEN: usize = ota_core::protocol::MAX_ATTRIBUTE_LEN;
+/// The transmit time that goes with 251-octet PDUs on the 1M PHY (Core Spec Vol 6 Part B
+/// 4.5.10: (251 + 14) * 8 µs), asked for with the data length.
+const LL_MAX_TX_TIME_US: u16 = 2120;
 /// Attribute table entries: GAP and GATT services, OTA service, Device Information.
 const ATT_TABLE_SIZE: usize = 32;
 
@@ -180,7 +191,7 @@ impl From<PhyKind> for Phy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Note {
-    /// Advertising (again).
+    /// Advertising (again): the controller accepted advertising enable.
     Advertising,
     /// A central connected.
     Connected {
@@ -270,7 +281,9 @@ impl<C> OtaController for C where
 {
 }
 
-fn now() -> Instant {
+/// The clock [`run`] and its trial policy use (embassy-time's, in milliseconds): create the
+/// [`TrialPolicy`] at boot with it.
+pub fn now() -> Instant {
     Instant(embassy_time::Instant::now().as_millis())
 }
 
@@ -299,6 +312,18 @@ enum Served {
     Reboot,
 }
 
+/// Why [`run`] returned: the shell resets the chip either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Exit {
+    /// The engine asked for a reboot (a new image is selected, or a client sent REBOOT); the
+    /// last notification went out and the central was disconnected.
+    Reboot,
+    /// The trial image failed its trial ([`TrialPolicy`]): reset while it is still
+    /// PENDING_VERIFY, so the previous image boots.
+    RollBack(TrialFailure),
+}
+
 type Observer<'o> = RefCell<&'o mut dyn FnMut(Note)>;
 
 fn note(observer: &Observer<'_>, n: Note) {
@@ -306,27 +331,83 @@ fn note(observer: &Observer<'_>, n: Note) {
     (observer.borrow_mut())(n);
 }
 
-/// Runs the OTA GATT server on `controller` until the engine asks for a reboot; returns
-/// [`Event::RebootRequested`] then, after the last notification went out and the central was
-/// disconnected. `engine` runs on `flash`; `observer` hears what happens on the link.
+/// What the device's tasks share. Each borrow is short and never held across an `await`:
+/// the GATT loop, the engine loop and the trial task all run on one executor.
+struct Shared<'a, F> {
+    flash: RefCell<&'a mut F>,
+    engine: RefCell<&'a mut UpdateEngine>,
+    trial: RefCell<&'a mut TrialPolicy>,
+    observer: Observer<'a>,
+    /// The engine asked for a reboot.
+    reboot: Cell<bool>,
+    /// An update runs (true: ask for the short connection interval).
+    busy: Signal<NoopRawMutex, bool>,
+    /// The trial task has something new to look at.
+    trial_wake: Signal<NoopRawMutex, ()>,
+}
+
+impl<F: NorFlash> Shared<'_, F> {
+    /// Hands the engine's events on: to the shell's observer, the trial policy, the link
+    /// tuning and the reboot flag.
+    fn drain_events(&self) {
+        loop {
+            let Some(e) = self.engine.borrow_mut().poll_event() else {
+                return;
+            };
+            note(&self.observer, Note::Engine(e));
+            match e {
+                Event::RebootRequested => self.reboot.set(true),
+                Event::UpdateStarted { .. } => self.busy.signal(true),
+                Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
+                    self.busy.signal(false)
+                }
+                Event::Confirmed => {
+                    self.trial.borrow_mut().handle_confirmed();
+                    self.trial_wake.signal(());
+                }
+            }
+        }
+    }
+}
+
+/// Runs the OTA GATT server on `controller` until the engine asks for a reboot or a trial
+/// image fails its trial ([`Exit`]); the shell then resets the chip.
+///
+/// - `engine` runs on `flash`; the shell keeps both and may use them after `run` returns.
+/// - `trial` is the confirm policy of this boot ([`TrialPolicy::new`] at boot, not on trial for
+///   a confirmed image). Advertising that has really started (the controller accepted
+///   advertising enable) counts as BLE up; `self_test` runs when the policy asks for it
+///   (auto policy), and `run` confirms the image itself.
+/// - `observer` hears what happens on the link.
 ///
 /// One central is served at a time; the engine refuses a second updater anyway.
-pub async fn run<C, F>(
+pub async fn run<C, F, T>(
     controller: C,
     flash: &mut F,
-    mut engine: UpdateEngine,
+    engine: &mut UpdateEngine,
+    trial: &mut TrialPolicy,
+    self_test: T,
     config: &GattConfig<'_>,
     observer: &mut dyn FnMut(Note),
-) -> Result<Event, RunError>
+) -> Result<Exit, RunError>
 where
     C: OtaController,
     F: NorFlash,
+    T: Future<Output = bool>,
 {
-    let observer: Observer<'_> = RefCell::new(observer);
     // Device Information's firmware revision: the running app's version.
     let version = match engine.info(flash, ClientId(0)) {
         Ok(info) => info.app_version,
         Err(_) => Default::default(),
+    };
+    let shared = Shared {
+        flash: RefCell::new(flash),
+        engine: RefCell::new(engine),
+        trial: RefCell::new(trial),
+        observer: RefCell::new(observer),
+        reboot: Cell::new(false),
+        busy: Signal::new(),
+        trial_wake: Signal::new(),
     };
 
     let mut address = config.address;
@@ -426,7 +507,8 @@ where
 
     let serve_loop = async {
         loop {
-            note(&observer, Note::Advertising);
+            // `advertise` returns once the controller accepted advertising enable: only then
+            // is BLE up, for the log and for the trial policy.
             let advertiser = peripheral
                 .advertise(
                     &params,
@@ -436,17 +518,19 @@ where
                     },
                 )
                 .await?;
+            note(&shared.observer, Note::Advertising);
+            shared.trial.borrow_mut().handle_advertising(now());
+            shared.trial_wake.signal(());
             let conn = advertiser.accept().await?;
             let conn = conn.with_attribute_server(&server)?;
             let served = serve(
                 &stack,
                 &conn,
+                &server,
                 &control,
                 data_handle,
-                flash,
-                &mut engine,
+                &shared,
                 config,
-                &observer,
             )
             .await;
             if let Served::Reboot = served {
@@ -456,35 +540,98 @@ where
                 let _ = with_timeout(Duration::from_secs(3), async {
                     loop {
                         if let GattConnectionEvent::Disconnected { reason } = conn.next().await {
-                            note(&observer, Note::Disconnected(reason.into_inner()));
+                            note(&shared.observer, Note::Disconnected(reason.into_inner()));
                             break;
                         }
                     }
                 })
                 .await;
-                return Ok::<Event, RunError>(Event::RebootRequested);
+                return Ok::<Exit, RunError>(Exit::Reboot);
             }
         }
     };
-    match select(runner.run(), serve_loop).await {
-        Either::First(Ok(())) => Err(RunError::Controller),
-        Either::First(Err(e)) => Err(e.into()),
-        Either::Second(r) => r,
+    match select3(
+        runner.run(),
+        serve_loop,
+        supervise_trial(&shared, self_test),
+    )
+    .await
+    {
+        Either3::First(Ok(())) => Err(RunError::Controller),
+        Either3::First(Err(e)) => Err(e.into()),
+        Either3::Second(r) => r,
+        Either3::Third(why) => Ok(Exit::RollBack(why)),
+    }
+}
+
+/// Carries out the trial policy: runs the self-test when asked, confirms, and returns when the
+/// image must roll back. Never returns for an image that is not on trial.
+async fn supervise_trial<F: NorFlash>(
+    shared: &Shared<'_, F>,
+    self_test: impl Future<Output = bool>,
+) -> TrialFailure {
+    let mut self_test = pin!(self_test);
+    let mut testing = false;
+    loop {
+        loop {
+            let Some(action) = shared.trial.borrow_mut().poll_action() else {
+                break;
+            };
+            match action {
+                TrialAction::RunSelfTest => testing = true,
+                TrialAction::Confirm => {
+                    let confirmed = {
+                        let mut flash = shared.flash.borrow_mut();
+                        shared.engine.borrow_mut().confirm(&mut **flash)
+                    };
+                    if confirmed.is_err() {
+                        shared.trial.borrow_mut().handle_confirm_failed();
+                    }
+                    // The engine's `Confirmed` event reaches the policy here.
+                    shared.drain_events();
+                }
+                TrialAction::RollBack(why) => {
+                    warning!("[ota-gatt] trial failed: {}: rolling back", why.describe());
+                    return why;
+                }
+            }
+        }
+        let deadline = shared.trial.borrow().poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(at) => Timer::at(embassy_time::Instant::from_millis(at.0)).await,
+                None => core::future::pending().await,
+            }
+        };
+        let test = async {
+            if testing {
+                self_test.as_mut().await
+            } else {
+                core::future::pending().await
+            }
+        };
+        match select3(shared.trial_wake.wait(), timer, test).await {
+            Either3::First(()) => {}
+            Either3::Second(()) => shared.trial.borrow_mut().handle_tick(now()),
+            Either3::Third(passed) => {
+                testing = false;
+                shared.trial.borrow_mut().handle_self_test(passed, now());
+            }
+        }
     }
 }
 
 /// Serves one connection until it drops or the engine asks for a reboot.
-#[allow(clippy::too_many_arguments)]
 async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
     stack: &Stack<'_, C, OtaPacketPool>,
     conn: &GattConnection<'s, 'v, OtaPacketPool>,
+    server: &AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, 1>,
     control: &Characteristic<heapless09::Vec<u8, MAX_VALUE_LEN>>,
     data_handle: u16,
-    flash: &mut F,
-    engine: &mut UpdateEngine,
+    shared: &Shared<'_, F>,
     config: &GattConfig<'_>,
-    observer: &Observer<'_>,
 ) -> Served {
+    let observer = &shared.observer;
     let client = ClientId(conn.raw().handle().raw());
     let peer = conn.raw().peer_address();
     note(
@@ -494,10 +641,11 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
             peer: peer.addr.into_inner(),
         },
     );
-    engine.handle_connected(client);
+    shared.engine.borrow_mut().handle_connected(client);
+    shared.busy.reset();
     let queue: Channel<NoopRawMutex, Item<'s, 'v>, QUEUE_DEPTH> = Channel::new();
-    // true: an update runs (short interval); false: relaxed.
-    let busy: Signal<NoopRawMutex, bool> = Signal::new();
+    // The data length from the central, as the controller last reported it.
+    let rx_octets = Cell::new(LL_DEFAULT_DATA_LEN);
 
     // The receive path: sorts events, never waits on flash work.
     let receive = async {
@@ -529,6 +677,7 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     GattEvent::Read(event) if event.handle() == control.handle => {
                         queue.send(Item::ReadControl(event)).await;
                     }
+                    // Everything else the attribute server answers from its table.
                     other => match other.accept() {
                         Ok(reply) => reply.send().await,
                         Err(_e) => warning!("[ota-gatt] cannot answer: {:?}", _e),
@@ -545,13 +694,16 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     max_tx_octets,
                     max_rx_octets,
                     ..
-                } => note(
-                    observer,
-                    Note::DataLength {
-                        tx: max_tx_octets,
-                        rx: max_rx_octets,
-                    },
-                ),
+                } => {
+                    rx_octets.set(max_rx_octets);
+                    note(
+                        observer,
+                        Note::DataLength {
+                            tx: max_tx_octets,
+                            rx: max_rx_octets,
+                        },
+                    )
+                }
                 GattConnectionEvent::ConnectionParamsUpdated {
                     conn_interval,
                     peripheral_latency,
@@ -571,9 +723,11 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
     // The engine: one queue entry at a time, yielding in between.
     let work = async {
         let mut mtu = 0u16;
+        let mut data_length = 0u16;
         let mut buf = [0u8; Response::MAX_LEN + 8];
         loop {
-            let item = match engine.poll_timeout() {
+            let timeout = shared.engine.borrow().poll_timeout();
+            let item = match timeout {
                 Some(at) => {
                     let wait = at.0.saturating_sub(now().0);
                     match select(queue.receive(), Timer::after_millis(wait)).await {
@@ -586,24 +740,35 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
             let current = conn.raw().att_mtu();
             if current != mtu {
                 mtu = current;
-                engine.handle_mtu(client, mtu);
+                shared.engine.borrow_mut().handle_mtu(client, mtu);
                 note(observer, Note::Mtu(mtu));
+            }
+            if rx_octets.get() != data_length {
+                data_length = rx_octets.get();
+                shared
+                    .engine
+                    .borrow_mut()
+                    .handle_data_length(client, data_length);
             }
             let t = now();
             let mut ended = false;
             match item {
-                None => engine.handle_tick(t),
+                None => shared.engine.borrow_mut().handle_tick(t),
                 Some(Item::Write {
                     target,
                     request,
                     event,
                 }) => {
-                    let verdict = event.with_data(|_, data| match target {
-                        Target::Control => {
-                            engine.handle_control_write(flash, client, data, t);
-                            Ok(())
+                    let verdict = event.with_data(|_, data| {
+                        let mut flash = shared.flash.borrow_mut();
+                        let mut engine = shared.engine.borrow_mut();
+                        match target {
+                            Target::Control => {
+                                engine.handle_control_write(&mut **flash, client, data, t);
+                                Ok(())
+                            }
+                            Target::Data => engine.handle_data_write(&mut **flash, client, data, t),
                         }
-                        Target::Data => engine.handle_data_write(flash, client, data, t),
                     });
                     let reply = match verdict {
                         Err(reason) if request => {
@@ -616,40 +781,45 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     }
                 }
                 Some(Item::ReadControl(event)) => {
-                    if let Ok(reply) = event.accept_unprocessed(engine.control_value()) {
-                        reply.send().await;
+                    // trouble-host 0.8 answers `accept_unprocessed` reads with an empty value
+                    // and panics on a Read Blob past the end (gatt.rs, `&data[offset..]`). So
+                    // the table holds the engine's control value and the attribute server
+                    // answers: Read and Read Blob right, Invalid Offset past the end.
+                    let stored = server.table().write(
+                        control.handle,
+                        0,
+                        shared.engine.borrow().control_value(),
+                    );
+                    let reply = match stored {
+                        Ok(()) => event.accept(),
+                        Err(_) => event.reject(AttErrorCode::UNLIKELY_ERROR),
+                    };
+                    match reply {
+                        Ok(reply) => reply.send().await,
+                        Err(_e) => warning!("[ota-gatt] cannot answer a read: {:?}", _e),
                     }
                 }
                 Some(Item::Disconnected) => {
-                    engine.handle_disconnected(client);
+                    shared.engine.borrow_mut().handle_disconnected(client);
                     ended = true;
                 }
             }
-            while let Some((_, n)) = engine.poll_notification(&mut buf) {
-                if n >= 5 && buf[0] == ota_core::protocol::fast::op::REWIND {
-                    let next = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            loop {
+                let Some((_, n)) = shared.engine.borrow_mut().poll_notification(&mut buf) else {
+                    break;
+                };
+                if let Ok(Response::Rewind { next }) = Response::decode(&buf[..n]) {
                     note(observer, Note::Gap { next });
                 }
                 if !ended && control.notify_raw(conn, &buf[..n], false).await.is_err() {
                     warning!("[ota-gatt] notification failed");
                 }
             }
-            let mut reboot = false;
-            while let Some(e) = engine.poll_event() {
-                note(observer, Note::Engine(e));
-                match e {
-                    Event::RebootRequested => reboot = true,
-                    Event::UpdateStarted { .. } => busy.signal(true),
-                    Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
-                        busy.signal(false)
-                    }
-                    Event::Confirmed => {}
-                }
-            }
+            shared.drain_events();
             if ended {
                 return Served::Disconnected;
             }
-            if reboot {
+            if shared.reboot.get() {
                 return Served::Reboot;
             }
             yield_now().await;
@@ -660,7 +830,12 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
     let tuning = async {
         let tuning = config.tuning;
         let link = conn.raw();
-        if tuning.data_length && link.update_data_length(stack, 251, 2120).await.is_err() {
+        if tuning.data_length
+            && link
+                .update_data_length(stack, LL_MAX_DATA_LEN, LL_MAX_TX_TIME_US)
+                .await
+                .is_err()
+        {
             note(observer, Note::TuningFailed("data length"));
         }
         if tuning.phy_2m && link.set_phy(stack, PhyKind::Le2M).await.is_err() {
@@ -669,7 +844,8 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
         if tuning.fast_interval.0 == 0 {
             core::future::pending::<()>().await;
         }
-        let mut fast = true;
+        // Relaxed until an update starts, short while it runs.
+        let mut fast = false;
         loop {
             let (min, max) = if fast {
                 tuning.fast_interval
@@ -687,7 +863,13 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
             if link.update_connection_params(stack, &params).await.is_err() {
                 note(observer, Note::TuningFailed("connection interval"));
             }
-            fast = busy.wait().await;
+            loop {
+                let wanted = shared.busy.wait().await;
+                if wanted != fast {
+                    fast = wanted;
+                    break;
+                }
+            }
         }
     };
 

@@ -1,6 +1,6 @@
-//! The packet pool: buffers big enough for an ATT MTU of 517 (the largest the OTA service
-//! uses: 512-byte values plus the 3-byte ATT header and the 2-byte offset of a long read) and
-//! the 4-byte L2CAP header. trouble-host's own pool offers 512 (ATT MTU 508) or 1024 bytes;
+//! The packet pool: buffers big enough for the device's ATT MTU of 498 and the 4-byte L2CAP
+//! header. trouble-host answers an MTU exchange with the pool's MTU at most, so this pool is
+//! also what caps the MTU. trouble-host's own pools offer 512 (ATT MTU 508) or 1024 bytes;
 //! this one wastes nothing.
 //!
 //! Every received write holds one buffer until the update engine has taken it, so the pool
@@ -13,8 +13,11 @@ use embassy_sync::blocking_mutex::Mutex;
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use trouble_host::prelude::{Packet, PacketPool};
 
-/// Largest ATT MTU the stack negotiates.
-pub const ATT_MTU: u16 = 517;
+/// Largest ATT MTU the stack negotiates: the core's [`DEVICE_ATT_MTU`] (498, so a seed
+/// client's unclamped packet size MTU - 3 stays within 512 and a full value fills two PDUs).
+///
+/// [`DEVICE_ATT_MTU`]: ota_core::protocol::DEVICE_ATT_MTU
+pub const ATT_MTU: u16 = ota_core::protocol::DEVICE_ATT_MTU;
 /// Bytes per buffer: the ATT MTU plus the L2CAP header.
 pub const PACKET_LEN: usize = ATT_MTU as usize + 4;
 /// Buffers in the pool.

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ble_link_model::FlashTiming;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
-use ota_core::device::Event;
-use ota_gatt::{GattConfig, LinkTuning, Note, Phy};
+use ota_core::device::trial::{ConfirmPolicy, TrialConfig, TrialPolicy};
+use ota_gatt::{Exit, GattConfig, LinkTuning, Note, Phy};
 use serde_json::json;
 
 use crate::cmd::sim::BootView;
@@ -37,6 +37,41 @@ pub struct DeviceArgs {
     /// Do not ask for a data length, PHY or connection interval change.
     #[arg(long)]
     pub no_tuning: bool,
+    /// How a freshly updated (trial) image gets confirmed, as the firmware's `strict-confirm`
+    /// feature chooses: `auto` (the firmware's default) once advertising started and the
+    /// self-test passed, `strict` only by a client's CONFIRM (`ble-ota confirm`).
+    #[arg(long, value_enum, default_value_t = ConfirmArg::Auto)]
+    pub confirm: ConfirmArg,
+    /// Seconds a trial image has to get confirmed once advertising started (the self-test
+    /// under `auto`, a client's CONFIRM under `strict`); then it rolls back. Default: the
+    /// firmware's (60 s auto, 120 s strict).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub trial_deadline: Option<u32>,
+    /// Make the app's self-test fail, as a broken image's would: a trial image rolls back.
+    #[arg(long)]
+    pub self_test_fails: bool,
+}
+
+/// `--confirm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfirmArg {
+    /// Confirm once BLE is up and the self-test passed.
+    Auto,
+    /// Wait for a client's CONFIRM, then roll back.
+    Strict,
+}
+
+impl DeviceArgs {
+    fn trial_config(&self) -> TrialConfig {
+        let mut config = TrialConfig::new(match self.confirm {
+            ConfirmArg::Auto => ConfirmPolicy::Auto,
+            ConfirmArg::Strict => ConfirmPolicy::Strict,
+        });
+        if let Some(secs) = self.trial_deadline {
+            config.confirm_deadline_ms = secs * 1000;
+        }
+        config
+    }
 }
 
 fn emit(json_out: bool, value: serde_json::Value, text: String) {
@@ -208,7 +243,10 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                     format!("running {} {} from {} ({})", v.project_name, v.version, v.slot, v.state),
                 );
             }
-            let engine = dev.engine(ota_gatt::device_config(chip))?;
+            let mut engine = dev.engine(ota_gatt::device_config(chip))?;
+            // The firmware's boot: a trial image runs the confirm policy.
+            let mut trial = TrialPolicy::new(args.trial_config(), engine.is_trial(), ota_gatt::now());
+            let self_test = async { !args.self_test_fails };
             let controller = open_controller(&spec).await?;
             let mut observer = |n: Note| report(json_out, n);
             let flash = dev.dev.flash_mut();
@@ -217,13 +255,35 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                     inner: flash,
                     timing: FlashTiming::TYPICAL_4MB_SPI_NOR,
                 };
-                ota_gatt::run(controller, &mut paced, engine, &config, &mut observer).await
+                ota_gatt::run(
+                    controller,
+                    &mut paced,
+                    &mut engine,
+                    &mut trial,
+                    self_test,
+                    &config,
+                    &mut observer,
+                )
+                .await
             } else {
-                ota_gatt::run(controller, flash, engine, &config, &mut observer).await
+                ota_gatt::run(
+                    controller,
+                    flash,
+                    &mut engine,
+                    &mut trial,
+                    self_test,
+                    &config,
+                    &mut observer,
+                )
+                .await
             };
             match result {
-                Ok(Event::RebootRequested) => {}
-                Ok(other) => anyhow::bail!("the GATT server stopped with {other:?}"),
+                Ok(Exit::Reboot) => {}
+                Ok(Exit::RollBack(why)) => emit(
+                    json_out,
+                    json!({"event": "rollback", "why": why.describe()}),
+                    format!("trial failed: {}: resetting to roll back", why.describe()),
+                ),
                 Err(e) => anyhow::bail!("the BLE host stopped: {e:?}"),
             }
             let boot = dev.reboot().context("rebooting the virtual ESP32")?;

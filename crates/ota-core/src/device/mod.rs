@@ -26,6 +26,7 @@
 //! selected, or the new one complete and verified.
 
 mod transfer;
+pub mod trial;
 
 use embedded_storage::nor_flash::NorFlash;
 use heapless::Deque;
@@ -36,7 +37,10 @@ use crate::protocol::fast::{
     self, Command, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
     begin_flags,
 };
-use crate::protocol::{MAX_ATTRIBUTE_LEN, Reason, legacy, max_value_len};
+use crate::protocol::{
+    LL_DEFAULT_DATA_LEN, MAX_ATTRIBUTE_LEN, MAX_LEGACY_PACKET_SIZE, Reason, legacy, max_value_len,
+    packed_value_len,
+};
 use crate::time::Instant;
 
 use transfer::{Protocol, Transfer};
@@ -122,6 +126,16 @@ enum Outgoing {
 }
 
 const MAX_CLIENTS: usize = 4;
+
+/// What the engine knows of a connected client's link.
+#[derive(Debug, Clone, Copy)]
+struct ClientLink {
+    id: ClientId,
+    /// ATT MTU.
+    mtu: u16,
+    /// Link-layer data length from the client to the device, in octets.
+    data_length: u16,
+}
 const OUTBOX: usize = 8;
 
 /// Session state beyond an in-progress transfer.
@@ -148,7 +162,7 @@ pub struct UpdateEngine {
     running_state: Option<OtaImgState>,
     app_name: fast::Str32,
     app_version: fast::Str32,
-    clients: heapless::Vec<(ClientId, u16), MAX_CLIENTS>,
+    clients: heapless::Vec<ClientLink, MAX_CLIENTS>,
     packet_size: Option<u16>,
     session: Session,
     outbox: Deque<(ClientId, Outgoing), OUTBOX>,
@@ -215,11 +229,13 @@ impl UpdateEngine {
         matches!(&self.session, Session::Receiving(t) if t.owner.is_some())
     }
 
-    /// Returns the chunk payload size announced to `client`, from its ATT MTU.
+    /// Returns the chunk payload size announced to `client`: the chunk's value fills whole
+    /// link-layer PDUs at its ATT MTU and data length ([`packed_value_len`]).
     pub fn chunk_size(&self, client: ClientId) -> u16 {
-        let mtu = self.mtu(client);
-        let by_mtu = max_value_len(mtu).saturating_sub(fast::CHUNK_HEADER_LEN) as u16;
-        by_mtu.min(self.config.max_chunk).max(1)
+        let link = self.link(client);
+        let value = packed_value_len(link.mtu, link.data_length);
+        let by_link = value.saturating_sub(fast::CHUNK_HEADER_LEN) as u16;
+        by_link.min(self.config.max_chunk).max(1)
     }
 
     /// Returns the window announced to `client`: what the receive queue holds.
@@ -279,28 +295,42 @@ impl UpdateEngine {
 
     // ----- inputs -----
 
-    /// A client connected (ATT MTU 23 until [`handle_mtu`](Self::handle_mtu)).
+    /// A client connected (ATT MTU 23 until [`handle_mtu`](Self::handle_mtu), data length 27
+    /// until [`handle_data_length`](Self::handle_data_length)).
     pub fn handle_connected(&mut self, client: ClientId) {
-        if !self.clients.iter().any(|(c, _)| *c == client) {
-            // More clients than slots: the oldest entry is forgotten; it only loses its MTU.
+        if !self.clients.iter().any(|c| c.id == client) {
+            // More clients than slots: the oldest entry is forgotten; it only loses its link.
             if self.clients.is_full() {
                 self.clients.remove(0);
             }
-            let _ = self.clients.push((client, 23));
+            let _ = self.clients.push(ClientLink {
+                id: client,
+                mtu: 23,
+                data_length: LL_DEFAULT_DATA_LEN,
+            });
         }
     }
 
     /// The ATT MTU of `client` changed.
     pub fn handle_mtu(&mut self, client: ClientId, mtu: u16) {
         self.handle_connected(client);
-        if let Some(entry) = self.clients.iter_mut().find(|(c, _)| *c == client) {
-            entry.1 = mtu.max(23);
+        if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
+            link.mtu = mtu.max(23);
+        }
+    }
+
+    /// The link-layer data length from `client` to the device changed (its receive octets, as
+    /// the controller's Data Length Change event reports them).
+    pub fn handle_data_length(&mut self, client: ClientId, rx_octets: u16) {
+        self.handle_connected(client);
+        if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
+            link.data_length = rx_octets;
         }
     }
 
     /// `client` disconnected. A fast session it owned stays resumable; a legacy one ends.
     pub fn handle_disconnected(&mut self, client: ClientId) {
-        self.clients.retain(|(c, _)| *c != client);
+        self.clients.retain(|c| c.id != client);
         self.outbox_retain(client);
         if let Session::Receiving(t) = &mut self.session
             && t.owner == Some(client)
@@ -453,11 +483,19 @@ impl UpdateEngine {
     // ----- internals -----
 
     fn mtu(&self, client: ClientId) -> u16 {
+        self.link(client).mtu
+    }
+
+    fn link(&self, client: ClientId) -> ClientLink {
         self.clients
             .iter()
-            .find(|(c, _)| *c == client)
-            .map(|(_, m)| *m)
-            .unwrap_or(23)
+            .find(|c| c.id == client)
+            .copied()
+            .unwrap_or(ClientLink {
+                id: client,
+                mtu: 23,
+                data_length: LL_DEFAULT_DATA_LEN,
+            })
     }
 
     /// Returns true if `client` drives a fast session: only such a client learns of a refused
@@ -666,6 +704,8 @@ impl UpdateEngine {
         }
         let chunk_size = self.chunk_size(client);
         let window = self.window(client);
+        // What this client is told: an ACK every `ack_step` bytes.
+        let ack_step = (window / self.config.acks_per_window.max(1) as u32).max(1);
         // The same image again: resume, or repeat the answer after END.
         match &mut self.session {
             Session::Activated {
@@ -688,6 +728,7 @@ impl UpdateEngine {
                 t.gap_reported = None;
                 t.last_acked = t.next;
                 t.last_progress = now;
+                t.ack_step = ack_step;
                 let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
                 return Ok(Response::BeginOk {
                     resume_offset: t.next,
@@ -700,7 +741,8 @@ impl UpdateEngine {
         }
         self.refresh_running_state(flash);
         self.check_can_start(client)?;
-        let t = self.new_transfer(Protocol::Fast { size, sha256 }, client, now)?;
+        let mut t = self.new_transfer(Protocol::Fast { size, sha256 }, client, now)?;
+        t.ack_step = ack_step;
         if size > t.target.size {
             return Err(Reason::ImageTooLarge);
         }
@@ -760,22 +802,37 @@ impl UpdateEngine {
         data: &[u8],
         now: Instant,
     ) -> Result<(), Reason> {
-        // What this client was told in BEGIN_OK: chunks up to `chunk_size`, an ACK every `step`.
-        let chunk_size = self.chunk_size(client) as usize;
-        let step = (self.window(client) / self.config.acks_per_window.max(1) as u32).max(1);
-        let Session::Receiving(t) = &mut self.session else {
-            // Before REQUEST the seed's client writes the packet size here.
-            if data.len() == legacy::PACKET_SIZE_WRITE_LEN {
-                let size = u16::from_le_bytes([data[0], data[1]]);
-                if size == 0 {
-                    return Err(Reason::BadLength);
-                }
-                if size as usize > MAX_ATTRIBUTE_LEN {
-                    return Err(Reason::ChunkTooLarge);
-                }
-                self.packet_size = Some(size);
-                return Ok(());
+        // Before REQUEST the seed's client writes its packet size here (MTU - 3, never
+        // clamped). A detached fast session (its client dropped) does not stand in the way: the
+        // seed's client has no ABORT and could never recover. That session stays resumable
+        // until REQUEST actually starts a new one.
+        let owner = match &self.session {
+            Session::Receiving(t) => t.owner,
+            _ => None,
+        };
+        if owner != Some(client)
+            && data.len() == legacy::PACKET_SIZE_WRITE_LEN
+            && !matches!(self.session, Session::Activated { .. })
+        {
+            if owner.is_some() {
+                return Err(Reason::Busy);
             }
+            let size = u16::from_le_bytes([data[0], data[1]]);
+            if size == 0 {
+                return Err(Reason::BadLength);
+            }
+            if size > MAX_LEGACY_PACKET_SIZE {
+                return Err(Reason::ChunkTooLarge);
+            }
+            self.packet_size = Some(size);
+            return Ok(());
+        }
+        // Chunks up to what the client's link carries; the announced chunk size is advice for
+        // speed, not a limit (it follows the data length, which may change mid-session).
+        let chunk_limit = max_value_len(self.mtu(client))
+            .saturating_sub(fast::CHUNK_HEADER_LEN)
+            .min(self.config.max_chunk as usize);
+        let Session::Receiving(t) = &mut self.session else {
             return Err(match self.session {
                 Session::Activated { .. } => Reason::RebootPending,
                 _ => Reason::NoSession,
@@ -788,7 +845,9 @@ impl UpdateEngine {
         }
         let result = match t.protocol {
             Protocol::Legacy => {
-                let limit = self.packet_size.unwrap_or(MAX_ATTRIBUTE_LEN as u16) as usize;
+                let limit = self
+                    .packet_size
+                    .map_or(MAX_ATTRIBUTE_LEN, |p| (p as usize).min(MAX_ATTRIBUTE_LEN));
                 if data.len() > limit {
                     Err(Reason::ChunkTooLarge)
                 } else {
@@ -798,10 +857,10 @@ impl UpdateEngine {
             }
             Protocol::Fast { .. } => match fast::decode_chunk(data) {
                 Err(_) => Err(Reason::BadLength),
-                Ok((_, payload)) if payload.len() > chunk_size => Err(Reason::ChunkTooLarge),
+                Ok((_, payload)) if payload.len() > chunk_limit => Err(Reason::ChunkTooLarge),
                 Ok((offset, payload)) => t
                     .accept(flash, &self.slots, offset, payload, now)
-                    .map(|outcome| outcome.ack(t, step, now)),
+                    .map(|outcome| outcome.ack(t, now)),
             },
         };
         match result {

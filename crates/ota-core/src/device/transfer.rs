@@ -40,6 +40,8 @@ pub(super) struct Transfer {
     /// Next expected offset: every byte before it was validated and hashed.
     pub next: u32,
     pub last_acked: u32,
+    /// An ACK goes out every this many bytes (what BEGIN_OK announced, fixed for the session).
+    pub ack_step: u32,
     /// When a gap at `next` was last reported; cleared by in-order progress.
     pub gap_reported: Option<Instant>,
     pub last_progress: Instant,
@@ -66,13 +68,13 @@ pub(super) enum Accepted {
 }
 
 impl Accepted {
-    /// Returns the notification this arrival calls for: an ACK every `step` bytes and at the
-    /// end, one REWIND per gap (the tick repeats it if needed).
-    pub fn ack(self, t: &mut Transfer, step: u32, now: Instant) -> Option<Response> {
+    /// Returns the notification this arrival calls for: an ACK every `ack_step` bytes and at
+    /// the end, one REWIND per gap (the tick repeats it if needed).
+    pub fn ack(self, t: &mut Transfer, now: Instant) -> Option<Response> {
         match self {
             Accepted::InOrder => {
                 let complete = matches!(t.protocol, Protocol::Fast { size, .. } if size == t.next);
-                if t.next - t.last_acked >= step || complete {
+                if t.next - t.last_acked >= t.ack_step || complete {
                     t.last_acked = t.next;
                     Some(Response::Ack { next: t.next })
                 } else {
@@ -104,6 +106,7 @@ impl Transfer {
             running,
             next: 0,
             last_acked: 0,
+            ack_step: u32::MAX,
             gap_reported: None,
             last_progress: now,
             validator,

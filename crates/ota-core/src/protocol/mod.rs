@@ -27,9 +27,46 @@ pub enum Characteristic {
     Data,
 }
 
+/// Basic L2CAP header (length and channel id) in front of every ATT PDU.
+pub const L2CAP_HEADER: usize = 4;
+/// Link-layer data length every connection starts with (Core Spec Vol 6 Part B 4.5.10).
+pub const LL_DEFAULT_DATA_LEN: u16 = 27;
+/// Largest link-layer data length (LE Data Length Extension).
+pub const LL_MAX_DATA_LEN: u16 = 251;
+
+/// Largest ATT MTU the device accepts in an MTU exchange.
+///
+/// 498 because a seed client computes its packet size as MTU - 3 and never clamps it: with
+/// this cap every central, including BlueZ and Android asking for 517, gets a packet size of at
+/// most 495, within ATT's 512-byte value limit. And a 495-byte value plus the 3-byte ATT and
+/// 4-byte L2CAP headers is 502 bytes: exactly two 251-byte link-layer PDUs, with no third
+/// nearly empty one (Espressif's own BLE OTA moved to 498 for that reason).
+pub const DEVICE_ATT_MTU: u16 = 498;
+
+/// Returns the largest packet size a seed client may announce: MTU - 3 for the largest MTU a
+/// central may ask for (517), though this device never grants more than [`DEVICE_ATT_MTU`].
+pub const MAX_LEGACY_PACKET_SIZE: u16 = 517 - ATT_WRITE_HEADER as u16;
+
 /// Returns the largest attribute value a write or notification carries at `att_mtu`.
 pub fn max_value_len(att_mtu: u16) -> usize {
     (att_mtu as usize)
         .saturating_sub(ATT_WRITE_HEADER)
         .min(MAX_ATTRIBUTE_LEN)
+}
+
+/// Returns the value length a write should carry at `att_mtu` over link-layer PDUs of
+/// `data_length` octets: the largest that fills whole PDUs (value + ATT header + L2CAP header
+/// a multiple of the data length), or the largest the MTU allows when not even one PDU fills.
+///
+/// A value one byte longer than a PDU boundary costs a whole extra PDU, and with it most of a
+/// packet slot in the connection event: at data length 251, 495 bytes take two PDUs where 512
+/// take three.
+pub fn packed_value_len(att_mtu: u16, data_length: u16) -> usize {
+    let max = max_value_len(att_mtu);
+    let pdu = data_length.clamp(LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN) as usize;
+    let overhead = ATT_WRITE_HEADER + L2CAP_HEADER;
+    match (max + overhead) / pdu {
+        0 => max,
+        whole => whole * pdu - overhead,
+    }
 }
