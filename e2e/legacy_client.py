@@ -6,12 +6,13 @@ device can be checked against a client that shares none of its code:
 
 1. scan for the device (by --address, by --name, or the first one advertising the OTA
    service) and connect;
-2. exchange the ATT MTU (--mtu) and compute packet_size = min(mtu - 3, 512);
-3. write packet_size as u16 little-endian to OTA Data (write request);
-4. subscribe to notifications on OTA Control;
-5. write 0x01 (REQUEST) to OTA Control; wait for 0x02 (ACK) or 0x03 (NAK);
-6. write the image in packet_size pieces to OTA Data (write requests, with response);
-7. write 0x04 (DONE) to OTA Control; wait for 0x05 (DONE_ACK) or 0x06 (DONE_NAK).
+2. exchange the ATT MTU (--mtu) and compute packet_size = mtu - 3, never clamped (the seed's
+   client does exactly this: with an MTU of 517 it would write 514);
+3. subscribe to notifications on OTA Control, then write packet_size as u16 little-endian to
+   OTA Data (write request);
+4. write 0x01 (REQUEST) to OTA Control; wait for 0x02 (ACK) or 0x03 (NAK), and at least 1 s;
+5. write the image in packet_size pieces to OTA Data (write requests, with response);
+6. write 0x04 (DONE) to OTA Control; wait for 0x05 (DONE_ACK) or 0x06 (DONE_NAK).
 
     python e2e/legacy_client.py --hci tcp-client:127.0.0.1:PORT --name NAME --file app.bin
 
@@ -50,9 +51,6 @@ EXIT_FAILURE = 1
 EXIT_REQUEST_NAK = 2
 EXIT_DONE_NAK = 3
 EXIT_NOT_FOUND = 4
-
-# ATT caps an attribute value at 512 bytes (Core Vol 3 Part F 3.2.9).
-MAX_ATTRIBUTE_VALUE = 512
 
 
 class Failure(Exception):
@@ -147,7 +145,8 @@ async def run(args: argparse.Namespace, image: bytes) -> int:
         peer = Peer(connection)
 
         mtu = await peer.request_mtu(args.mtu)
-        packet_size = min(mtu - 3, MAX_ATTRIBUTE_VALUE)
+        # The seed's client: MTU - 3, no clamping to ATT's 512-byte limit.
+        packet_size = mtu - 3
         say(f"connected, MTU {mtu}, packet size {packet_size}")
 
         await peer.discover_service(OTA_SERVICE_UUID)
@@ -161,9 +160,6 @@ async def run(args: argparse.Namespace, image: bytes) -> int:
             raise Failure(EXIT_FAILURE, "the OTA service lacks OTA Control or OTA Data")
         control, data = controls[0], datas[0]
 
-        await data.write_value(packet_size.to_bytes(2, "little"), with_response=True)
-        say(f"packet size {packet_size} written to OTA Data")
-
         notifications: asyncio.Queue[bytes] = asyncio.Queue()
         await control.subscribe(lambda value: notifications.put_nowait(bytes(value)))
         # Bumble's subscribe() only logs a warning when there is nothing to subscribe to.
@@ -171,9 +167,15 @@ async def run(args: argparse.Namespace, image: bytes) -> int:
             raise Failure(EXIT_FAILURE, "OTA Control has no CCCD: cannot subscribe")
         say("subscribed to OTA Control")
 
+        await data.write_value(packet_size.to_bytes(2, "little"), with_response=True)
+        say(f"packet size {packet_size} written to OTA Data")
+
         await control.write_value(bytes([REQUEST]), with_response=True)
         say("OTA request sent")
+        # The seed's client gives the device a second after REQUEST before sending data.
+        requested = time.monotonic()
         reply = await next_notification(notifications, args.timeout, "request ACK")
+        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - requested)))
         if reply == REQUEST_NAK:
             raise Failure(EXIT_REQUEST_NAK, "the device refused the OTA request (NAK)")
         if reply != REQUEST_ACK:

@@ -110,6 +110,15 @@ impl Drop for Proc {
     }
 }
 
+/// One rig at a time: on a 2-core machine parallel Bumble rigs race their wall-clock waits.
+/// Every test holds this for its whole run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Fresh virtual controllers; returns the process and its ports.
 fn controllers(count: usize) -> (Proc, Vec<u16>) {
     let mut p = Proc::spawn(
@@ -231,6 +240,7 @@ fn flash_json(out: &Output) -> Value {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn new_protocol_update_over_hci() {
+    let _serial = serial();
     let Rig {
         _ctl,
         ports,
@@ -259,6 +269,7 @@ fn new_protocol_update_over_hci() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn legacy_update_over_hci() {
+    let _serial = serial();
     let Rig {
         _ctl,
         ports,
@@ -282,6 +293,7 @@ fn legacy_update_over_hci() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn seed_legacy_client_on_bumble() {
+    let _serial = serial();
     let Rig {
         _ctl,
         ports,
@@ -301,8 +313,9 @@ fn seed_legacy_client_on_bumble() {
     assert!(out.status.success(), "legacy_client.py: {log}");
     // Step by step, as the seed's client does.
     for step in [
-        "connected, MTU 517, packet size 512",
-        "packet size 512 written to OTA Data",
+        // The device caps the MTU at 498, so the unclamped MTU - 3 fits an attribute.
+        "connected, MTU 498, packet size 495",
+        "packet size 495 written to OTA Data",
         "subscribed to OTA Control",
         "OTA request acknowledged",
         "OTA done acknowledged",
@@ -315,6 +328,7 @@ fn seed_legacy_client_on_bumble() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn resume_after_forced_disconnect() {
+    let _serial = serial();
     let Rig {
         _ctl,
         ports,
@@ -357,6 +371,7 @@ fn resume_after_forced_disconnect() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn corrupt_image_refused() {
+    let _serial = serial();
     let Rig {
         _ctl,
         ports,
@@ -402,6 +417,7 @@ fn corrupt_image_refused() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn write_command_flood_is_recovered() {
+    let _serial = serial();
     let (_ctl, ports) = controllers(2);
     let dir = tempfile::tempdir().unwrap();
     let sim = create_sim(dir.path());
@@ -456,6 +472,7 @@ fn write_command_flood_is_recovered() {
 #[test]
 #[ignore = "needs the Python venv: run via cargo xtask test"]
 fn link_tuning_completes() {
+    let _serial = serial();
     let Rig {
         _ctl,
         ports,
@@ -474,8 +491,8 @@ fn link_tuning_completes() {
     assert!(info.status.success(), "info: {}", text(&info));
     let v: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(v["chip"], "esp32c3");
-    // ATT MTU 517: chunks of 512 - 4 bytes.
-    assert_eq!(v["chunk_size"], 508);
+    // ATT MTU 498 at data length 251: a 495-byte value (two whole PDUs) less the 4-byte offset.
+    assert_eq!(v["chunk_size"], 491);
     // Both sides ask for 251 octets (the device its TX, the client, which sends the image,
     // its own); the device ends up with 251 both ways.
     dev.wait_line(Duration::from_secs(10), |l| {
@@ -498,11 +515,268 @@ fn link_tuning_completes() {
     assert!(
         events
             .iter()
-            .any(|e| e["event"] == "mtu" && e["mtu"] == 517),
-        "ATT MTU 517: {events:?}"
+            .any(|e| e["event"] == "mtu" && e["mtu"] == 498),
+        "ATT MTU 498 (the device's cap): {events:?}"
     );
     assert!(
         !events.iter().any(|e| e["event"] == "tuning_failed"),
         "no tuning request failed: {events:?}"
     );
+}
+
+/// The firmware's real app image, as `cargo xtask firmware` wrote it.
+fn firmware_image() -> (PathBuf, Vec<u8>, String) {
+    let path = Path::new(ROOT).join("firmware/target/images/esp32c3.bin");
+    let img = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build it with `cargo xtask firmware` (cargo xtask test does)",
+            path.display()
+        )
+    });
+    let manifest =
+        std::fs::read_to_string(Path::new(ROOT).join("firmware/Cargo.toml")).expect("manifest");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("firmware version")
+        .to_string();
+    (path, img, version)
+}
+
+/// Runs `e2e/legacy_client.py` (the seed's client flow on Bumble's host) at `mtu`.
+fn seed_client(port: u16, mtu: u16, image: &Path) -> Output {
+    Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/legacy_client.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{port}")])
+        .args(["--mtu", &mtu.to_string(), "--file"])
+        .arg(image)
+        .output()
+        .unwrap()
+}
+
+/// `ble-ota sim boot`: a power cycle of the (stopped) virtual ESP32.
+fn power_cycle(sim: &Path) -> Value {
+    let out = run(&["--json", "sim", "boot", sim.to_str().unwrap()]);
+    assert!(out.status.success(), "sim boot: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn confirmed(dev: &mut Proc) {
+    dev.wait_line(Duration::from_secs(15), |l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["event"] == "engine" && v["what"] == "Confirmed")
+    });
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn seed_client_at_every_mtu_with_the_firmware_image_then_power_cycle() {
+    let _serial = serial();
+    let (path, img, version) = firmware_image();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    for mtu in [23u16, 185, 247, 256, 517] {
+        // Fresh controllers each time (HCI Reset does not reset Bumble's link).
+        let (_ctl, ports) = controllers(2);
+        let mut dev = device(ports[0], &sim, &[]);
+        let started = Instant::now();
+        let out = seed_client(ports[1], mtu, &path);
+        let log = text(&out);
+        assert!(out.status.success(), "MTU {mtu}: legacy_client.py: {log}");
+        let negotiated = mtu.min(498);
+        let step = format!(
+            "connected, MTU {negotiated}, packet size {}",
+            negotiated - 3
+        );
+        assert!(log.contains(&step), "missing `{step}` in:\n{log}");
+        eprintln!(
+            "seed client, MTU {mtu}: {} bytes in {:.1} s",
+            img.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let boot = dev.wait_event("boot", Duration::from_secs(10));
+        assert_eq!(boot["version"], version.as_str());
+        assert_eq!(boot["state"], "PendingVerify", "on trial: {boot}");
+        let slot = boot["slot"].as_str().unwrap().to_string();
+        assert_eq!(slot_bytes(&sim, &slot, img.len()), img);
+        // The firmware's default policy: confirmed once advertising started and the self-test
+        // passed.
+        confirmed(&mut dev);
+        drop(dev);
+        // One more power cycle: the new image still boots.
+        let again = power_cycle(&sim);
+        assert_eq!(again["slot"], slot.as_str(), "MTU {mtu}: {again}");
+        assert_eq!(again["state"], "Valid");
+        assert_eq!(again["rolled_back"], serde_json::json!([]));
+    }
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn strict_confirm_rolls_back_an_unconfirmed_image() {
+    let _serial = serial();
+    let (path, img, version) = firmware_image();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    // Power cut before any CONFIRM: the next boot rolls back to factory.
+    {
+        let (_ctl, ports) = controllers(2);
+        let mut dev = device(ports[0], &sim, &["--confirm", "strict"]);
+        let out = seed_client(ports[1], 247, &path);
+        assert!(out.status.success(), "{}", text(&out));
+        let boot = dev.wait_event("boot", Duration::from_secs(10));
+        assert_eq!(boot["version"], version.as_str());
+        assert_eq!(slot_bytes(&sim, "ota_0", img.len()), img);
+        dev.wait_event("advertising", Duration::from_secs(10));
+        assert!(
+            !dev.drain()
+                .iter()
+                .any(|e| e["event"] == "engine" && e["what"] == "Confirmed"),
+            "strict never confirms by itself"
+        );
+    }
+    let after = power_cycle(&sim);
+    assert_eq!(after["slot"], "factory", "rolled back: {after}");
+    assert_eq!(after["rolled_back"], serde_json::json!(["ota_0"]));
+    // The deadline passes with no CONFIRM: the device resets itself and rolls back.
+    let (_ctl, ports) = controllers(2);
+    let mut dev = device(
+        ports[0],
+        &sim,
+        &["--confirm", "strict", "--trial-deadline", "2"],
+    );
+    let out = seed_client(ports[1], 247, &path);
+    assert!(out.status.success(), "{}", text(&out));
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["state"], "PendingVerify");
+    let why = dev.wait_event("rollback", Duration::from_secs(15));
+    assert_eq!(why["why"], "no client sent CONFIRM in time");
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["slot"], "factory", "{boot}");
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn a_failed_self_test_rolls_back() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim: _sim,
+        mut dev,
+    } = Rig::start(&["--self-test-fails"]);
+    let (path, _img) = image(dir.path(), "app.bin", "8.0.0", 60_000, 29);
+    let out = seed_client(ports[1], 247, &path);
+    assert!(out.status.success(), "{}", text(&out));
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["version"], "8.0.0");
+    let why = dev.wait_event("rollback", Duration::from_secs(15));
+    assert_eq!(why["why"], "the self-test failed");
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(boot["slot"], "factory", "{boot}");
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn every_attribute_read_read_blobbed_written_and_flooded() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir: _dir,
+        sim: _sim,
+        mut dev,
+    } = Rig::start(&[]);
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/gatt_probe.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+        .args(["--flood", "50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gatt_probe.py: {}", text(&out));
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
+    const INVALID_OFFSET: u64 = 0x07;
+    const READ_NOT_PERMITTED: u64 = 0x02;
+    let control = probe["control_handle"].as_u64().unwrap();
+    let attributes = probe["attributes"].as_array().unwrap();
+    assert!(
+        attributes.len() >= 9,
+        "GAP, OTA and DIS attributes: {probe}"
+    );
+    for a in attributes {
+        let read = &a["read"];
+        if read["error"] == READ_NOT_PERMITTED {
+            // OTA Data is write-only: every read refused alike.
+            for (_, r) in a["blob"].as_object().unwrap() {
+                assert_eq!(r["error"], READ_NOT_PERMITTED, "{a}");
+            }
+            continue;
+        }
+        let value = read["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("read: {a}"));
+        let len = value.len() as u64 / 2;
+        for (offset, r) in a["blob"].as_object().unwrap() {
+            let offset: u64 = offset.parse().unwrap();
+            if offset > len {
+                assert_eq!(r["error"], INVALID_OFFSET, "offset {offset} of {a}");
+            } else {
+                assert_eq!(
+                    r["value"].as_str().unwrap(),
+                    &value[offset as usize * 2..],
+                    "offset {offset} of {a}"
+                );
+            }
+        }
+        assert!(
+            a["write"]["ok"] == true || a["write"]["error"].is_u64(),
+            "{a}"
+        );
+        if a["handle"] == control {
+            // The seed's API: OTA Control reads as the last control value, 0x00 at first.
+            assert_eq!(value, "00");
+            assert_eq!(a["blob"]["0"]["value"], "00");
+            assert_eq!(a["blob"]["1"]["value"], "");
+            assert_eq!(a["blob"]["2"]["error"], INVALID_OFFSET);
+            assert_eq!(a["blob"]["600"]["error"], INVALID_OFFSET);
+        }
+    }
+    assert_eq!(probe["alive"], true);
+    assert_eq!(probe["control_after"], "00");
+    // The device survived all of it and serves the next central.
+    dev.wait_event("advertising", Duration::from_secs(10));
+    assert!(
+        dev.child.try_wait().unwrap().is_none(),
+        "the device is still running"
+    );
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn a_dropped_fast_client_does_not_lock_out_the_seed_client() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
+    // A fast client begins an update and vanishes mid-transfer, leaving a resumable session.
+    let (fast, _) = image(dir.path(), "fast.bin", "9.0.0", 150_000, 31);
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/flood_client.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+        .args(["--mtu", "247", "--file"])
+        .arg(&fast)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "flood_client.py: {}", text(&out));
+    // The seed's client, which knows no ABORT, updates the device.
+    let (seed, img) = image(dir.path(), "seed.bin", "9.1.0", 80_000, 37);
+    let out = seed_client(ports[1], 517, &seed);
+    assert!(out.status.success(), "legacy_client.py: {}", text(&out));
+    assert_booted(&mut dev, &sim, "9.1.0", &img);
 }

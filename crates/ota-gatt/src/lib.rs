@@ -34,8 +34,9 @@
 //! # Link tuning
 //!
 //! After a central connects the device asks for a data length of 251 octets, where the chip
-//! has it the 2M PHY, and a relaxed connection interval; when an update starts it asks for a
-//! short interval and when it ends for the relaxed one again. The ATT MTU is the client's to
+//! has it the 2M PHY, and a short connection interval (a central connects to update, and the
+//! new interval takes a few connection events to apply); when an update ends it asks for a
+//! relaxed interval, and for the short one again when the next update starts. The ATT MTU is the client's to
 //! exchange, up to [`ATT_MTU`] = 498: a seed client's packet size (MTU - 3, unclamped) then
 //! stays within ATT's 512 bytes, and a full value fills exactly two 251-octet PDUs.
 #![no_std]
@@ -677,6 +678,13 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     GattEvent::Read(event) if event.handle() == control.handle => {
                         queue.send(Item::ReadControl(event)).await;
                     }
+                    // A write command gets no answer, even when refused (Core Spec Vol 3
+                    // Part F 3.4.5.3). trouble-host 0.8 answers one to a handle that is not
+                    // writable with an Error Response, which a client takes as the answer to
+                    // its next request: drop such commands here without a reply.
+                    other if matches!(other.payload().incoming(), AttClient::Command(_)) => {
+                        drop(other.into_payload());
+                    }
                     // Everything else the attribute server answers from its table.
                     other => match other.accept() {
                         Ok(reply) => reply.send().await,
@@ -844,8 +852,10 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
         if tuning.fast_interval.0 == 0 {
             core::future::pending::<()>().await;
         }
-        // Relaxed until an update starts, short while it runs.
-        let mut fast = false;
+        // Short from the start (a central connects to update, and a parameter update takes a
+        // few connection events to apply), relaxed once an update ended, short again when the
+        // next one starts.
+        let mut fast = true;
         loop {
             let (min, max) = if fast {
                 tuning.fast_interval
