@@ -87,11 +87,17 @@ fn try_run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
         GuardOutcome::Confirmed => info!("boot: image confirmed"),
         GuardOutcome::NotOta => info!("boot: not an OTA slot (factory app)"),
     }
-    let engine = UpdateEngine::new(flash, ota_gatt::device_config(config::CHIP), table, running)
-        .map_err(|e| {
-            warn!("boot: update engine: {e}");
-            BootError::Engine
-        })?;
+    // The chip revision from eFuse (major * 100 + minor, as ESP-IDF compares it): images
+    // whose revision range excludes this chip are refused before a byte is written.
+    let mut device = ota_gatt::device_config(config::CHIP);
+    device.chip_revision = Some(
+        esp_hal::efuse::major_chip_version() as u16 * 100
+            + esp_hal::efuse::minor_chip_version() as u16,
+    );
+    let engine = UpdateEngine::new(flash, device, table, running).map_err(|e| {
+        warn!("boot: update engine: {e}");
+        BootError::Engine
+    })?;
     let trial = TrialPolicy::new(config::TRIAL, guard == GuardOutcome::Trial, ota_gatt::now());
     Ok(Booted { engine, trial })
 }

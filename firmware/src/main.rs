@@ -46,8 +46,10 @@ async fn main(spawner: Spawner) -> ! {
     spawner.spawn(watchdog::feed(rwdt).expect("watchdog task already running"));
 
     let mut flash = FlashStorage::new(peripherals.FLASH);
-    let booted = boot::run(&mut flash);
+    let mut booted = boot::run(&mut flash);
     app::spawn(spawner, app::Resources {});
+    // Erase the next update slot now, before BLE starts: no erase then stops a live link.
+    ota::erase_ahead(&mut flash, booted.as_mut()).await;
     let connector = BleConnector::new(peripherals.BT, Default::default())
         .unwrap_or_else(|e| panic!("BLE controller init failed: {e:?}"));
     ota::run(connector, flash, booted).await

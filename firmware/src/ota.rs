@@ -48,6 +48,9 @@ pub async fn run(
         Note::Connected { peer, .. } => info!("ota: connected to {peer:02x?}"),
         Note::Disconnected(reason) => info!("ota: disconnected ({reason:#04x})"),
         Note::TuningFailed(what) => warn!("ota: link tuning: {what} refused"),
+        Note::PreErased { erased_sectors } => {
+            info!("ota: next update slot erased ahead ({erased_sectors} sectors)")
+        }
         other => debug!("ota: {other:?}"),
     };
     let exit = ota_gatt::run(
@@ -69,6 +72,18 @@ pub async fn run(
     // rollback-enabled bootloader) marks it ABORTED at the next boot and the previous image runs.
     Timer::after_millis(100).await;
     esp_hal::system::software_reset()
+}
+
+/// Erases the slot the next update goes to, before BLE starts (nothing on a trial image, whose
+/// way back that slot is; `ota_gatt::run` finishes the job while no central is connected).
+pub async fn erase_ahead(flash: &mut FlashStorage<'static>, booted: Option<&mut Booted>) {
+    if let Some(booted) = booted {
+        let erased = ota_gatt::pre_erase(flash, &mut booted.engine).await;
+        info!(
+            "ota: next update slot erased ahead ({erased} sectors erased, {} KiB ready)",
+            booted.engine.pre_erased() / 1024
+        );
+    }
 }
 
 fn log_event(event: Event) {

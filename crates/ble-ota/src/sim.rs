@@ -45,8 +45,13 @@ impl SimDevice {
         Ok(SimDevice { dev, bootloader })
     }
 
-    /// Starts the device's OTA engine, as the firmware does after boot.
+    /// Starts the device's OTA engine, as the firmware does after boot, on the device's chip
+    /// revision (images the bootloader would not boot for it are refused).
     pub fn engine(&mut self, config: DeviceConfig) -> Result<UpdateEngine> {
+        let config = DeviceConfig {
+            chip_revision: self.dev.chip_revision(),
+            ..config
+        };
         let running = *self
             .dev
             .running_partition()

@@ -239,6 +239,85 @@ fn truncated_image_is_refused() {
 }
 
 #[test]
+fn bytes_after_the_image_are_written_and_ignored_over_both_protocols() {
+    // ESP-IDF's esp_ota_write/esp_ota_end and esptool accept them; so does the engine.
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 30_000, 4);
+    let mut file = img.clone();
+    file.extend((0..1001u32).map(|i| (i * 13) as u8)); // odd length: a short last write
+    for legacy in [false, true] {
+        let mut dev = Device::new(Chip::Esp32c3);
+        let factory = dev.slot_bytes(&dev.partition("factory")).to_vec();
+        let mut engine = dev.engine();
+        let mut sender = if legacy {
+            legacy_sender(&file)
+        } else {
+            fast(&file)
+        };
+        let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+            Fate::Deliver
+        });
+        assert!(out.activated(), "legacy {legacy}: {:?}", out.failure());
+        // The whole file is in the slot; the image in it verifies as the bootloader reads it.
+        assert_landed(&mut dev, &factory, "ota_0", &file);
+        let p = dev.partition("ota_0");
+        let info = ota_core::esp::image::verify_in_flash(
+            &mut MemFlash::new(&mut dev.flash),
+            p.offset,
+            p.size,
+            Some(Chip::Esp32c3),
+        )
+        .unwrap();
+        assert_eq!(info.len as usize, img.len());
+    }
+}
+
+#[test]
+fn an_image_for_a_newer_chip_revision_is_refused_before_any_flash_write() {
+    // Needs v1.1; the device is a v0.4: the bootloader would never boot it.
+    let img =
+        support::with_min_chip_rev(&build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 2), 101);
+    for legacy in [false, true] {
+        let mut dev = Device::new(Chip::Esp32c3);
+        dev.config.chip_revision = Some(4);
+        let before = dev.flash.clone();
+        let mut engine = dev.engine();
+        let mut sender = if legacy {
+            legacy_sender(&img)
+        } else {
+            fast(&img)
+        };
+        let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+            Fate::Deliver
+        });
+        assert!(!out.activated(), "legacy {legacy}");
+        if !legacy {
+            assert_eq!(
+                out.failure(),
+                Some(ClientError::Refused {
+                    opcode: 0,
+                    reason: Reason::ChipRevision
+                })
+            );
+        }
+        assert!(
+            dev.flash == before,
+            "legacy {legacy}: no byte of flash may change"
+        );
+    }
+    // A v1.1 chip, or one whose revision the shell does not know, takes it.
+    for revision in [Some(101), Some(300), None] {
+        let mut dev = Device::new(Chip::Esp32c3);
+        dev.config.chip_revision = revision;
+        let mut engine = dev.engine();
+        let mut sender = fast(&img);
+        let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+            Fate::Deliver
+        });
+        assert!(out.activated(), "{revision:?}: {:?}", out.failure());
+    }
+}
+
+#[test]
 fn oversized_image_and_garbage_commands_are_refused_with_flash_untouched() {
     let mut dev = Device::new(Chip::Esp32c3);
     let before = dev.flash.clone();

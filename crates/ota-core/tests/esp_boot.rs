@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use ota_core::esp::boot::{
     BootError, Booted, BootloaderConfig, GuardOutcome, rollback_guard, run_bootloader,
+    run_bootloader_with_revision,
 };
 use ota_core::esp::image::ImageError;
 use ota_core::esp::partition::{Md5Policy, PartitionError, PartitionTable};
@@ -281,6 +282,40 @@ fn loading_order_falls_back_without_touching_otadata() {
         run_bootloader(&mut f, TABLE_OFFSET, FLASH_SIZE, Chip::Esp32c3, OFF),
         Err(BootError::NoBootableApp)
     );
+}
+
+#[test]
+fn an_image_for_another_chip_revision_is_skipped_like_an_invalid_one() {
+    // ota_1 (selected by otadata) needs chip v1.1; the bootloader on a v0.4 falls back to ota_0.
+    let mut f = device(TABLE_TWO_OTA, OTADATA_S1_NEW);
+    let p = *table(TABLE_TWO_OTA).find("ota_1").unwrap();
+    let mut img = build_image(&ImageSpec::app("ota_1", 200));
+    img[15..17].copy_from_slice(&101u16.to_le_bytes());
+    let body = img.len() - 32;
+    let h = sha256(&img[..body]);
+    img[body..].copy_from_slice(&h);
+    f.load(p.offset, &img);
+    let on = |f: &mut RamFlash, rev| {
+        run_bootloader_with_revision(f, TABLE_OFFSET, FLASH_SIZE, Chip::Esp32c3, rev, OFF).unwrap()
+    };
+    let b = on(&mut f, Some(4));
+    assert_eq!(booted_name(&b), "ota_0");
+    assert_eq!(
+        b.skipped
+            .iter()
+            .map(|s| (s.0.name(), s.1))
+            .collect::<Vec<_>>(),
+        [(
+            "ota_1",
+            ImageError::ChipRevisionTooLow {
+                min: 101,
+                revision: 4
+            }
+        )]
+    );
+    assert_eq!(booted_name(&on(&mut f, Some(101))), "ota_1");
+    assert_eq!(booted_name(&on(&mut f, None)), "ota_1");
+    assert_eq!(booted_name(&boot(&mut f, OFF)), "ota_1");
 }
 
 #[test]

@@ -51,7 +51,7 @@ use core::pin::pin;
 
 use bt_hci::cmd::le::{LeReadLocalSupportedFeatures, LeSetDataLength, LeSetPhy};
 use bt_hci::controller::{ControllerCmdAsync, ControllerCmdSync};
-use embassy_futures::select::{Either, Either3, select, select3};
+use embassy_futures::select::{Either, Either3, Either4, select, select3, select4};
 use embassy_futures::yield_now;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::channel::Channel;
@@ -59,7 +59,7 @@ use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Timer, with_timeout};
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::device::trial::{TrialAction, TrialFailure, TrialPolicy};
-use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
+use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
 use ota_core::esp::Chip;
 use ota_core::protocol::fast::Response;
 use ota_core::protocol::{
@@ -236,6 +236,11 @@ pub enum Note {
     },
     /// The central disconnected (HCI reason code).
     Disconnected(u8),
+    /// The slot the next update goes to is erased ahead of time, as far as it goes.
+    PreErased {
+        /// Sectors this boot had to erase (the others read blank).
+        erased_sectors: u32,
+    },
 }
 
 /// Why [`run`] stopped other than for a reboot.
@@ -345,6 +350,11 @@ struct Shared<'a, F> {
     busy: Signal<NoopRawMutex, bool>,
     /// The trial task has something new to look at.
     trial_wake: Signal<NoopRawMutex, ()>,
+    /// A central is connected: no idle pre-erase.
+    connected: Cell<bool>,
+    /// The idle pre-erase may have work again (a central left, an image was confirmed, a
+    /// session ended).
+    idle_wake: Signal<NoopRawMutex, ()>,
 }
 
 impl<F: NorFlash> Shared<'_, F> {
@@ -360,11 +370,13 @@ impl<F: NorFlash> Shared<'_, F> {
                 Event::RebootRequested => self.reboot.set(true),
                 Event::UpdateStarted { .. } => self.busy.signal(true),
                 Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
-                    self.busy.signal(false)
+                    self.busy.signal(false);
+                    self.idle_wake.signal(());
                 }
                 Event::Confirmed => {
                     self.trial.borrow_mut().handle_confirmed();
                     self.trial_wake.signal(());
+                    self.idle_wake.signal(());
                 }
             }
         }
@@ -409,6 +421,8 @@ where
         reboot: Cell::new(false),
         busy: Signal::new(),
         trial_wake: Signal::new(),
+        connected: Cell::new(false),
+        idle_wake: Signal::new(),
     };
 
     let mut address = config.address;
@@ -523,6 +537,7 @@ where
             shared.trial.borrow_mut().handle_advertising(now());
             shared.trial_wake.signal(());
             let conn = advertiser.accept().await?;
+            shared.connected.set(true);
             let conn = conn.with_attribute_server(&server)?;
             let served = serve(
                 &stack,
@@ -534,6 +549,8 @@ where
                 config,
             )
             .await;
+            shared.connected.set(false);
+            shared.idle_wake.signal(());
             if let Served::Reboot = served {
                 // Let the last notification reach the air, then drop the link as a reset does.
                 Timer::after_millis(250).await;
@@ -551,17 +568,84 @@ where
             }
         }
     };
-    match select3(
+    match select4(
         runner.run(),
         serve_loop,
         supervise_trial(&shared, self_test),
+        erase_while_idle(&shared),
     )
     .await
     {
-        Either3::First(Ok(())) => Err(RunError::Controller),
-        Either3::First(Err(e)) => Err(e.into()),
-        Either3::Second(r) => r,
-        Either3::Third(why) => Ok(Exit::RollBack(why)),
+        Either4::First(Ok(())) => Err(RunError::Controller),
+        Either4::First(Err(e)) => Err(e.into()),
+        Either4::Second(r) => r,
+        Either4::Third(why) => Ok(Exit::RollBack(why)),
+        Either4::Fourth(never) => match never {},
+    }
+}
+
+/// Pause after each sector erased while BLE runs, so the controller, whose interrupts wait for
+/// the erase, is served between erases.
+const IDLE_ERASE_PAUSE_MS: u64 = 50;
+
+/// Erases the slot the next update goes to ahead of time, before BLE starts (at boot): one
+/// sector at a time, yielding in between so other tasks (the watchdog) run. Returns the
+/// sectors it had to erase; the others read blank. Stops early, without error, where
+/// [`UpdateEngine::pre_erase_step`] says not now (a trial image).
+pub async fn pre_erase<F: NorFlash>(flash: &mut F, engine: &mut UpdateEngine) -> u32 {
+    let mut erased = 0;
+    loop {
+        match engine.pre_erase_step(flash) {
+            Ok(PreErase::Erased { .. }) => erased += 1,
+            Ok(PreErase::Blank { .. }) => {}
+            Ok(PreErase::Done | PreErase::NotNow) => return erased,
+            Err(_e) => {
+                warning!("[ota-gatt] pre-erase: {:?}", _e);
+                return erased;
+            }
+        }
+        yield_now().await;
+    }
+}
+
+/// The idle pre-erase while BLE runs: only while no central is connected, one sector at a
+/// time with a pause after each erase, so an update later erases little or nothing while its
+/// link is up.
+async fn erase_while_idle<F: NorFlash>(shared: &Shared<'_, F>) -> core::convert::Infallible {
+    let mut erased = 0u32;
+    loop {
+        if shared.connected.get() {
+            shared.idle_wake.wait().await;
+            continue;
+        }
+        let step = {
+            let mut flash = shared.flash.borrow_mut();
+            shared.engine.borrow_mut().pre_erase_step(&mut **flash)
+        };
+        match step {
+            Ok(PreErase::Erased { .. }) => {
+                erased += 1;
+                Timer::after_millis(IDLE_ERASE_PAUSE_MS).await;
+            }
+            Ok(PreErase::Blank { .. }) => yield_now().await,
+            Ok(PreErase::Done) => {
+                if erased > 0 {
+                    note(
+                        &shared.observer,
+                        Note::PreErased {
+                            erased_sectors: erased,
+                        },
+                    );
+                    erased = 0;
+                }
+                shared.idle_wake.wait().await;
+            }
+            Ok(PreErase::NotNow) => shared.idle_wake.wait().await,
+            Err(_e) => {
+                warning!("[ota-gatt] pre-erase: {:?}", _e);
+                shared.idle_wake.wait().await;
+            }
+        }
     }
 }
 

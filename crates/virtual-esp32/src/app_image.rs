@@ -4,7 +4,7 @@
 //!
 //! | Image offset | What |
 //! |---|---|
-//! | 0x00 | `esp_image_header_t`: magic 0xE9, 2 segments, DIO, 4MB, entry = segment 1's address, chip id, `wp_pin` 0xEE, min rev 0, max rev 0xFFFF (not set), `hash_appended` 1 |
+//! | 0x00 | `esp_image_header_t`: magic 0xE9, 2 segments, DIO, 4MB, entry = segment 1's address, chip id, `wp_pin` 0xEE, chip revision range (default: min 0, max 0xFFFF = not set), `hash_appended` 1 |
 //! | 0x18 | segment 0 header: DROM address + 0x20, 256 bytes |
 //! | 0x20 | `esp_app_desc_t`: magic 0xABCD5432, secure_version, version, project_name, time, date, idf_ver, app_elf_sha256, mmu_page_size 16 (64 KiB) |
 //! | 0x120 | segment 1 header: an IROM address congruent to its file offset modulo 64 KiB |
@@ -50,6 +50,11 @@ pub struct AppImageSpec<'a> {
     pub date: &'a str,
     /// `idf_ver` (at most 31 bytes).
     pub idf_ver: &'a str,
+    /// `min_chip_rev_full` (`major * 100 + minor`); the legacy `min_chip_rev` byte gets its
+    /// minor on the ESP32-C3, as ESP-IDF writes it for old bootloaders.
+    pub min_chip_rev_full: u16,
+    /// `max_chip_rev_full` (0xFFFF or 0: no limit).
+    pub max_chip_rev_full: u16,
 }
 
 impl<'a> AppImageSpec<'a> {
@@ -71,6 +76,8 @@ impl<'a> AppImageSpec<'a> {
             time: "12:00:00",
             date: "Jan  1 2025",
             idf_ver: "virtual-esp32",
+            min_chip_rev_full: 0,
+            max_chip_rev_full: 0xFFFF,
         }
     }
 }
@@ -136,9 +143,15 @@ pub fn build_with(spec: &AppImageSpec<'_>) -> Vec<u8> {
     img.push(0xEE); // wp_pin disabled
     img.extend_from_slice(&[0, 0, 0]); // spi_pin_drv
     img.extend_from_slice(&spec.chip.id().to_le_bytes());
-    img.push(0); // min_chip_rev
-    img.extend_from_slice(&0u16.to_le_bytes()); // min_chip_rev_full
-    img.extend_from_slice(&0xFFFFu16.to_le_bytes()); // max_chip_rev_full: not set
+    // min_chip_rev (legacy), min_chip_rev_full, max_chip_rev_full (esptool elf2image's
+    // --min-rev, --min-rev-full, --max-rev-full).
+    let legacy_min = match spec.chip {
+        Chip::Esp32c3 => (spec.min_chip_rev_full % 100) as u8,
+        _ => 0,
+    };
+    img.push(legacy_min);
+    img.extend_from_slice(&spec.min_chip_rev_full.to_le_bytes());
+    img.extend_from_slice(&spec.max_chip_rev_full.to_le_bytes());
     img.extend_from_slice(&[0; 4]); // reserved
     img.push(1); // hash_appended
     debug_assert_eq!(img.len(), 24);

@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use ota_core::esp::boot::{
-    BootError, BootloaderConfig, GuardOutcome, rollback_guard, run_bootloader,
+    BootError, BootloaderConfig, GuardOutcome, rollback_guard, run_bootloader_with_revision,
 };
+use ota_core::esp::image::{Rev, parse_chip_revision};
 use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
 use ota_core::esp::{
     Chip, ImageError, ImageInfo, OtaImgState, OtaSlots, Partition, PartitionError, PartitionTable,
@@ -87,6 +88,27 @@ pub enum DeviceError {
     /// The rollback guard kept aborting images.
     #[error("the rollback guard aborted {0} images in a row; otadata is inconsistent")]
     RebootLoop(u32),
+    /// The file recording the chip revision beside the flash file holds no revision.
+    #[error(
+        "{path} holds {content:?}, not a chip revision like `v0.4` (or `unknown`); fix or delete it (deleted: the chip's default)"
+    )]
+    BadChipRevisionFile {
+        /// The file.
+        path: String,
+        /// What it holds.
+        content: String,
+    },
+}
+
+/// The chip revision (`major * 100 + minor`) a virtual device has unless told otherwise: a
+/// common production revision of the chip, ESP32-C3 v0.4 and ESP32-C6 v0.1. `None` for other
+/// chips: their images' revision ranges are not checked.
+pub fn default_chip_revision(chip: Chip) -> Option<u16> {
+    match chip {
+        Chip::Esp32c3 => Some(4),
+        Chip::Esp32c6 => Some(1),
+        _ => None,
+    }
 }
 
 /// What a boot did: the app the bootloader started and what its early-boot guard found.
@@ -278,6 +300,8 @@ fn c_str(bytes: &[u8]) -> String {
 pub struct VirtualEsp32 {
     flash: Flash,
     chip: Chip,
+    /// The chip revision its eFuses would report (`major * 100 + minor`); `None`: unknown.
+    chip_revision: Option<u16>,
     table: PartitionTable,
     running: Option<Partition>,
     last_boot: Option<BootReport>,
@@ -312,7 +336,9 @@ impl VirtualEsp32 {
         let img = merged_image(spec)?;
         let table = parse_table(&img, spec.flash_size)?;
         let flash = Flash::create(path, img)?;
-        Ok(Self::assemble(flash, spec.chip, table))
+        let dev = Self::assemble(flash, spec.chip, table);
+        dev.record_chip_revision()?;
+        Ok(dev)
     }
 
     /// Like [`create_from_spec`](Self::create_from_spec), with the flash in RAM only (fast,
@@ -367,11 +393,15 @@ impl VirtualEsp32 {
         let mut img = bytes.to_vec();
         img.resize(size as usize, 0xFF);
         let table = parse_table(&img, size)?;
-        Ok(Self::assemble(Flash::create(path, img)?, chip, table))
+        let dev = Self::assemble(Flash::create(path, img)?, chip, table);
+        dev.record_chip_revision()?;
+        Ok(dev)
     }
 
     /// Wraps a flash (file-backed or in RAM) holding a merged image. `chip` as for
-    /// [`open`](Self::open) when `None`.
+    /// [`open`](Self::open) when `None`. The chip revision is the one recorded beside a
+    /// file-backed flash ([`chip_revision_path`](Self::chip_revision_path)), else the chip's
+    /// default.
     pub fn from_flash(flash: Flash, chip: Option<Chip>) -> Result<Self, DeviceError> {
         let size = flash.size();
         if !size.is_multiple_of(SECTOR_SIZE) || size < TABLE_OFFSET + SECTOR_SIZE {
@@ -382,13 +412,27 @@ impl VirtualEsp32 {
             Some(c) => c,
             None => detect_chip(flash.bytes(), &table).ok_or(DeviceError::UnknownChip)?,
         };
-        Ok(Self::assemble(flash, chip, table))
+        let mut dev = Self::assemble(flash, chip, table);
+        if let Some(path) = dev.chip_revision_path()
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            let bad = || DeviceError::BadChipRevisionFile {
+                path: path.display().to_string(),
+                content: text.trim().to_string(),
+            };
+            dev.chip_revision = match text.trim() {
+                "unknown" => None,
+                t => Some(parse_chip_revision(t).ok_or_else(bad)?),
+            };
+        }
+        Ok(dev)
     }
 
     fn assemble(flash: Flash, chip: Chip, table: PartitionTable) -> Self {
         VirtualEsp32 {
             flash,
             chip,
+            chip_revision: default_chip_revision(chip),
             table,
             running: None,
             last_boot: None,
@@ -396,7 +440,8 @@ impl VirtualEsp32 {
     }
 
     /// Powers the device on (or resets it): restores power after a cut, runs ESP-IDF's
-    /// bootloader rules ([`run_bootloader`], with or without rollback support per `config`),
+    /// bootloader rules ([`run_bootloader_with_revision`], with or without rollback support per
+    /// `config`; an app whose chip revision range excludes the chip is skipped),
     /// then the app's early-boot [`rollback_guard`], the same code the firmware runs. When the
     /// guard aborts a trial image it reboots at once, as the firmware does, and reports it. The
     /// app's code is not executed. Afterwards [`running_partition`](Self::running_partition)
@@ -442,7 +487,14 @@ impl VirtualEsp32 {
 
     fn boot_once(&mut self, config: BootloaderConfig) -> Result<BootReport, DeviceError> {
         let size = self.flash.size();
-        let booted = run_bootloader(&mut self.flash, TABLE_OFFSET, size, self.chip, config)?;
+        let booted = run_bootloader_with_revision(
+            &mut self.flash,
+            TABLE_OFFSET,
+            size,
+            self.chip,
+            self.chip_revision,
+            config,
+        )?;
         // The app reads the table itself (it may have changed since the device was opened).
         let mut buf = vec![0u8; PARTITION_TABLE_MAX_LEN];
         self.flash.read(TABLE_OFFSET, &mut buf)?;
@@ -531,6 +583,41 @@ impl VirtualEsp32 {
     /// Returns the chip.
     pub fn chip(&self) -> Chip {
         self.chip
+    }
+
+    /// Returns the chip revision, `major * 100 + minor` (`None`: unknown, not checked). The
+    /// bootloader skips apps whose `min_chip_rev_full ..= max_chip_rev_full` excludes it, and
+    /// the OTA engine should be given it (`DeviceConfig::chip_revision`).
+    pub fn chip_revision(&self) -> Option<u16> {
+        self.chip_revision
+    }
+
+    /// Sets the chip revision (as if the chip were another die) and records it beside a
+    /// file-backed flash, so it persists with the device.
+    pub fn set_chip_revision(&mut self, revision: Option<u16>) -> Result<(), DeviceError> {
+        self.chip_revision = revision;
+        self.record_chip_revision()
+    }
+
+    /// Returns the file that records, beside a file-backed flash, the chip revision (the flash
+    /// image cannot hold it: on a real chip it is in eFuse).
+    pub fn chip_revision_path(&self) -> Option<std::path::PathBuf> {
+        self.flash.path().map(|p| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".chip-revision");
+            s.into()
+        })
+    }
+
+    fn record_chip_revision(&self) -> Result<(), DeviceError> {
+        let Some(path) = self.chip_revision_path() else {
+            return Ok(());
+        };
+        let text = match self.chip_revision {
+            Some(r) => format!("{}\n", Rev(r)),
+            None => "unknown\n".to_string(),
+        };
+        std::fs::write(path, text).map_err(|e| DeviceError::Flash(FlashError::Io(e.kind())))
     }
 
     /// Returns the flash size in bytes.

@@ -11,7 +11,9 @@
 //!   power cuts at the N-th mutating operation ([`FaultPlan`]) that leave it torn.
 //! - [`VirtualEsp32`]: created from a partitions CSV and a factory image, or opened from a
 //!   file; [`boot`](VirtualEsp32::boot) applies ESP-IDF's bootloader rules (slot choice from
-//!   otadata, with or without rollback support) and the firmware's early-boot rollback guard,
+//!   otadata, with or without rollback support, image checks including the chip revision range
+//!   against the device's [`chip_revision`](VirtualEsp32::chip_revision), which is recorded in
+//!   `<flash file>.chip-revision`) and the firmware's early-boot rollback guard,
 //!   both from `ota-core`, and reports the app it started from its `esp_app_desc_t`. It never
 //!   executes app code, and it needs no bootloader image: the bootloader region stays erased
 //!   unless one is given, and the device runs the bootloader's rules itself.
@@ -37,6 +39,9 @@ pub mod app_image;
 mod device;
 pub mod flash;
 
-pub use device::{BootReport, DeviceError, DeviceSpec, TABLE_OFFSET, VirtualEsp32, merged_image};
+pub use device::{
+    BootReport, DeviceError, DeviceSpec, TABLE_OFFSET, VirtualEsp32, default_chip_revision,
+    merged_image,
+};
 pub use flash::{FaultPlan, Flash, FlashError, FlashStats, Tear};
 pub use ota_core::esp::boot::{BootloaderConfig, GuardOutcome};

@@ -6,7 +6,7 @@ use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use ota_core::esp::boot::{BootloaderConfig, GuardOutcome};
 use ota_core::esp::image::verify_in_flash;
 use ota_core::esp::partition::Md5Policy;
-use ota_core::esp::{Chip, ImageValidator, OtaImgState, PartitionTable};
+use ota_core::esp::{Chip, ImageError, ImageValidator, OtaImgState, PartitionTable};
 use virtual_esp32::{
     DeviceError, DeviceSpec, FaultPlan, Flash, FlashError, Tear, VirtualEsp32, app_image,
 };
@@ -389,6 +389,102 @@ fn create_refuses_bad_input() {
     ));
 }
 
+/// An app for `chip` whose header allows chip revisions `min ..= max`.
+fn image_for_revs(chip: Chip, version: &str, min: u16, max: u16) -> Vec<u8> {
+    let mut spec = app_image::AppImageSpec::new(chip, "rev-app", version, 20_000, 9);
+    spec.min_chip_rev_full = min;
+    spec.max_chip_rev_full = max;
+    app_image::build_with(&spec)
+}
+
+#[test]
+fn chip_revision_defaults_and_persists_with_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    for (chip, rev, text) in [(Chip::Esp32c3, 4u16, "v0.4"), (Chip::Esp32c6, 1, "v0.1")] {
+        let path = dir.path().join(format!("{chip}.bin"));
+        let mut dev = VirtualEsp32::create(&path, CSV, &factory_image(chip), chip, MB4).unwrap();
+        assert_eq!(dev.chip_revision(), Some(rev), "{chip}");
+        assert_eq!(virtual_esp32::default_chip_revision(chip), Some(rev));
+        let side = dev.chip_revision_path().unwrap();
+        assert_eq!(side, dir.path().join(format!("{chip}.bin.chip-revision")));
+        assert_eq!(std::fs::read_to_string(&side).unwrap().trim(), text);
+        assert_eq!(
+            VirtualEsp32::open(&path).unwrap().chip_revision(),
+            Some(rev)
+        );
+        // Another die: recorded, and read back by the next open.
+        dev.set_chip_revision(Some(101)).unwrap();
+        assert_eq!(std::fs::read_to_string(&side).unwrap().trim(), "v1.1");
+        assert_eq!(
+            VirtualEsp32::open(&path).unwrap().chip_revision(),
+            Some(101)
+        );
+        dev.set_chip_revision(None).unwrap();
+        assert_eq!(VirtualEsp32::open(&path).unwrap().chip_revision(), None);
+        // Without the file: the chip's default. A file that holds no revision is an error.
+        std::fs::remove_file(&side).unwrap();
+        assert_eq!(
+            VirtualEsp32::open(&path).unwrap().chip_revision(),
+            Some(rev)
+        );
+        std::fs::write(&side, "rev 4").unwrap();
+        assert!(matches!(
+            VirtualEsp32::open(&path),
+            Err(DeviceError::BadChipRevisionFile { .. })
+        ));
+    }
+    // Other chips: unknown, not checked. In RAM: the default, nothing recorded.
+    let esp32 = factory_image(Chip::Esp32);
+    let dev = VirtualEsp32::create_in_memory(&spec(Chip::Esp32, &esp32)).unwrap();
+    assert_eq!(
+        (dev.chip_revision(), dev.chip_revision_path()),
+        (None, None)
+    );
+}
+
+#[test]
+fn the_bootloader_skips_an_app_for_another_chip_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.bin");
+    let mut dev = VirtualEsp32::create(
+        &path,
+        CSV,
+        &factory_image(Chip::Esp32c3),
+        Chip::Esp32c3,
+        MB4,
+    )
+    .unwrap();
+    dev.boot(NO_ROLLBACK).unwrap();
+    // ota_0 needs a v1.1 chip; this one is a v0.4: it is skipped like an invalid image.
+    let img = image_for_revs(Chip::Esp32c3, "2.0.0", 101, 199);
+    install(&mut dev, "ota_0", &img, OtaImgState::Valid).unwrap();
+    let r = dev.boot(NO_ROLLBACK).unwrap();
+    assert_eq!(r.slot, "factory");
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!(r.skipped[0].0.name(), "ota_0");
+    assert_eq!(
+        r.skipped[0].1,
+        ImageError::ChipRevisionTooLow {
+            min: 101,
+            revision: 4
+        }
+    );
+    // On a v1.1 die it boots, and keeps booting after the device is opened again.
+    dev.set_chip_revision(Some(101)).unwrap();
+    assert_eq!(dev.boot(NO_ROLLBACK).unwrap().slot, "ota_0");
+    drop(dev);
+    let mut dev = VirtualEsp32::open(&path).unwrap();
+    assert_eq!(dev.boot(NO_ROLLBACK).unwrap().slot, "ota_0");
+    // A v2.0 die is above the image's maximum v1.99.
+    dev.set_chip_revision(Some(200)).unwrap();
+    let r = dev.boot(NO_ROLLBACK).unwrap();
+    assert_eq!(r.slot, "factory");
+    assert!(matches!(
+        r.skipped[0].1,
+        ImageError::ChipRevisionTooHigh { max: 199, .. }
+    ));
+}
+
 #[test]
 fn built_images_pass_the_validator() {
     for chip in Chip::ALL {
@@ -450,5 +546,46 @@ fn esptool_agrees() {
         assert!(valid("Validation hash:"), "{chip}: {text}");
         assert!(text.contains("Project name: demo"), "{chip}: {text}");
         assert!(text.contains("App version: 2.0.0"), "{chip}: {text}");
+    }
+    // Bytes after the image: esptool ignores them (only "Image size" counts them), and so does
+    // the validator. A revision range: esptool prints it as the header holds it.
+    for chip in [Chip::Esp32c3, Chip::Esp32c6] {
+        let mut img = image_for_revs(chip, "2.0.0", 101, 199);
+        let len = img.len();
+        img.extend_from_slice(&[0x5A; 100]);
+        let path = dir.path().join(format!("{chip}-trailing.bin"));
+        std::fs::write(&path, &img).unwrap();
+        let out = std::process::Command::new(&esptool)
+            .args(["--chip", chip.name(), "image-info"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{chip}: {text}");
+        assert!(
+            text.contains(&format!("Image size: {} bytes", len + 100)),
+            "{text}"
+        );
+        assert!(
+            text.contains("Checksum: ") && text.contains("(valid)"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("Validation hash:") && l.ends_with("(valid)")),
+            "{text}"
+        );
+        assert!(
+            text.contains("Minimal chip revision: v1.1"),
+            "{chip}: {text}"
+        );
+        assert!(
+            text.contains("Maximal chip revision: v1.99"),
+            "{chip}: {text}"
+        );
+        let mut v = ImageValidator::new(Some(chip), 0x10_0000);
+        v.feed(&img).unwrap();
+        let info = v.finish().unwrap();
+        assert_eq!((info.len as usize, info.ignored_trailing), (len, 100));
     }
 }

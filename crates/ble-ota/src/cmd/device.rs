@@ -136,6 +136,10 @@ fn report(json_out: bool, n: Note) {
             json!({"event": "gap", "next": next}),
             format!("data lost before offset {next}: asked the client to resend from there"),
         ),
+        Note::PreErased { erased_sectors } => (
+            json!({"event": "pre_erased", "erased_sectors": erased_sectors}),
+            format!("next update slot erased ahead of time ({erased_sectors} sectors)"),
+        ),
         Note::Disconnected(reason) => (
             json!({"event": "disconnected", "reason": reason}),
             format!("disconnected (reason {reason:#04x})"),
@@ -255,6 +259,9 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                     inner: flash,
                     timing: FlashTiming::TYPICAL_4MB_SPI_NOR,
                 };
+                // As the firmware does at boot, before BLE starts.
+                let erased = ota_gatt::pre_erase(&mut paced, &mut engine).await;
+                report(json_out, Note::PreErased { erased_sectors: erased });
                 ota_gatt::run(
                     controller,
                     &mut paced,
@@ -266,6 +273,8 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                 )
                 .await
             } else {
+                let erased = ota_gatt::pre_erase(flash, &mut engine).await;
+                report(json_out, Note::PreErased { erased_sectors: erased });
                 ota_gatt::run(
                     controller,
                     flash,

@@ -184,7 +184,7 @@ fn refused(e: ClientError) -> anyhow::Error {
 pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()> {
     let image = std::fs::read(&args.image)
         .with_context(|| format!("cannot read {}", args.image.display()))?;
-    let report = inspect(&image, None);
+    let report = inspect(&image, None, None);
     if !report.valid && !args.force {
         return Err(CliError::new(
             ExitCode::InvalidImage,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ota_core::esp::Chip;
-use ota_core::esp::image::{ImageInfo, ImageValidator, Segment};
+use ota_core::esp::image::{ImageInfo, ImageValidator, Rev, Segment, parse_chip_revision};
 use serde::Serialize;
 
 use crate::exit::{CliError, ExitCode};
@@ -12,7 +12,8 @@ use crate::exit::{CliError, ExitCode};
 /// Offline image commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCmd {
-    /// Parse and verify an app image: chip, segments, checksum, hash, app descriptor.
+    /// Parse and verify an app image: chip, chip revisions, segments, checksum, hash, app
+    /// descriptor. Bytes after the image's end are ignored, as ESP-IDF and esptool do.
     ///
     /// Exits with code 5 when the image is invalid.
     Inspect {
@@ -21,6 +22,10 @@ pub enum ImageCmd {
         /// Also require the image to be for this chip (esp32c3, esp32c6, ...).
         #[arg(long)]
         chip: Option<String>,
+        /// Also require the image to run on this chip revision (`0.4`, `v1.1`: major.minor),
+        /// as the bootloader checks it.
+        #[arg(long, value_name = "X.Y")]
+        chip_revision: Option<String>,
     },
 }
 
@@ -37,6 +42,16 @@ pub struct Report {
     pub flash_freq: String,
     pub min_chip_rev_full: u16,
     pub max_chip_rev_full: u16,
+    /// The legacy `min_chip_rev` byte (ignored by ESP-IDF >= v4.4.5 / v5.0.1).
+    pub legacy_min_chip_rev: u8,
+    /// `min_chip_rev_full` as `vX.Y`.
+    pub min_chip_revision: String,
+    /// `max_chip_rev_full` as `vX.Y`; `None` when not set (0 or 0xFFFF: no limit).
+    pub max_chip_revision: Option<String>,
+    /// The chip revision asked about (`--chip-revision`), as `vX.Y`.
+    pub chip_revision: Option<String>,
+    /// Whether the image runs on that revision.
+    pub runs_on_chip_revision: Option<bool>,
     pub checksum: String,
     pub checksum_valid: bool,
     pub hash: Option<String>,
@@ -48,6 +63,8 @@ pub struct Report {
     pub secure_version: Option<u32>,
     pub elf_sha256: Option<String>,
     pub image_len: u32,
+    /// Bytes after the image's end, ignored (as ESP-IDF and esptool do).
+    pub ignored_trailing_bytes: u32,
     pub valid: bool,
     pub problems: Vec<String>,
 }
@@ -62,7 +79,11 @@ pub struct SegmentReport {
 }
 
 pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
-    let ImageCmd::Inspect { image, chip } = cmd;
+    let ImageCmd::Inspect {
+        image,
+        chip,
+        chip_revision,
+    } = cmd;
     let bytes =
         std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
     let expected = match chip {
@@ -74,7 +95,16 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
         })?),
         None => None,
     };
-    let report = inspect(&bytes, expected);
+    let revision = match chip_revision {
+        Some(text) => Some(parse_chip_revision(&text).ok_or_else(|| {
+            CliError::new(
+                ExitCode::Usage,
+                format!("`{text}` is not a chip revision: write it major.minor, like 0.4 or v1.1"),
+            )
+        })?),
+        None => None,
+    };
+    let report = inspect(&bytes, expected, revision);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -94,8 +124,10 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
     Err(if json { err.reported() } else { err }.into())
 }
 
-/// Parses and verifies `bytes`; never fails, it reports.
-pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
+/// Parses and verifies `bytes` (for `chip` and chip `revision` when given); never fails, it
+/// reports.
+pub fn inspect(bytes: &[u8], chip: Option<Chip>, revision: Option<u16>) -> Report {
+    // The revision is checked here from the header, so that the rest is still reported.
     let mut v = ImageValidator::new(chip, u32::MAX);
     let mut problems = Vec::new();
     let fed = v.feed(bytes);
@@ -124,6 +156,11 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
         flash_freq: "unknown".into(),
         min_chip_rev_full: 0,
         max_chip_rev_full: 0,
+        legacy_min_chip_rev: 0,
+        min_chip_revision: String::new(),
+        max_chip_revision: None,
+        chip_revision: revision.map(|r| Rev(r).to_string()),
+        runs_on_chip_revision: None,
         checksum: String::new(),
         checksum_valid: false,
         hash: None,
@@ -135,6 +172,7 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
         secure_version: None,
         elf_sha256: None,
         image_len: 0,
+        ignored_trailing_bytes: 0,
         valid: false,
         problems,
     };
@@ -150,6 +188,16 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
         r.flash_freq = flash_freq(chip, h.spi_speed_size & 0x0F);
         r.min_chip_rev_full = h.min_chip_rev_full;
         r.max_chip_rev_full = h.max_chip_rev_full;
+        r.legacy_min_chip_rev = h.min_chip_rev;
+        r.min_chip_revision = Rev(h.min_chip_rev_full).to_string();
+        r.max_chip_revision = h.max_chip_rev_limit().map(|m| Rev(m).to_string());
+        if let Some(rev) = revision {
+            let verdict = h.check_chip_revision(rev);
+            r.runs_on_chip_revision = Some(verdict.is_ok());
+            if let Err(e) = verdict {
+                r.problems.push(e.to_string());
+            }
+        }
     }
     if let Some(info) = info {
         let chip = Chip::from_id(info.header.chip_id);
@@ -197,12 +245,7 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>) -> Report {
             None => r.problems.push("no app descriptor (esp_app_desc_t)".into()),
         }
         r.image_len = info.len;
-        if (info.len as usize) < bytes.len() {
-            r.problems.push(format!(
-                "{} bytes after the image's end",
-                bytes.len() - info.len as usize
-            ));
-        }
+        r.ignored_trailing_bytes = info.ignored_trailing;
     }
     r.valid = r.problems.is_empty();
     r
@@ -218,10 +261,19 @@ fn print_human(path: &std::path::Path, r: &Report) {
             r.flash_mode, r.flash_size, r.flash_freq
         );
         println!(
-            "Chip revision: min {} max {}",
-            rev(r.min_chip_rev_full),
-            rev(r.max_chip_rev_full)
+            "Chip revision: min {} (legacy min_rev {}), max {}",
+            r.min_chip_revision,
+            r.legacy_min_chip_rev,
+            r.max_chip_revision
+                .as_deref()
+                .unwrap_or("not set (no limit)")
         );
+        if let (Some(rev), Some(ok)) = (&r.chip_revision, r.runs_on_chip_revision) {
+            println!(
+                "Runs on chip revision {rev}: {}",
+                if ok { "yes" } else { "no" }
+            );
+        }
     }
     if !r.segments.is_empty() {
         println!("Segments: {}", r.segments.len());
@@ -250,20 +302,18 @@ fn print_human(path: &std::path::Path, r: &Report) {
         println!("  secure version: {}", r.secure_version.unwrap_or(0));
         println!("  ELF SHA-256: {}", r.elf_sha256.as_deref().unwrap_or(""));
     }
+    if r.ignored_trailing_bytes > 0 {
+        println!(
+            "{} bytes after the image end ignored (as ESP-IDF and esptool do)",
+            r.ignored_trailing_bytes
+        );
+    }
     if r.valid {
         println!("Image is valid ({} bytes).", r.image_len);
     } else {
         for p in &r.problems {
             println!("INVALID: {p}");
         }
-    }
-}
-
-fn rev(full: u16) -> String {
-    if full == 0xFFFF {
-        "unset".into()
-    } else {
-        format!("v{}.{}", full / 100, full % 100)
     }
 }
 

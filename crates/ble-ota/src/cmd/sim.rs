@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ota_core::esp::Chip;
+use ota_core::esp::image::{Rev, parse_chip_revision};
 use serde::Serialize;
 use virtual_esp32::{BootReport, VirtualEsp32, app_image};
 
@@ -35,6 +36,11 @@ pub enum SimCmd {
         /// Flash size in MiB.
         #[arg(long, default_value_t = 4)]
         flash_mb: u32,
+        /// Chip revision (`0.4`, `v1.1`: major.minor; default: v0.4 for the ESP32-C3, v0.1 for
+        /// the C6). Recorded beside the flash file; the bootloader skips and the OTA engine
+        /// refuses apps whose chip revision range excludes it.
+        #[arg(long, value_name = "X.Y")]
+        chip_revision: Option<String>,
     },
     /// Reset the virtual ESP32: the bootloader picks an app and the rollback guard runs.
     Boot {
@@ -106,8 +112,20 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
             factory,
             merged,
             flash_mb,
+            chip_revision,
         } => {
             let chip = parse_chip(&chip)?;
+            let revision = match chip_revision {
+                Some(text) => Some(parse_chip_revision(&text).ok_or_else(|| {
+                    CliError::new(
+                        ExitCode::Usage,
+                        format!(
+                            "`{text}` is not a chip revision: write it major.minor, like 0.4 or v1.1"
+                        ),
+                    )
+                })?),
+                None => None,
+            };
             let mut dev = match merged {
                 Some(m) => {
                     let bytes =
@@ -129,11 +147,18 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
                     VirtualEsp32::create(&path, &csv, &image, chip, flash_mb << 20)?
                 }
             };
+            if revision.is_some() {
+                dev.set_chip_revision(revision)?;
+            }
             let report = dev.boot(target.bootloader())?;
             dev.record_power_state()?;
             if !json {
+                let rev = dev
+                    .chip_revision()
+                    .map(|r| format!(" {}", Rev(r)))
+                    .unwrap_or_default();
                 println!(
-                    "created a virtual {} with {} MiB of flash at {}",
+                    "created a virtual {}{rev} with {} MiB of flash at {}",
                     dev.chip(),
                     dev.flash_size() >> 20,
                     path.display()

@@ -19,8 +19,10 @@
 //! # Safety of the flash
 //!
 //! The engine writes only inside the slot `esp_ota_get_next_update_partition` names (never the
-//! running app, never factory), erases it one 4 KiB sector at a time just ahead of the write
-//! pointer, holds the first bytes back until the image header proved the image is for this
+//! running app, never factory). It erases that slot ahead of time while the device is idle
+//! ([`UpdateEngine::pre_erase_step`]), and during an update only what is still unerased, one
+//! 4 KiB sector at a time just ahead of the write pointer (never a 64 KiB block while a link is
+//! up). It holds the first bytes back until the image header proved the image is for this
 //! chip, reads the whole image back and compares its SHA-256 before selecting it in otadata,
 //! and writes otadata exactly as ESP-IDF does. A power cut at any point leaves the running app
 //! selected, or the new one complete and verified.
@@ -56,6 +58,10 @@ pub struct ClientId(pub u16);
 pub struct DeviceConfig {
     /// The chip this runs on; images for other chips are refused.
     pub chip: Chip,
+    /// The chip's revision, `major * 100 + minor` (`efuse_hal_chip_revision`): images whose
+    /// chip revision range excludes it are refused, as the bootloader would not boot them.
+    /// `None` (the default): unknown, not checked.
+    pub chip_revision: Option<u16>,
     /// Data writes the shell can hold between its BLE receive path and the engine. The window
     /// announced to clients is this many chunks, so a client never overruns the queue.
     pub rx_queue_chunks: u16,
@@ -70,15 +76,16 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
-    /// Defaults for `chip`: a 32-chunk receive queue, 508-byte chunks, 4 ACKs per window.
+    /// Defaults for `chip`: a 32-chunk receive queue, chunks up to 508 bytes, 4 ACKs per window.
     ///
-    /// 32 chunks in flight cover an erase of a 4 KiB sector (45 ms typical) plus the two
-    /// connection intervals an ACK needs to reach the client and open the window again, so the
-    /// flash, not the window, bounds the speed. The shell's BLE receive queue must hold them
-    /// (trouble-host: `l2cap-rx-queue-size` and packet pool of at least 32, plus margin).
+    /// 32 chunks in flight cover an erase of a 4 KiB sector (45 ms typical) that the pre-erase
+    /// did not reach, plus the two connection intervals an ACK needs to reach the client and
+    /// open the window again. The shell's BLE receive queue must hold them (trouble-host:
+    /// `l2cap-rx-queue-size` and packet pool of at least 32, plus margin).
     pub const fn new(chip: Chip) -> Self {
         DeviceConfig {
             chip,
+            chip_revision: None,
             rx_queue_chunks: 32,
             max_chunk: (MAX_ATTRIBUTE_LEN - fast::CHUNK_HEADER_LEN) as u16,
             acks_per_window: 4,
@@ -115,6 +122,28 @@ pub enum Event {
 
 /// Why the engine could not start.
 pub type EngineError = SlotError;
+
+/// What one [`UpdateEngine::pre_erase_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PreErase {
+    /// The 4 KiB sector at flash address `offset` was erased (the flash was busy for one
+    /// sector erase).
+    Erased {
+        /// Flash address of the sector.
+        offset: u32,
+    },
+    /// The sector at `offset` already read blank: nothing was written.
+    Blank {
+        /// Flash address of the sector.
+        offset: u32,
+    },
+    /// The whole slot the next update goes to is erased.
+    Done,
+    /// Not now: the running image is on trial, an update session exists, or there is no OTA
+    /// slot. Try again after a confirm or once the session ended.
+    NotNow,
+}
 
 /// A queued notification.
 // Without an allocator the queue holds responses inline; it is 8 entries long.
@@ -169,6 +198,12 @@ pub struct UpdateEngine {
     events: Deque<Event, 4>,
     control_value: [u8; Response::MAX_LEN],
     control_len: usize,
+    /// Bytes at the start of the next update slot known to be erased (by
+    /// [`UpdateEngine::pre_erase_step`]); a transfer that starts takes them over.
+    pre_erased: u32,
+    /// Whether otadata was made to not fall back onto the next update slot before the
+    /// pre-erase first changed it.
+    pre_erase_prepared: bool,
 }
 
 impl UpdateEngine {
@@ -201,6 +236,8 @@ impl UpdateEngine {
             events: Deque::new(),
             control_value: [0; Response::MAX_LEN],
             control_len: 1,
+            pre_erased: 0,
+            pre_erase_prepared: false,
         };
         engine.control_value[0] = legacy::NOP;
         Ok(engine)
@@ -443,6 +480,64 @@ impl UpdateEngine {
         }
     }
 
+    /// Erases ahead of time, while the device is idle, one 4 KiB sector of the slot the next
+    /// update goes to, so that an update erases little or nothing while its link is up (every
+    /// flash erase stops the BLE controller for 45 ms typical, up to 400 ms). Call it at boot
+    /// before BLE starts and whenever no central is connected, until it returns
+    /// [`PreErase::Done`] or [`PreErase::NotNow`], pausing between calls so the radio is
+    /// served.
+    ///
+    /// Each call first reads the sector: one that reads blank is only counted, so after a
+    /// reboot the erased extent is re-derived without a single flash write. Nothing is erased
+    /// while the running image is on trial (the other slot is its way back), while an update
+    /// session exists, or before otadata was made to not fall back onto the slot (as
+    /// `esp_ota_begin` does before it erases).
+    pub fn pre_erase_step<F: NorFlash>(&mut self, flash: &mut F) -> Result<PreErase, Reason> {
+        let on_trial = matches!(
+            self.running_state,
+            Some(OtaImgState::PendingVerify) | Some(OtaImgState::New)
+        ) && self.running.ota_slot().is_some();
+        if on_trial || !matches!(self.session, Session::Idle) {
+            return Ok(PreErase::NotNow);
+        }
+        let Ok(target) = self.slots.next_update_partition(&self.running) else {
+            return Ok(PreErase::NotNow);
+        };
+        if self.pre_erased >= target.size {
+            return Ok(PreErase::Done);
+        }
+        let at = target.offset + self.pre_erased;
+        let sector = crate::esp::flash::SECTOR_SIZE;
+        let mut buf = [0u8; 256];
+        let mut blank = true;
+        let mut pos = 0;
+        while blank && pos < sector {
+            crate::esp::flash::read(flash, at + pos, &mut buf).map_err(|_| Reason::FlashError)?;
+            blank = buf.iter().all(|b| *b == 0xFF);
+            pos += buf.len() as u32;
+        }
+        if !blank {
+            if !self.pre_erase_prepared {
+                self.slots
+                    .invalidate_inactive_except(flash, &self.running)
+                    .map_err(|_| Reason::FlashError)?;
+                self.pre_erase_prepared = true;
+            }
+            crate::esp::flash::erase(flash, at, at + sector).map_err(|_| Reason::FlashError)?;
+        }
+        self.pre_erased += sector;
+        Ok(if blank {
+            PreErase::Blank { offset: at }
+        } else {
+            PreErase::Erased { offset: at }
+        })
+    }
+
+    /// Returns the bytes at the start of the next update slot known to be erased.
+    pub fn pre_erased(&self) -> u32 {
+        self.pre_erased
+    }
+
     /// Returns true if the running image is on trial (PENDING_VERIFY).
     pub fn is_trial(&self) -> bool {
         self.running_state == Some(OtaImgState::PendingVerify)
@@ -583,13 +678,15 @@ impl UpdateEngine {
             .slots
             .next_update_partition(&self.running)
             .map_err(|_| Reason::NoOtaSlot)?;
-        let validator = ImageValidator::new(Some(self.config.chip), target.size);
+        let validator = ImageValidator::new(Some(self.config.chip), target.size)
+            .with_chip_revision(self.config.chip_revision);
         Ok(Transfer::new(
             protocol,
             client,
             target,
             self.running,
             validator,
+            self.pre_erased,
             now,
         ))
     }
@@ -613,6 +710,8 @@ impl UpdateEngine {
             Ok(t) => {
                 let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
                 self.session = Session::Receiving(t);
+                // The transfer owns the slot now; a failed one leaves it dirty.
+                self.pre_erased = 0;
                 self.push_event(Event::UpdateStarted { slot });
                 self.push(client, Outgoing::Legacy(legacy::REQUEST_ACK));
             }
@@ -751,6 +850,7 @@ impl UpdateEngine {
         }
         let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
         self.session = Session::Receiving(t);
+        self.pre_erased = 0;
         self.push_event(Event::UpdateStarted { slot });
         Ok(Response::BeginOk {
             resume_offset: 0,

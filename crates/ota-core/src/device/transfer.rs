@@ -1,5 +1,8 @@
 //! One image on its way into an OTA slot: in-order bytes are validated, hashed and programmed;
-//! the slot is erased sector by sector just ahead of the write pointer.
+//! what the idle pre-erase left unerased is erased one 4 KiB sector at a time just ahead of the
+//! write pointer. Never a 64 KiB block: while a link is up every flash operation stops the BLE
+//! controller (esp-storage masks interrupts around it), and a block erase takes 150 ms typical,
+//! up to 2-3 s, longer than a phone's supervision timeout.
 
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
@@ -21,11 +24,6 @@ pub(super) enum Protocol {
     Fast { size: u32, sha256: [u8; 32] },
 }
 
-/// The block-erase unit of SPI NOR flash (esp-storage issues the block command for it).
-const BLOCK_SIZE: u32 = 0x1_0000;
-/// Image bytes a block must hold before one block erase beats erasing its sectors one by one
-/// (typical 150 ms against 45 ms per sector: more than three sectors).
-const BLOCK_WORTH_ERASING: u32 = 4 * SECTOR_SIZE;
 /// A NOR flash program page: bytes are held in RAM until a whole page can be programmed.
 const PAGE_SIZE: usize = 256;
 
@@ -91,12 +89,14 @@ impl Accepted {
 }
 
 impl Transfer {
+    /// `pre_erased`: bytes at the start of `target` known to be erased already.
     pub fn new(
         protocol: Protocol,
         owner: ClientId,
         target: Partition,
         running: Partition,
         validator: ImageValidator,
+        pre_erased: u32,
         now: Instant,
     ) -> Self {
         Transfer {
@@ -113,7 +113,7 @@ impl Transfer {
             hasher: Sha256::new(),
             pending: heapless::Vec::new(),
             programmed: 0,
-            erased: 0,
+            erased: pre_erased.min(target.size),
             otadata_prepared: false,
         }
     }
@@ -247,9 +247,8 @@ impl Transfer {
         Ok(())
     }
 
-    /// Writes at the program pointer, erasing what it reaches first: a whole 64 KiB block with
-    /// one block-erase command where the block is aligned, inside the slot and the image fills
-    /// most of it (a third of the time of its 16 sectors), otherwise one 4 KiB sector.
+    /// Writes at the program pointer, first erasing the one 4 KiB sector it reaches when the
+    /// pre-erase did not get there.
     fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Reason> {
         let end = self.programmed + data.len() as u32;
         if end > self.target.size {
@@ -257,16 +256,8 @@ impl Transfer {
         }
         while self.erased < end {
             let from = self.target.offset + self.erased;
-            let image_end = match self.protocol {
-                Protocol::Fast { size, .. } => size,
-                Protocol::Legacy => self.validator.total_len().unwrap_or(self.target.size),
-            };
-            let block = from.is_multiple_of(BLOCK_SIZE)
-                && self.erased + BLOCK_SIZE <= self.target.size
-                && image_end >= self.erased + BLOCK_WORTH_ERASING;
-            let len = if block { BLOCK_SIZE } else { SECTOR_SIZE };
-            flash::erase(flash, from, from + len).map_err(|_| Reason::FlashError)?;
-            self.erased += len;
+            flash::erase(flash, from, from + SECTOR_SIZE).map_err(|_| Reason::FlashError)?;
+            self.erased += SECTOR_SIZE;
         }
         flash::write(flash, self.target.offset + self.programmed, data)
             .map_err(|_| Reason::FlashError)?;

@@ -5,7 +5,7 @@ use embedded_storage::nor_flash::NorFlash;
 
 use super::chip::Chip;
 use super::flash::{self, FlashError};
-use super::image::{ImageError, ImageInfo, verify_in_flash};
+use super::image::{ImageError, ImageInfo, ImageValidator, verify_in_flash_with};
 use super::otadata::{OTADATA_SIZE, OtaEntry, OtaImgState};
 use super::partition::{
     Md5Policy, PARTITION_TABLE_MAX_LEN, Partition, PartitionError, PartitionTable,
@@ -60,6 +60,20 @@ pub fn run_bootloader<F: NorFlash>(
     chip: Chip,
     config: BootloaderConfig,
 ) -> Result<Booted, BootError> {
+    run_bootloader_with_revision(flash, table_offset, flash_size, chip, None, config)
+}
+
+/// [`run_bootloader`] on a chip of known `revision` (`major * 100 + minor`; `None`: not
+/// checked): like ESP-IDF's bootloader (`bootloader_common_check_chip_validity`), it skips an
+/// app whose chip revision range excludes the chip as it skips any invalid image.
+pub fn run_bootloader_with_revision<F: NorFlash>(
+    flash: &mut F,
+    table_offset: u32,
+    flash_size: u32,
+    chip: Chip,
+    revision: Option<u16>,
+    config: BootloaderConfig,
+) -> Result<Booted, BootError> {
     let mut raw = [0u8; PARTITION_TABLE_MAX_LEN];
     flash::read(flash, table_offset, &mut raw)?;
     let table = PartitionTable::parse(&raw, Md5Policy::Optional, Some(flash_size))?;
@@ -77,7 +91,8 @@ pub fn run_bootloader<F: NorFlash>(
         let Some(part) = bs.partition(index) else {
             continue;
         };
-        match verify_in_flash(flash, part.offset, part.size, Some(chip)) {
+        let validator = ImageValidator::new(Some(chip), part.size).with_chip_revision(revision);
+        match verify_in_flash_with(flash, part.offset, validator) {
             Ok(image) => {
                 if initial && index >= 0 {
                     // set_actual_ota_seq: label 0xFF, seq index+1, VALID, into sector 0.

@@ -2,7 +2,8 @@
 //!
 //! Layout: a 24-byte header, up to 16 segments (8-byte header + data), a checksum byte (0xEF
 //! XOR every data byte) at the end of a 16-byte block, then an optional SHA-256 of all that.
-//! The first segment starts with the 256-byte `esp_app_desc_t`.
+//! The first segment starts with the 256-byte `esp_app_desc_t`. Bytes after that are ignored,
+//! as ESP-IDF and esptool ignore them.
 
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
@@ -30,6 +31,94 @@ pub const MAX_SEGMENT_LEN: u32 = 16 << 20;
 pub const CHECKSUM_INIT: u8 = 0xEF;
 /// Length of the appended SHA-256.
 pub const HASH_LEN: u32 = 32;
+/// MMU page size when the image does not set one (`CONFIG_MMU_PAGE_SIZE`'s default): a
+/// flash-mapped segment's image offset and load address must agree modulo it.
+pub const MMU_PAGE_DEFAULT: u32 = 0x1_0000;
+/// Offset of `mmu_page_size` (log2) in `esp_app_desc_t`.
+const APP_DESC_MMU_PAGE_AT: u16 = 180;
+/// Segments loading below this address are never copied to RAM (`should_load`: 0 is a
+/// padding segment).
+const LOAD_ADDR_MIN: u32 = 0x1000_0000;
+
+/// Where a chip's bootloader lets segments go (`esp_image_format.c`: `should_map`,
+/// `verify_segment_header`, `verify_load_addresses`; addresses from `soc/<chip>/soc.h` and the
+/// bootloader's linker script).
+#[derive(Debug)]
+struct MemoryMap {
+    /// Flash-mapped (IROM/DROM) windows, `[start, end)`.
+    mapped: &'static [(u32, u32)],
+    /// The MMU page size comes from the app descriptor (`SOC_MMU_PAGE_SIZE_CONFIGURABLE`).
+    page_from_desc: bool,
+    /// RAM regions (DRAM, IRAM, RTC), `[start, end)`: a loaded segment lies inside one.
+    ram: &'static [(u32, u32)],
+    /// RAM the bootloader runs from while it loads the app (stack, data, loader code), in each
+    /// view it is reachable through. Conservative: the app linker's own limit.
+    loader: &'static [(u32, u32)],
+}
+
+/// ESP32-C3: DROM, IROM; DRAM, IRAM (DRAM + 0x700000), RTC. The bootloader occupies
+/// 0x3FCCE710..0x3FCDE710 (DRAM view) = 0x403CE710..0x403DE710 (IRAM view).
+const C3_MAP: MemoryMap = MemoryMap {
+    mapped: &[(0x3C00_0000, 0x3C80_0000), (0x4200_0000, 0x4280_0000)],
+    page_from_desc: false,
+    ram: &[
+        (0x3FC8_0000, 0x3FCE_0000),
+        (0x4037_C000, 0x403E_0000),
+        (0x5000_0000, 0x5000_2000),
+    ],
+    loader: &[(0x3FCC_E710, 0x3FCD_E710), (0x403C_E710, 0x403D_E710)],
+};
+
+/// ESP32-C6: one IROM/DROM window (64 KiB pages); HP SRAM (one address for data and code), LP
+/// RAM. The app linker ends app SRAM at 0x4086E610, where the bootloader's region starts.
+const C6_MAP: MemoryMap = MemoryMap {
+    mapped: &[(0x4200_0000, 0x4300_0000)],
+    page_from_desc: true,
+    ram: &[(0x4080_0000, 0x4088_0000), (0x5000_0000, 0x5000_4000)],
+    loader: &[(0x4086_E610, 0x4088_0000)],
+};
+
+impl MemoryMap {
+    /// Returns the map of the chip with header id `chip_id`, for the chips whose map is known.
+    fn of(chip_id: u16) -> Option<&'static MemoryMap> {
+        match Chip::from_id(chip_id)? {
+            Chip::Esp32c3 => Some(&C3_MAP),
+            Chip::Esp32c6 => Some(&C6_MAP),
+            _ => None,
+        }
+    }
+
+    fn is_mapped(&self, addr: u32) -> bool {
+        self.mapped.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
+    }
+}
+
+/// Writes a chip revision (`major * 100 + minor`) as ESP-IDF and esptool do: `v1.99`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rev(pub u16);
+
+impl core::fmt::Display for Rev {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "v{}.{}", self.0 / 100, self.0 % 100)
+    }
+}
+
+/// Parses a chip revision written `X.Y` or `vX.Y` (minor below 100) into ESP-IDF's
+/// `major * 100 + minor`, as `efuse_hal_chip_revision` returns it.
+pub fn parse_chip_revision(s: &str) -> Option<u16> {
+    let s = s.trim();
+    let s = s.strip_prefix(['v', 'V']).unwrap_or(s);
+    let (major, minor) = s.split_once('.')?;
+    let digits = |t: &str| !t.is_empty() && t.len() <= 5 && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    let (major, minor): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    if minor >= 100 {
+        return None;
+    }
+    u16::try_from(major * 100 + minor).ok()
+}
 
 /// Returns the image offset of the checksum byte for an unpadded length `unpadded`
 /// (header + segment headers + data): the last byte of the 16-byte block after it.
@@ -118,6 +207,9 @@ pub struct ImageInfo {
     pub hash_computed: [u8; 32],
     /// Length of the image: header, segments, padding, checksum and hash.
     pub len: u32,
+    /// Bytes fed after the image's end. ESP-IDF (`esp_image_verify` reads up to the image's
+    /// length only) and esptool ignore them, so they are counted, not refused.
+    pub ignored_trailing: u32,
 }
 
 /// Why an image was refused.
@@ -160,7 +252,8 @@ pub enum ImageError {
         "image needs {needed} bytes but the slot holds {max}; enlarge the partition or shrink the app"
     )]
     TooLarge {
-        /// Bytes the image needs (at least; exact once every segment header was seen).
+        /// Bytes the image needs (at least; exact once every segment header was seen). With
+        /// bytes after the image's end: every byte fed, as all of them land in the slot.
         needed: u32,
         /// Bytes allowed.
         max: u32,
@@ -173,11 +266,72 @@ pub enum ImageError {
         /// Bytes the image needs (at least, when its segment headers were not all seen).
         needed: u32,
     },
-    /// Bytes beyond the image's end.
-    #[error("{extra} bytes after the image's end; the file is not a single app image")]
-    TrailingData {
-        /// Bytes past the end in the refused piece.
-        extra: u32,
+    /// The chip is older than the image allows (`min_chip_rev_full`).
+    #[error(
+        "image needs a newer chip revision (min {}) than this device has ({}): rebuild with a lower minimum chip revision (ESP-IDF: CONFIG_<CHIP>_REV_MIN; esptool elf2image --min-rev-full)",
+        Rev(*.min),
+        Rev(*.revision)
+    )]
+    ChipRevisionTooLow {
+        /// The header's `min_chip_rev_full`.
+        min: u16,
+        /// The chip's revision, `major * 100 + minor`.
+        revision: u16,
+    },
+    /// The chip is newer than the image allows (`max_chip_rev_full`, when set).
+    #[error(
+        "image supports chip revisions up to {} but this device is {}: rebuild with a higher maximum chip revision (ESP-IDF: CONFIG_<CHIP>_REV_MAX_FULL; esptool elf2image --max-rev-full)",
+        Rev(*.max),
+        Rev(*.revision)
+    )]
+    ChipRevisionTooHigh {
+        /// The header's `max_chip_rev_full`.
+        max: u16,
+        /// The chip's revision, `major * 100 + minor`.
+        revision: u16,
+    },
+    /// A flash-mapped segment's image offset and load address disagree modulo the MMU page:
+    /// the bootloader could not map it.
+    #[error(
+        "segment {index} is mapped at {load_addr:#010x} but its data starts at image offset {offset:#x}; they must agree modulo the {page:#x}-byte MMU page or the bootloader refuses the image: rebuild the .bin with espflash or esptool elf2image instead of editing it"
+    )]
+    MisalignedSegment {
+        /// Segment index (0-based).
+        index: u8,
+        /// Its load address.
+        load_addr: u32,
+        /// Image offset of its data.
+        offset: u32,
+        /// The MMU page size it must agree with.
+        page: u32,
+    },
+    /// A RAM segment does not lie inside one of the chip's RAM regions.
+    #[error(
+        "segment {index} loads {len:#x} bytes to {load_addr:#010x}, outside this chip's DRAM, IRAM and RTC memory; the bootloader refuses it: build for the right chip and check the linker script"
+    )]
+    BadLoadAddress {
+        /// Segment index (0-based).
+        index: u8,
+        /// Its load address.
+        load_addr: u32,
+        /// Its data length.
+        len: u32,
+    },
+    /// A RAM segment overlaps the RAM the second-stage bootloader runs from while loading.
+    #[error(
+        "segment {index} loads {len:#x} bytes to {load_addr:#010x}, over the RAM the bootloader uses while loading ({from:#010x}..{to:#010x}); the bootloader refuses it: shrink the app's static RAM (.data, .rodata in RAM, IRAM code)"
+    )]
+    OverlapsBootloader {
+        /// Segment index (0-based).
+        index: u8,
+        /// Its load address.
+        load_addr: u32,
+        /// Its data length.
+        len: u32,
+        /// Start of the bootloader's region it overlaps.
+        from: u32,
+        /// End of that region (exclusive).
+        to: u32,
     },
     /// The XOR checksum does not match.
     #[error(
@@ -217,6 +371,29 @@ impl ImageHeader {
             max_chip_rev_full: u16_at(0x11),
             // esptool writes 0 or 1; IDF tests the byte for non-zero.
             hash_appended: b[0x17] != 0,
+        }
+    }
+
+    /// Returns the maximum chip revision, or `None` when the field is not set (0 or 0xFFFF,
+    /// ESP-IDF's `IS_FIELD_SET`).
+    pub fn max_chip_rev_limit(&self) -> Option<u16> {
+        (self.max_chip_rev_full != 0 && self.max_chip_rev_full != 0xFFFF)
+            .then_some(self.max_chip_rev_full)
+    }
+
+    /// Checks that a chip of `revision` (`major * 100 + minor`) may run this app, as
+    /// `bootloader_common_check_chip_revision_validity` does: `min_chip_rev_full <= revision`
+    /// always (no special values), `revision <= max_chip_rev_full` when the maximum is set.
+    pub fn check_chip_revision(&self, revision: u16) -> Result<(), ImageError> {
+        if self.min_chip_rev_full > revision {
+            return Err(ImageError::ChipRevisionTooLow {
+                min: self.min_chip_rev_full,
+                revision,
+            });
+        }
+        match self.max_chip_rev_limit() {
+            Some(max) if revision > max => Err(ImageError::ChipRevisionTooHigh { max, revision }),
+            _ => Ok(()),
         }
     }
 }
@@ -292,22 +469,30 @@ enum Phase {
     Checksum,
     /// Collecting the appended SHA-256.
     Hash,
-    /// The image is complete; any further byte is trailing data.
+    /// The image is complete; any further byte is ignored (counted in `trailing`).
     Done,
 }
 
 /// Validates an app image fed in pieces of any size, holding only a few hundred bytes.
 ///
-/// It checks what IDF's `esp_image_verify` checks that does not depend on the chip's revision,
-/// eFuses or flash placement: magic, chip id, segment count (1..=16), segment lengths (multiple
-/// of 4, below 16 MiB), the image fitting `max_len`, the XOR checksum, the appended SHA-256 and
-/// (in [`finish`](Self::finish)) the app descriptor at the start of segment 0.
+/// It checks what IDF's `esp_image_verify` and the bootloader's image load check that can be
+/// told from the bytes: magic, chip id, chip revision range (when
+/// [`with_chip_revision`](Self::with_chip_revision) gave the chip's), segment count (1..=16),
+/// segment lengths (multiple of 4, below 16 MiB), on the ESP32-C3 and C6 where segments go
+/// (flash-mapped ones congruent to their address modulo the MMU page, RAM ones inside RAM and
+/// clear of the bootloader), the image fitting `max_len`, the XOR checksum, the appended
+/// SHA-256 and (in [`finish`](Self::finish)) the app descriptor at the start of segment 0.
+/// Bytes after the image's end are counted and ignored, as IDF and esptool ignore them.
 #[derive(Debug, Clone)]
 pub struct ImageValidator {
     chip: Option<Chip>,
+    /// The running chip's revision (`major * 100 + minor`); `None`: not checked.
+    chip_revision: Option<u16>,
     max_len: u32,
-    /// Bytes consumed.
+    /// Bytes of the image consumed.
     pos: u32,
+    /// Bytes fed after the image's end (ignored).
+    trailing: u32,
     phase: Phase,
     /// Bytes collected of the current fixed-size field (header, segment header, hash).
     buf: [u8; 32],
@@ -336,8 +521,10 @@ impl ImageValidator {
     pub fn new(chip: Option<Chip>, max_len: u32) -> Self {
         ImageValidator {
             chip,
+            chip_revision: None,
             max_len,
             pos: 0,
+            trailing: 0,
             phase: Phase::Header,
             buf: [0; 32],
             fill: 0,
@@ -355,21 +542,40 @@ impl ImageValidator {
             failed: None,
         }
     }
+    /// Also refuses images whose chip revision range excludes `revision` (`major * 100 +
+    /// minor`, as `efuse_hal_chip_revision` gives it); `None`: revision unknown, not checked.
+    pub fn with_chip_revision(mut self, revision: Option<u16>) -> Self {
+        self.chip_revision = revision;
+        self
+    }
     /// Feeds the next bytes. Fails as soon as the bytes seen prove the image bad (magic, chip,
-    /// segment count or length, size over `max_len`, bytes after the end).
+    /// chip revision, segment count, length or placement, size over `max_len`). Bytes after
+    /// the image's end are counted ([`ignored_trailing`](Self::ignored_trailing)); they must
+    /// still fit `max_len`, as the whole file lands in the slot.
     ///
     /// After an error the validator is spent: every later call returns that error again.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), ImageError> {
         let used = self.consume(data)?;
         if used < data.len() {
             let extra = u32::try_from(data.len() - used).unwrap_or(u32::MAX);
-            return Err(self.fail(ImageError::TrailingData { extra }));
+            self.trailing = self.trailing.saturating_add(extra);
+            let fed = self.pos.saturating_add(self.trailing);
+            if fed > self.max_len {
+                return Err(self.fail(ImageError::TooLarge {
+                    needed: fed,
+                    max: self.max_len,
+                }));
+            }
         }
         Ok(())
     }
-    /// Returns the bytes fed so far.
+    /// Returns the bytes of the image consumed so far (ignored trailing bytes not included).
     pub fn position(&self) -> u32 {
         self.pos
+    }
+    /// Returns how many bytes were fed after the image's end (and ignored).
+    pub fn ignored_trailing(&self) -> u32 {
+        self.trailing
     }
     /// Returns the header once 24 bytes were fed.
     pub fn header(&self) -> Option<&ImageHeader> {
@@ -437,6 +643,7 @@ impl ImageValidator {
             hash_stored: self.hash_stored,
             hash_computed: self.sha.finalize().into(),
             len: total,
+            ignored_trailing: self.trailing,
         })
     }
 
@@ -479,7 +686,7 @@ impl ImageValidator {
                 Err(e) => return Err(self.fail(e)),
             };
             if n == 0 && self.phase == Phase::Done {
-                break; // The rest is trailing data.
+                break; // The rest lies after the image's end.
             }
             used += n;
         }
@@ -539,7 +746,7 @@ impl ImageValidator {
                 self.hash(bytes);
                 let left = left - n as u32;
                 if left == 0 {
-                    self.after_segment(index);
+                    self.after_segment(index)?;
                 } else {
                     self.phase = Phase::SegmentData { index, left };
                 }
@@ -585,6 +792,10 @@ impl ImageValidator {
                 expected: chip,
                 found: h.chip_id,
             });
+        }
+        // `verify_image_header` → `bootloader_common_check_chip_validity`.
+        if let Some(revision) = self.chip_revision {
+            h.check_chip_revision(revision)?;
         }
         if h.segment_count == 0 || usize::from(h.segment_count) > MAX_SEGMENTS {
             return Err(ImageError::BadSegmentCount {
@@ -652,8 +863,12 @@ impl ImageValidator {
             }
         }
         self.check_fits()?;
+        // Segment 0 holds the descriptor, which may set the MMU page: checked at its end.
+        if index > 0 {
+            self.check_placement(index)?;
+        }
         if data_len == 0 {
-            self.after_segment(index);
+            self.after_segment(index)?;
         } else {
             self.phase = Phase::SegmentData {
                 index,
@@ -664,7 +879,10 @@ impl ImageValidator {
     }
 
     /// Moves past the data of segment `index`.
-    fn after_segment(&mut self, index: u8) {
+    fn after_segment(&mut self, index: u8) -> Result<(), ImageError> {
+        if index == 0 {
+            self.check_placement(0)?;
+        }
         let count = self.header.map_or(0, |h| h.segment_count);
         self.phase = if index + 1 < count {
             Phase::SegmentHeader { index: index + 1 }
@@ -672,6 +890,71 @@ impl ImageValidator {
             Phase::Padding
         };
         // `step` advances `pos` after this; Padding compares against the checksum offset.
+        Ok(())
+    }
+
+    /// Returns the MMU page flash-mapped segments align to: on chips with a configurable page
+    /// (C6) the descriptor's `mmu_page_size` when it is 13..=18 (8-256 KiB), else 64 KiB, as
+    /// `verify_segment_header` decides.
+    fn mmu_page(&self, map: &MemoryMap) -> u32 {
+        let known = self.desc_seen > APP_DESC_MMU_PAGE_AT && self.desc_magic == APP_DESC_MAGIC;
+        match self.desc.mmu_page_size {
+            log2 @ 13..=18 if map.page_from_desc && known => 1 << log2,
+            _ => MMU_PAGE_DEFAULT,
+        }
+    }
+
+    /// Checks where segment `index` goes, on chips whose memory map is known: a flash-mapped
+    /// segment's image offset must agree with its address modulo the MMU page
+    /// (`verify_segment_header`; app partitions start on a 64 KiB boundary, so the image
+    /// offset stands for the flash address), and a segment copied to RAM must lie inside one
+    /// RAM region and clear of the bootloader (`verify_load_addresses`).
+    fn check_placement(&self, index: u8) -> Result<(), ImageError> {
+        let (Some(h), Some(seg)) = (self.header, self.segments.get(usize::from(index))) else {
+            return Ok(());
+        };
+        let Some(map) = MemoryMap::of(h.chip_id) else {
+            return Ok(());
+        };
+        let (addr, len) = (seg.load_addr, seg.data_len);
+        if map.is_mapped(addr) {
+            let page = self.mmu_page(map);
+            if seg.file_offset % page != addr % page {
+                return Err(ImageError::MisalignedSegment {
+                    index,
+                    load_addr: addr,
+                    offset: seg.file_offset,
+                    page,
+                });
+            }
+            return Ok(());
+        }
+        // `should_load`: padding and reserved addresses stay in flash; empty segments load
+        // nothing.
+        if addr < LOAD_ADDR_MIN || len == 0 {
+            return Ok(());
+        }
+        let end = u64::from(addr) + u64::from(len);
+        let inside = |&(lo, hi): &(u32, u32)| addr >= lo && end <= u64::from(hi);
+        if !map.ram.iter().any(inside) {
+            return Err(ImageError::BadLoadAddress {
+                index,
+                load_addr: addr,
+                len,
+            });
+        }
+        let overlaps =
+            |&&(lo, hi): &&(u32, u32)| u64::from(addr) < u64::from(hi) && end > u64::from(lo);
+        if let Some(&(from, to)) = map.loader.iter().find(overlaps) {
+            return Err(ImageError::OverlapsBootloader {
+                index,
+                load_addr: addr,
+                len,
+                from,
+                to,
+            });
+        }
+        Ok(())
     }
 
     /// Feeds bytes of segment 0's data into the descriptor (its first 256 bytes).
@@ -700,8 +983,19 @@ pub fn verify_in_flash<F: NorFlash>(
     max_len: u32,
     chip: Option<Chip>,
 ) -> Result<ImageInfo, ImageError> {
+    verify_in_flash_with(flash, offset, ImageValidator::new(chip, max_len))
+}
+
+/// [`verify_in_flash`] with a validator set up by the caller (for example
+/// [`ImageValidator::with_chip_revision`]); it reads at most the validator's `max_len` bytes.
+pub fn verify_in_flash_with<F: NorFlash>(
+    flash: &mut F,
+    offset: u32,
+    validator: ImageValidator,
+) -> Result<ImageInfo, ImageError> {
     const BLOCK: usize = 256;
-    let mut v = ImageValidator::new(chip, max_len);
+    let mut v = validator;
+    let max_len = v.max_len;
     let mut buf = [0u8; BLOCK];
     let unit = F::READ_SIZE.clamp(1, BLOCK);
     loop {

@@ -15,7 +15,9 @@ pub mod slots;
 
 pub use chip::Chip;
 pub use flash::FlashError;
-pub use image::{AppDescriptor, ImageError, ImageHeader, ImageInfo, ImageValidator};
+pub use image::{
+    AppDescriptor, ImageError, ImageHeader, ImageInfo, ImageValidator, Rev, parse_chip_revision,
+};
 pub use otadata::{OtaData, OtaEntry, OtaImgState};
 pub use partition::{Partition, PartitionError, PartitionTable};
 pub use slots::{OtaSlots, SlotError, SlotState};

@@ -49,8 +49,9 @@ reasons! {
     WrongChip = 0x06, "image built for another chip: rebuild for this device's chip";
     /// The image does not start with the ESP app image magic 0xE9.
     BadImageMagic = 0x07, "not an ESP app image: send the .bin from `espflash save-image`, not the ELF";
-    /// The image's segment table is invalid.
-    BadImageFormat = 0x08, "corrupt image: bad segment count or length";
+    /// The image's segment table is invalid: count, length, or where a segment goes (MMU page
+    /// alignment, RAM range, the bootloader's RAM).
+    BadImageFormat = 0x08, "bad image layout: segment count, length or load address the bootloader refuses (see `ble-ota image inspect`)";
     /// The image's XOR checksum does not match.
     BadImageChecksum = 0x09, "corrupt image: checksum mismatch";
     /// The image's appended SHA-256 does not match.
@@ -77,10 +78,14 @@ reasons! {
     ChunkTooLarge = 0x14, "write larger than the announced packet size";
     /// The image is shorter than its header says (or than announced).
     Truncated = 0x15, "image truncated: the file is incomplete";
-    /// Bytes continue after the image's end.
-    TrailingData = 0x16, "bytes after the image's end: the file is not a single app image";
+    /// No longer sent: bytes after the image's end are written with it and ignored, as ESP-IDF
+    /// and esptool ignore them. The code stays reserved (older firmware sends it).
+    TrailingData = 0x16, "bytes after the image's end (older firmware only): update the firmware, or strip them from the file";
     /// An update is verified and selected; the device must reboot before another one.
     RebootPending = 0x17, "an update is already selected for the next boot: reboot the device (ble-ota reboot) first";
+    /// The device's chip revision lies outside the image's `min_chip_rev_full` ..=
+    /// `max_chip_rev_full`.
+    ChipRevision = 0x18, "image built for other chip revisions than this device's: rebuild with a minimum (and maximum) chip revision that includes it (`ble-ota image inspect --chip-revision X.Y` shows the range)";
 }
 
 /// First ATT application error code (Core Spec Vol 3 Part F 3.4.1.1); a refused write request
@@ -116,11 +121,15 @@ impl From<crate::esp::ImageError> for Reason {
         use crate::esp::ImageError as E;
         match e {
             E::BadMagic { .. } => Reason::BadImageMagic,
-            E::BadSegmentCount { .. } | E::BadSegmentLength { .. } => Reason::BadImageFormat,
+            E::BadSegmentCount { .. }
+            | E::BadSegmentLength { .. }
+            | E::MisalignedSegment { .. }
+            | E::BadLoadAddress { .. }
+            | E::OverlapsBootloader { .. } => Reason::BadImageFormat,
+            E::ChipRevisionTooLow { .. } | E::ChipRevisionTooHigh { .. } => Reason::ChipRevision,
             E::WrongChip { .. } => Reason::WrongChip,
             E::TooLarge { .. } => Reason::ImageTooLarge,
             E::Truncated { .. } => Reason::Truncated,
-            E::TrailingData { .. } => Reason::TrailingData,
             E::ChecksumMismatch { .. } => Reason::BadImageChecksum,
             E::HashMismatch => Reason::BadImageHash,
             E::NoAppDescriptor => Reason::NoAppDescriptor,

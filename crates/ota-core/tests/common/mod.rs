@@ -224,7 +224,7 @@ impl ImageSpec {
             .collect();
         ImageSpec {
             chip_id: Chip::Esp32c3.id(),
-            segments: vec![(0x3C00_0020, app_desc(name, "1.2.3")), (0x4200_0120, data)],
+            segments: vec![(0x3C00_0020, app_desc(name, "1.2.3")), (0x4200_0128, data)],
             hash: true,
         }
     }

@@ -22,14 +22,32 @@ pub fn build_image(chip: Chip, name: &str, version: &str, filler_len: usize, see
     let filler: Vec<u8> = (0..filler_len / 4 * 4)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ seed)
         .collect();
+    // Rodata in DROM (C6: in the one IROM/DROM window), congruent to its image offset.
+    let drom = if chip == Chip::Esp32c6 {
+        0x4280_0020
+    } else {
+        0x3C00_0020
+    };
     common::build_image(&common::ImageSpec {
         chip_id: chip.id(),
         segments: vec![
-            (0x3C00_0020, common::app_desc(name, version)),
-            (0x4200_0120, filler),
+            (drom, common::app_desc(name, version)),
+            (0x4200_0128, filler),
         ],
         hash: true,
     })
+}
+
+/// Returns `img` (from [`build_image`]) with `min_chip_rev_full` set to `min` and its appended
+/// SHA-256 recomputed.
+pub fn with_min_chip_rev(img: &[u8], min: u16) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut img = img.to_vec();
+    img[15..17].copy_from_slice(&min.to_le_bytes());
+    let body = img.len() - 32;
+    let h = Sha256::digest(&img[..body]);
+    img[body..].copy_from_slice(&h);
+    img
 }
 
 /// A device: RAM flash with the two-OTA table, a factory app, blank otadata.
