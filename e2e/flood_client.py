@@ -25,11 +25,11 @@ import struct
 import sys
 
 from bumble import hci
-from bumble.core import UUID, AdvertisingData
-from bumble.device import Advertisement, Device, Peer
+from bumble.core import UUID
+from bumble.device import Device, Peer
 from bumble.transport import open_transport
+from ota_scan import OTA_SERVICE_UUID, find_ota_device
 
-OTA_SERVICE_UUID = UUID("d6f1d96d-594c-4c53-b1c6-244a1dfde6d8")
 OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
 OTA_DATA_UUID = UUID("23408888-1f40-4cd8-9b89-ca8d45f8a5b0")
 
@@ -38,29 +38,6 @@ BEGIN_OK = 0x91
 ACK = 0xA0
 REWIND = 0xA1
 ERROR = 0xEE
-
-
-async def find(device: Device, timeout: float) -> hci.Address:
-    found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
-
-    def on_advertisement(advertisement: Advertisement) -> None:
-        if found.done():
-            return
-        for ad_type in (
-            AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-            AdvertisingData.INCOMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-        ):
-            for uuids in advertisement.data.get_all(ad_type):
-                if OTA_SERVICE_UUID in (uuids if isinstance(uuids, list) else [uuids]):
-                    found.set_result(advertisement.address)
-                    return
-
-    device.on(Device.EVENT_ADVERTISEMENT, on_advertisement)
-    await device.start_scanning(filter_duplicates=False)
-    try:
-        return await asyncio.wait_for(found, timeout)
-    finally:
-        await device.stop_scanning()
 
 
 async def run(args: argparse.Namespace, image: bytes) -> int:
@@ -73,7 +50,7 @@ async def run(args: argparse.Namespace, image: bytes) -> int:
         )
         await device.power_on()
         try:
-            address = await find(device, args.scan_timeout)
+            address = await find_ota_device(device, args.scan_timeout)
         except asyncio.TimeoutError:
             print("error: no OTA device found", file=sys.stderr)
             return 4

@@ -31,40 +31,16 @@ import logging
 import sys
 
 from bumble import att, hci
-from bumble.core import UUID, AdvertisingData
-from bumble.device import Advertisement, Device, Peer
+from bumble.core import UUID
+from bumble.device import Device, Peer
 from bumble.transport import open_transport
+from ota_scan import find_ota_device
 
-OTA_SERVICE_UUID = UUID("d6f1d96d-594c-4c53-b1c6-244a1dfde6d8")
 OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_NOT_FOUND = 4
-
-
-async def find(device: Device, timeout: float) -> hci.Address:
-    found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
-
-    def on_advertisement(advertisement: Advertisement) -> None:
-        if found.done():
-            return
-        for ad_type in (
-            AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-            AdvertisingData.INCOMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
-        ):
-            for uuids in advertisement.data.get_all(ad_type):
-                if OTA_SERVICE_UUID in (uuids if isinstance(uuids, list) else [uuids]):
-                    found.set_result(advertisement.address)
-                    return
-
-    device.on(Device.EVENT_ADVERTISEMENT, on_advertisement)
-    await device.start_scanning(filter_duplicates=False)
-    try:
-        return await asyncio.wait_for(found, timeout)
-    finally:
-        device.remove_listener(Device.EVENT_ADVERTISEMENT, on_advertisement)
-        await device.stop_scanning()
 
 
 def outcome(response: att.ATT_PDU | None, value_field: str) -> dict:
@@ -86,7 +62,7 @@ async def run(args: argparse.Namespace) -> int:
         )
         await device.power_on()
         try:
-            address = await find(device, args.scan_timeout)
+            address = await find_ota_device(device, args.scan_timeout)
         except asyncio.TimeoutError:
             print("error: no device advertising the OTA service", file=sys.stderr)
             return EXIT_NOT_FOUND

@@ -81,8 +81,12 @@ fn setup() -> Result<PathBuf> {
         let mut c = Command::new("rustup");
         c.args(["target", "add"]).args(TARGETS);
         run(&mut c)?;
+        // The style and lint gates of `cargo xtask test` must run, not be skipped.
+        run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
     } else {
-        eprintln!("rustup not found: assuming the targets {TARGETS:?} are installed");
+        eprintln!(
+            "rustup not found: assuming the targets {TARGETS:?}, rustfmt and clippy are installed"
+        );
     }
     let venv = root().join("target/py-venv");
     let python = venv.join("bin/python");
@@ -122,36 +126,27 @@ fn test() -> Result<()> {
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
-    // Style and lints, last so a lint never hides a failing test. They need the rustfmt and
-    // clippy components, which rustup's default profile has; a minimal toolchain skips them.
-    if has_component("fmt") {
-        run(cargo()
-            .args(["fmt", "--all", "--", "--check"])
-            .current_dir(root()))?;
-    }
-    if has_component("clippy") {
-        let lint = [
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ];
-        run(cargo().args(lint).current_dir(root()))?;
-    }
+    // Style and lints, last so a lint never hides a failing test. `setup` installed rustfmt
+    // and clippy; if they still cannot run, this fails rather than skipping them.
+    run(cargo()
+        .args(["fmt", "--all", "--", "--check"])
+        .current_dir(root()))?;
+    let lint = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    run(cargo().args(lint).current_dir(root()))?;
+    // The firmware too, for the chip CI builds first.
+    let fw = &firmware::CHIPS[0];
+    run(cargo()
+        .args(["clippy", "--release", "--locked", "--target", fw.target])
+        .args(["--no-default-features", "--features", fw.name])
+        .args(["--", "-D", "warnings"])
+        .current_dir(root().join("firmware")))?;
     Ok(())
-}
-
-/// Returns true if `cargo <tool> --version` runs; says so when it does not.
-fn has_component(tool: &str) -> bool {
-    let ok = cargo()
-        .args([tool, "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("cargo {tool} is not installed: skipping it (rustup component add {tool})");
-    }
-    ok
 }

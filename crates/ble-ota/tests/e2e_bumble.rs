@@ -302,13 +302,7 @@ fn seed_legacy_client_on_bumble() {
         mut dev,
     } = Rig::start(&[]);
     let (path, img) = image(dir.path(), "app.bin", "4.0.0", 60_000, 13);
-    let out = Command::new(python())
-        .arg(Path::new(ROOT).join("e2e/legacy_client.py"))
-        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
-        .args(["--mtu", "517", "--file"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = seed_client(ports[1], 517, &path);
     let log = text(&out);
     assert!(out.status.success(), "legacy_client.py: {log}");
     // Step by step, as the seed's client does.

@@ -12,9 +12,18 @@ use ota_core::protocol::{DEVICE_ATT_MTU, Reason, legacy, max_value_len, packed_v
 use ota_core::time::Instant;
 use support::{Device, build_image};
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+/// A BEGIN command for `img`.
+fn begin(img: &[u8]) -> Vec<u8> {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
+    let mut cmd = [0u8; 64];
+    let n = Command::Begin {
+        size: img.len() as u32,
+        sha256: sha2::Sha256::digest(img).into(),
+        flags: 0,
+    }
+    .encode(&mut cmd)
+    .unwrap();
+    cmd[..n].to_vec()
 }
 
 /// The MTU a central ends up with after asking for `requested`: the smaller of the two.
@@ -159,15 +168,7 @@ fn a_detached_fast_session_does_not_lock_out_a_seed_client() {
         let mut f = MemFlash::new(&mut dev.flash);
         let c = ClientId(7);
         engine.handle_mtu(c, 247);
-        let mut cmd = [0u8; 64];
-        let n = Command::Begin {
-            size: img.len() as u32,
-            sha256: sha256(&img),
-            flags: 0,
-        }
-        .encode(&mut cmd)
-        .unwrap();
-        engine.handle_control_write(&mut f, c, &cmd[..n], Instant(0));
+        engine.handle_control_write(&mut f, c, &begin(&img), Instant(0));
         let mut buf = [0u8; 600];
         let (_, n) = engine.poll_notification(&mut buf).unwrap();
         assert!(matches!(
@@ -197,15 +198,7 @@ fn a_connected_fast_session_keeps_its_ownership() {
     let mut f = MemFlash::new(&mut dev.flash);
     let fast = ClientId(7);
     engine.handle_mtu(fast, 247);
-    let mut cmd = [0u8; 64];
-    let n = Command::Begin {
-        size: img.len() as u32,
-        sha256: sha256(&img),
-        flags: 0,
-    }
-    .encode(&mut cmd)
-    .unwrap();
-    engine.handle_control_write(&mut f, fast, &cmd[..n], Instant(0));
+    engine.handle_control_write(&mut f, fast, &begin(&img), Instant(0));
     let seed = ClientId(8);
     engine.handle_mtu(seed, 247);
     assert_eq!(

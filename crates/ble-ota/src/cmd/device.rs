@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ble_link_model::FlashTiming;
 use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
+use ota_core::device::UpdateEngine;
 use ota_core::device::trial::{ConfirmPolicy, TrialConfig, TrialPolicy};
-use ota_gatt::{Exit, GattConfig, LinkTuning, Note, Phy};
+use ota_gatt::{Exit, GattConfig, LinkTuning, Note, OtaController, Phy, RunError};
 use serde_json::json;
 
 use crate::cmd::sim::BootView;
@@ -199,6 +200,37 @@ impl<F: NorFlash> NorFlash for Paced<'_, F> {
     }
 }
 
+/// One boot of the firmware's OTA side on `flash`: the pre-erase before BLE starts, then
+/// `ota_gatt::run` until it asks for a reset.
+async fn boot_and_serve<C: OtaController, F: NorFlash>(
+    controller: C,
+    flash: &mut F,
+    engine: &mut UpdateEngine,
+    trial: &mut TrialPolicy,
+    self_test: impl Future<Output = bool>,
+    config: &GattConfig<'_>,
+    json_out: bool,
+) -> Result<Exit, RunError> {
+    let erased = ota_gatt::pre_erase(flash, engine).await;
+    report(
+        json_out,
+        Note::PreErased {
+            erased_sectors: erased,
+        },
+    );
+    let mut observer = |n: Note| report(json_out, n);
+    ota_gatt::run(
+        controller,
+        flash,
+        engine,
+        trial,
+        self_test,
+        config,
+        &mut observer,
+    )
+    .await
+}
+
 /// Runs `ble-ota device`.
 pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> {
     let Some(spec) = target.hci.as_deref() else {
@@ -252,39 +284,18 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
             let mut trial = TrialPolicy::new(args.trial_config(), engine.is_trial(), ota_gatt::now());
             let self_test = async { !args.self_test_fails };
             let controller = open_controller(&spec).await?;
-            let mut observer = |n: Note| report(json_out, n);
             let flash = dev.dev.flash_mut();
             let result = if args.flash_timing {
                 let mut paced = Paced {
                     inner: flash,
                     timing: FlashTiming::TYPICAL_4MB_SPI_NOR,
                 };
-                // As the firmware does at boot, before BLE starts.
-                let erased = ota_gatt::pre_erase(&mut paced, &mut engine).await;
-                report(json_out, Note::PreErased { erased_sectors: erased });
-                ota_gatt::run(
-                    controller,
-                    &mut paced,
-                    &mut engine,
-                    &mut trial,
-                    self_test,
-                    &config,
-                    &mut observer,
-                )
-                .await
+                let (engine, trial) = (&mut engine, &mut trial);
+                boot_and_serve(controller, &mut paced, engine, trial, self_test, &config, json_out)
+                    .await
             } else {
-                let erased = ota_gatt::pre_erase(flash, &mut engine).await;
-                report(json_out, Note::PreErased { erased_sectors: erased });
-                ota_gatt::run(
-                    controller,
-                    flash,
-                    &mut engine,
-                    &mut trial,
-                    self_test,
-                    &config,
-                    &mut observer,
-                )
-                .await
+                boot_and_serve(controller, flash, &mut engine, &mut trial, self_test, &config, json_out)
+                    .await
             };
             match result {
                 Ok(Exit::Reboot) => {}
