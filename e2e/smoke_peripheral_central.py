@@ -13,7 +13,8 @@ ports read from its first stdout line, stdin a pipe), then drives Bumble hosts o
   and with 251- and 27-byte fragments and MTU 517 (512-byte writes and notification).
 - commands: unknown and unhandled commands get an error reply instead of silence.
 - legacy: e2e/legacy_client.py updates a tiny fake seed device (accept, request NAK,
-  done NAK) and must exit 0, 2 and 3.
+  done NAK) and must exit 0, 2 and 3. Against a fake device that grants MTU 517 it must fail
+  (exit 1): the seed's unclamped packet size 514 is more than ATT carries.
 
     target/py-venv/bin/python e2e/smoke_peripheral_central.py [-k link] [-v]
 
@@ -423,6 +424,7 @@ async def scenario_legacy(
     refuse_image: bool = False,
     size: int = 100 * 1024,
     select: tuple[str, ...] = (),
+    expect_exit: int | None = None,
 ) -> dict[str, float]:
     started = time.monotonic()
     image = random.Random(2).randbytes(size)
@@ -439,11 +441,18 @@ async def scenario_legacy(
                 )
                 code, output = await run_legacy_client(ports[1], file.name, mtu, *select)
                 expected = 2 if refuse_request else 3 if refuse_image else 0
+                if expect_exit is not None:
+                    expected = expect_exit
                 if code != expected:
                     raise AssertionError(f"legacy_client exited {code}, expected {expected}:\n{output}")
                 if expected == 0:
                     assert fake.image == image, "the fake device got a different image"
-                    assert fake.packet_size == min(mtu - 3, 512), fake.packet_size
+                    assert fake.packet_size == mtu - 3, fake.packet_size
+                if expect_exit == 1:
+                    # The seed's client against a device that grants MTU 517: its unclamped
+                    # packet size 514 exceeds ATT's 512-byte value limit and the first write
+                    # is refused. This is why our device grants at most 498.
+                    assert "INVALID_ATTRIBUTE_LENGTH" in output, output
     finally:
         os.unlink(file.name)
     elapsed = time.monotonic() - started
@@ -477,8 +486,10 @@ SCENARIOS = {
     "link-27-mtu517": lambda: scenario_link(acl_size=27, mtu=517),
     "commands": scenario_commands,
     "legacy-247": lambda: scenario_legacy(mtu=247),
-    "legacy-517": lambda: scenario_legacy(
-        mtu=517, select=("--address", PERIPHERAL_ADDRESS.to_string(with_type_qualifier=False))
+    "legacy-517-uncapped-device": lambda: scenario_legacy(
+        mtu=517,
+        select=("--address", PERIPHERAL_ADDRESS.to_string(with_type_qualifier=False)),
+        expect_exit=1,
     ),
     "legacy-nak": lambda: scenario_legacy(mtu=247, refuse_request=True, size=1000),
     "legacy-done-nak": lambda: scenario_legacy(mtu=247, refuse_image=True, size=1000),

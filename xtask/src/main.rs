@@ -1,6 +1,8 @@
 //! `cargo xtask`: the project's tasks, so CI and a fresh machine run the very same steps.
 //!
-//! - `cargo xtask test`: everything CI checks (installs what it needs first).
+//! - `cargo xtask test`: everything CI checks (installs what it needs first): the firmware,
+//!   every test (unit, property, vectors, CLI, end to end on Bumble), the fuzz targets' build,
+//!   fmt and clippy (the firmware's too).
 //! - `cargo xtask setup`: only the installs (Rust targets, the Python venv with Bumble and esptool).
 //! - `cargo xtask bench`: the benchmarks; writes BENCHMARKS.md (see `crates/ota-bench`).
 
@@ -126,6 +128,10 @@ fn test() -> Result<()> {
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
+    // The fuzz targets must keep building (running them is a task of its own: `cargo fuzz`).
+    run(cargo()
+        .args(["build", "--locked"])
+        .current_dir(root().join("fuzz")))?;
     // Style and lints, last so a lint never hides a failing test. `setup` installed rustfmt
     // and clippy; if they still cannot run, this fails rather than skipping them.
     run(cargo()

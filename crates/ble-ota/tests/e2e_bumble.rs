@@ -774,3 +774,20 @@ fn a_dropped_fast_client_does_not_lock_out_the_seed_client() {
     assert!(out.status.success(), "legacy_client.py: {}", text(&out));
     assert_booted(&mut dev, &sim, "9.1.0", &img);
 }
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn virtual_controllers_and_seed_client_smoke() {
+    let _serial = serial();
+    // The rig itself (controllers, fragmenting, link tuning answers) and the seed client
+    // against a fake seed device, all on Bumble hosts: e2e/smoke_peripheral_central.py.
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/smoke_peripheral_central.py"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smoke_peripheral_central.py: {}",
+        text(&out)
+    );
+}
