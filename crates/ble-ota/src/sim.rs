@@ -7,7 +7,7 @@ use std::time::{Duration, Instant as WallInstant};
 
 use anyhow::{Context, Result};
 use ota_core::client::{FastSender, LegacySender, Sender, SenderConfig};
-use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
+use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
 use virtual_esp32::air::{AirConfig, AirReport, update_over_air};
@@ -83,6 +83,11 @@ impl SimDevice {
         bar: &mut Bar,
     ) -> Result<AirReport> {
         let mut engine = self.engine(air.device_config(self.dev.chip()))?;
+        // The firmware erased the update slot while it sat idle (`UpdateEngine::pre_erase_step`):
+        // do that before the modelled connection starts, as the device would have.
+        while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
+            engine.pre_erase_step(self.dev.flash_mut())
+        {}
         let mut sender = if legacy {
             Sender::Legacy(LegacySender::new(image, air.link.att_mtu)?)
         } else {

@@ -307,6 +307,7 @@ async fn flash_ble(
         Duration::from_secs_f64(target.scan_timeout),
     )
     .await?;
+    link.disconnect_at = args.disconnect_at.clone();
     send(&mut link, args, image, bar).await
 }
 
@@ -334,13 +335,13 @@ pub async fn send<L: crate::transport::Link>(
     };
     let start = std::time::Instant::now();
     let mut outcome = Outcome::default();
-    {
+    let disconnects = {
         let mut watch = Watch {
             bar,
             outcome: &mut outcome,
         };
-        drive(link, &mut sender, &mut watch).await?;
-    }
+        drive(link, &mut sender, &mut watch).await?
+    };
     if let Some(e) = outcome.failed {
         return Err(refused(e));
     }
@@ -354,7 +355,7 @@ pub async fn send<L: crate::transport::Link>(
         seconds,
         modelled: false,
         throughput_bytes_per_s: image.len() as f64 / seconds.max(1e-9),
-        disconnects: 0,
+        disconnects,
         booted: None,
     })
 }

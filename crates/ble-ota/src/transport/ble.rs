@@ -91,6 +91,9 @@ pub struct BleLink {
     control: GattChar,
     data: GattChar,
     notes: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Drop the link just before these data writes (1-based), as `--disconnect-at` asks.
+    pub disconnect_at: Vec<u32>,
+    data_writes: u32,
 }
 
 impl BleLink {
@@ -146,6 +149,8 @@ impl BleLink {
             control,
             data,
             notes,
+            disconnect_at: Vec::new(),
+            data_writes: 0,
         })
     }
 }
@@ -165,6 +170,16 @@ impl Link for BleLink {
         data: &[u8],
         with_response: bool,
     ) -> Result<Result<(), u8>> {
+        if ch == Characteristic::Data {
+            self.data_writes += 1;
+            if self.disconnect_at.contains(&self.data_writes) {
+                let _ = self.peripheral.disconnect().await;
+                anyhow::bail!(
+                    "link dropped on purpose before data write {}",
+                    self.data_writes
+                );
+            }
+        }
         let target = match ch {
             Characteristic::Control => &self.control,
             Characteristic::Data => &self.data,

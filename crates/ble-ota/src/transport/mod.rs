@@ -43,12 +43,13 @@ pub trait Progress {
 pub const MAX_RECONNECTS: u32 = 5;
 
 /// Runs `sender` over `link` until it finishes. A dropped link is reconnected and the fast
-/// protocol resumes where the device acknowledged.
+/// protocol resumes where the device acknowledged. Returns how many times the link dropped
+/// (forced with `--disconnect-at` or not) and was reconnected.
 pub async fn drive<L: Link>(
     link: &mut L,
     sender: &mut Sender<'_>,
     progress: &mut dyn Progress,
-) -> Result<()> {
+) -> Result<u32> {
     let start = std::time::Instant::now();
     let now = || Instant(start.elapsed().as_millis() as u64);
     let mut buf = vec![0u8; 600];
@@ -111,7 +112,7 @@ pub async fn drive<L: Link>(
         }
     }
     drain(sender, progress);
-    Ok(())
+    Ok(reconnects)
 }
 
 fn drain(sender: &mut Sender<'_>, progress: &mut dyn Progress) {
