@@ -128,7 +128,9 @@ impl SimLink {
     pub fn connect(mut device: SimDevice) -> Result<SimLink> {
         let mut engine = device.engine(DeviceConfig::new(device.dev.chip()))?;
         engine.handle_connected(CLIENT);
+        // A direct connection as a current phone or laptop makes it: MTU 247, data length 251.
         engine.handle_mtu(CLIENT, 247);
+        engine.handle_data_length(CLIENT, ota_core::protocol::LL_MAX_DATA_LEN);
         Ok(SimLink {
             device,
             engine,

@@ -121,6 +121,7 @@ pub fn update_over_air(
     };
     engine.handle_connected(CLIENT);
     engine.handle_mtu(CLIENT, config.link.att_mtu);
+    engine.handle_data_length(CLIENT, config.link.max_ll_payload);
     let mut buf = vec![0u8; 600];
     let mut note = vec![0u8; 600];
     let mut final_outcome = AirOutcome::Stalled;
@@ -321,6 +322,7 @@ impl Run {
         sender.handle_disconnected();
         engine.handle_connected(CLIENT);
         engine.handle_mtu(CLIENT, config.link.att_mtu);
+        engine.handle_data_length(CLIENT, config.link.max_ll_payload);
     }
 }
 
