@@ -339,7 +339,10 @@ fn resume_after_forced_disconnect() {
     );
     let report = flash_json(&out);
     assert_eq!(report["outcome"], "activated");
-    assert_eq!(report["disconnects"], 2, "the report counts the dropped links: {report}");
+    assert_eq!(
+        report["disconnects"], 2,
+        "the report counts the dropped links: {report}"
+    );
     let boot = dev.wait_event("boot", Duration::from_secs(10));
     assert_eq!(boot["version"], "5.0.0");
     let events = dev.drain();
