@@ -543,3 +543,33 @@ fn a_device_that_never_answers_begin_fails_the_update_in_time() {
         ))
     );
 }
+
+#[test]
+fn one_hash_pass_still_catches_a_wrong_appended_sha256() {
+    // The checksum is right, the appended SHA-256 is not: only the validation hash, which the
+    // engine now takes from its session hasher, can tell.
+    for legacy in [false, true] {
+        let mut dev = Device::new(Chip::Esp32c3);
+        let mut img = build_image(Chip::Esp32c3, "app", "2.0.0", 40_000, 9);
+        let last = img.len() - 1;
+        img[last] ^= 0x01;
+        let mut engine = dev.engine();
+        let mut sender = if legacy {
+            legacy_sender(&img)
+        } else {
+            fast(&img)
+        };
+        let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+            Fate::Deliver
+        });
+        assert!(!out.activated(), "legacy {legacy}: refused");
+        assert!(
+            out.device_events
+                .contains(&ota_core::device::Event::UpdateFailed {
+                    reason: Reason::BadImageHash
+                }),
+            "legacy {legacy}: {:?}",
+            out.device_events
+        );
+    }
+}

@@ -678,8 +678,10 @@ impl UpdateEngine {
             .slots
             .next_update_partition(&self.running)
             .map_err(|_| Reason::NoOtaSlot)?;
+        // The transfer hashes every byte once and hands the validator its part.
         let validator = ImageValidator::new(Some(self.config.chip), target.size)
-            .with_chip_revision(self.config.chip_revision);
+            .with_chip_revision(self.config.chip_revision)
+            .with_external_hash();
         Ok(Transfer::new(
             protocol,
             client,

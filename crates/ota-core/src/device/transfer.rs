@@ -45,6 +45,8 @@ pub(super) struct Transfer {
     pub last_progress: Instant,
     validator: ImageValidator,
     hasher: Sha256,
+    /// SHA-256 of the image up to its checksum byte, once the stream passed it.
+    image_digest: Option<[u8; 32]>,
     pending: heapless::Vec<u8, PAGE_SIZE>,
     /// Bytes programmed into the slot.
     programmed: u32,
@@ -111,6 +113,7 @@ impl Transfer {
             last_progress: now,
             validator,
             hasher: Sha256::new(),
+            image_digest: None,
             pending: heapless::Vec::new(),
             programmed: 0,
             erased: pre_erased.min(target.size),
@@ -146,7 +149,18 @@ impl Transfer {
         }
         let fresh = &payload[(self.next - offset) as usize..];
         self.validator.feed(fresh).map_err(Reason::from)?;
-        self.hasher.update(fresh);
+        // One hash pass serves both the session (the whole file, against BEGIN's SHA-256) and
+        // the image check (the image up to its checksum byte, against the appended SHA-256):
+        // the hasher's state is snapshot where the image's hashed part ends.
+        match self.validator.hashed_len() {
+            Some(end) if self.image_digest.is_none() && end <= self.next + fresh.len() as u32 => {
+                let (head, tail) = fresh.split_at((end - self.next) as usize);
+                self.hasher.update(head);
+                self.image_digest = Some(self.hasher.clone().finalize().into());
+                self.hasher.update(tail);
+            }
+            _ => self.hasher.update(fresh),
+        }
         self.program(flash, slots, fresh)?;
         self.next += fresh.len() as u32;
         self.last_progress = now;
@@ -163,7 +177,9 @@ impl Transfer {
         slots: &OtaSlots,
     ) -> Result<(u8, u32, [u8; 32]), Reason> {
         let validator = core::mem::replace(&mut self.validator, ImageValidator::new(None, 0));
-        validator.finish().map_err(Reason::from)?;
+        validator
+            .finish_with_digest(self.image_digest)
+            .map_err(Reason::from)?;
         let digest: [u8; 32] = core::mem::take(&mut self.hasher).finalize().into();
         if let Protocol::Fast { size, sha256 } = self.protocol {
             if self.next != size {

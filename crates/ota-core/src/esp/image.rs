@@ -506,13 +506,17 @@ pub struct ImageValidator {
     checksum: u8,
     checksum_stored: Option<u8>,
     hash_stored: Option<[u8; 32]>,
-    sha: Sha256,
+    /// The validation hash, unless the caller hashes the same bytes itself
+    /// ([`ImageValidator::with_external_hash`]).
+    sha: Option<Sha256>,
     desc: AppDescriptor,
     desc_magic: u32,
     /// Bytes of the descriptor seen (it is complete at 256).
     desc_seen: u16,
     /// The first error; every later call returns it again.
     failed: Option<ImageError>,
+    /// The validation hash the caller computed, with [`ImageValidator::with_external_hash`].
+    external_digest: Option<[u8; 32]>,
 }
 
 impl ImageValidator {
@@ -535,13 +539,29 @@ impl ImageValidator {
             checksum: CHECKSUM_INIT,
             checksum_stored: None,
             hash_stored: None,
-            sha: Sha256::new(),
+            sha: Some(Sha256::new()),
             desc: AppDescriptor::EMPTY,
             desc_magic: 0,
             desc_seen: 0,
             failed: None,
+            external_digest: None,
         }
     }
+    /// Leaves the validation hash (SHA-256 of the image up to its checksum byte) to the caller,
+    /// who hashes the same stream anyway: the device's update engine hashes every byte for the
+    /// session and snapshots its hasher at [`hashed_len`](Self::hashed_len), so each byte is
+    /// hashed once. End with [`finish_with_digest`](Self::finish_with_digest).
+    pub fn with_external_hash(mut self) -> Self {
+        self.sha = None;
+        self
+    }
+
+    /// Returns the length the validation hash covers (header to checksum byte), once every
+    /// segment header was read.
+    pub fn hashed_len(&self) -> Option<u32> {
+        self.checksum_at.map(|at| at + 1)
+    }
+
     /// Also refuses images whose chip revision range excludes `revision` (`major * 100 +
     /// minor`, as `efuse_hal_chip_revision` gives it); `None`: revision unknown, not checked.
     pub fn with_chip_revision(mut self, revision: Option<u16>) -> Self {
@@ -601,6 +621,15 @@ impl ImageValidator {
     /// Ends the stream: the image must be complete, its checksum and hash must match and
     /// segment 0 must hold an app descriptor.
     pub fn finish(self) -> Result<ImageInfo, ImageError> {
+        self.finish_with_digest(None)
+    }
+
+    /// [`finish`](Self::finish) for a validator made [`with_external_hash`](Self::with_external_hash):
+    /// `digest` is the SHA-256 of the first [`hashed_len`](Self::hashed_len) bytes.
+    pub fn finish_with_digest(mut self, digest: Option<[u8; 32]>) -> Result<ImageInfo, ImageError> {
+        if let Some(d) = digest {
+            self.external_digest = Some(d);
+        }
         let info = self.report()?;
         if info.checksum_stored != info.checksum_computed {
             return Err(ImageError::ChecksumMismatch {
@@ -641,7 +670,10 @@ impl ImageValidator {
             checksum_stored,
             checksum_computed: self.checksum,
             hash_stored: self.hash_stored,
-            hash_computed: self.sha.finalize().into(),
+            hash_computed: match self.sha {
+                Some(sha) => sha.finalize().into(),
+                None => self.external_digest.unwrap_or([0; 32]),
+            },
             len: total,
             ignored_trailing: self.trailing,
         })
@@ -695,7 +727,9 @@ impl ImageValidator {
 
     /// Adds `bytes` to the running SHA-256 when they lie before/at the checksum byte.
     fn hash(&mut self, bytes: &[u8]) {
-        self.sha.update(bytes);
+        if let Some(sha) = &mut self.sha {
+            sha.update(bytes);
+        }
     }
 
     /// Collects up to `want` bytes of a fixed-size field into `buf`; returns (used, complete).
