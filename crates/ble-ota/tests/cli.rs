@@ -627,3 +627,14 @@ fn firmware_images_pass_image_inspect() {
         );
     }
 }
+
+#[test]
+fn the_virtual_esp32_has_the_firmwares_partition_table() {
+    // `ble-ota` keeps its own copy so the crate packages on its own; it must stay the
+    // firmware's table byte for byte, or the virtual device would model another device.
+    assert_eq!(
+        include_str!("../assets/partitions.csv"),
+        include_str!("../../../firmware/partitions.csv"),
+        "crates/ble-ota/assets/partitions.csv differs from firmware/partitions.csv: copy the firmware's"
+    );
+}

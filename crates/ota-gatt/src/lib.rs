@@ -63,7 +63,8 @@ use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
 use ota_core::esp::Chip;
 use ota_core::protocol::fast::Response;
 use ota_core::protocol::{
-    CONTROL_CHAR_UUID, DATA_CHAR_UUID, LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN, OTA_SERVICE_UUID,
+    CONTROL_CHAR_UUID, DATA_CHAR_UUID, LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN, LL_MAX_TX_TIME_US,
+    OTA_SERVICE_UUID,
 };
 use ota_core::time::Instant;
 use trouble_host::att::AttClient;
@@ -73,15 +74,12 @@ use crate::fmt::{debug, warning};
 pub use crate::pool::{ATT_MTU, OtaPacketPool};
 
 /// Data chunks the device announces it can hold (the engine's window is this many chunks).
-pub const RX_QUEUE_CHUNKS: u16 = 32;
+pub const RX_QUEUE_CHUNKS: u16 = ota_core::device::DEFAULT_RX_QUEUE_CHUNKS;
 /// Entries of the queue between the GATT event loop and the engine: the window plus room for
 /// control writes and reads that arrive while the window is full.
 pub const QUEUE_DEPTH: usize = RX_QUEUE_CHUNKS as usize + 8;
 /// Largest attribute value (ATT's limit).
 pub const MAX_VALUE_LEN: usize = ota_core::protocol::MAX_ATTRIBUTE_LEN;
-/// The transmit time that goes with 251-octet PDUs on the 1M PHY (Core Spec Vol 6 Part B
-/// 4.5.10: (251 + 14) * 8 µs), asked for with the data length.
-const LL_MAX_TX_TIME_US: u16 = 2120;
 /// Attribute table entries: GAP and GATT services, OTA service, Device Information.
 const ATT_TABLE_SIZE: usize = 32;
 

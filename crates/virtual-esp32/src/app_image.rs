@@ -18,12 +18,9 @@
 //! an old bootloader bug). The code is filler: the virtual ESP32 never executes it.
 
 use ota_core::esp::Chip;
+use ota_core::esp::image::{APP_DESC_MAGIC, IMAGE_MAGIC};
 use sha2::{Digest, Sha256};
 
-/// `ESP_IMAGE_HEADER` magic.
-const IMAGE_MAGIC: u8 = 0xE9;
-/// `esp_app_desc_t` magic word.
-const APP_DESC_MAGIC: u32 = 0xABCD_5432;
 /// Size of `esp_app_desc_t`.
 pub const APP_DESC_LEN: usize = 256;
 /// MMU page / `IROM_ALIGN`.
@@ -243,7 +240,7 @@ mod tests {
     #[test]
     fn layout_checksum_and_hash() {
         let img = build(Chip::Esp32c3, "demo", "2.0.0", 1001, 7);
-        assert_eq!(img[0], 0xE9);
+        assert_eq!(img[0], IMAGE_MAGIC);
         assert_eq!(img[1], 2);
         assert_eq!(&img[0x0C..0x0E], &5u16.to_le_bytes());
         assert_eq!(&img[0x18..0x1C], &0x3C00_0020u32.to_le_bytes());

@@ -6,7 +6,7 @@ use std::path::Path;
 use ota_core::esp::boot::{
     BootError, BootloaderConfig, GuardOutcome, rollback_guard, run_bootloader_with_revision,
 };
-use ota_core::esp::image::{Rev, parse_chip_revision};
+use ota_core::esp::image::{IMAGE_MAGIC, Rev, parse_chip_revision};
 use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
 use ota_core::esp::{
     Chip, ImageError, ImageInfo, OtaImgState, OtaSlots, Partition, PartitionError, PartitionTable,
@@ -227,7 +227,7 @@ fn check_image_header(bytes: &[u8], chip: Chip, what: &'static str) -> Result<()
     if bytes.len() < 24 {
         return Err(bad(format!("only {} bytes", bytes.len())));
     }
-    if bytes[0] != 0xE9 {
+    if bytes[0] != IMAGE_MAGIC {
         return Err(bad(format!("first byte {:#04x}, expected 0xe9", bytes[0])));
     }
     let id = u16::from_le_bytes([bytes[12], bytes[13]]);
@@ -242,7 +242,7 @@ fn check_image_header(bytes: &[u8], chip: Chip, what: &'static str) -> Result<()
 fn detect_chip(bytes: &[u8], table: &PartitionTable) -> Option<Chip> {
     let header_chip = |off: usize| -> Option<Chip> {
         let h = bytes.get(off..off + 24)?;
-        if h[0] != 0xE9 {
+        if h[0] != IMAGE_MAGIC {
             return None;
         }
         Chip::from_id(u16::from_le_bytes([h[12], h[13]]))
@@ -265,7 +265,7 @@ fn detect_chip(bytes: &[u8], table: &PartitionTable) -> Option<Chip> {
 fn header_flash_size(bytes: &[u8], chip: Chip, table: &PartitionTable) -> Option<u32> {
     let size_at = |off: usize| -> Option<u32> {
         let h = bytes.get(off..off + 24)?;
-        if h[0] != 0xE9 || u16::from_le_bytes([h[12], h[13]]) != chip.id() {
+        if h[0] != IMAGE_MAGIC || u16::from_le_bytes([h[12], h[13]]) != chip.id() {
             return None;
         }
         let code = h[3] >> 4;
@@ -291,8 +291,7 @@ fn parse_table(bytes: &[u8], flash_size: u32) -> Result<PartitionTable, Partitio
 }
 
 fn c_str(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    ota_core::esp::image::c_str(bytes).to_string()
 }
 
 /// A virtual ESP32. See the [crate docs](crate).

@@ -19,7 +19,8 @@ use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embedded_io_adapters::tokio_1::FromTokio;
 use ota_core::protocol::{
-    CONTROL_CHAR_UUID, Characteristic as Ch, DATA_CHAR_UUID, OTA_SERVICE_UUID,
+    CONTROL_CHAR_UUID, Characteristic as Ch, DATA_CHAR_UUID, LL_MAX_DATA_LEN, LL_MAX_TX_TIME_US,
+    OTA_SERVICE_UUID,
 };
 use ota_gatt::OtaPacketPool;
 use tokio::sync::{mpsc, oneshot};
@@ -575,7 +576,11 @@ impl Central {
                 .map_err(|e| format!("cannot subscribe to OTA Control: {e:?}"))?;
             // The central sends the image: ask for long link-layer packets and the 2M PHY on
             // its side too (the completions arrive as connection events).
-            if conn.update_data_length(stack, 251, 2120).await.is_err() {
+            if conn
+                .update_data_length(stack, LL_MAX_DATA_LEN, LL_MAX_TX_TIME_US)
+                .await
+                .is_err()
+            {
                 log::warn!("hci: the controller refused data length 251");
             }
             if conn.set_phy(stack, PhyKind::Le2M).await.is_err() {

@@ -52,6 +52,10 @@ use transfer::{Protocol, Transfer};
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ClientId(pub u16);
 
+/// Data chunks a device holds between its BLE receive path and the engine by default: the
+/// window a client may have in flight (see [`DeviceConfig::new`]).
+pub const DEFAULT_RX_QUEUE_CHUNKS: u16 = 32;
+
 /// How the device announces and paces transfers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -86,7 +90,7 @@ impl DeviceConfig {
         DeviceConfig {
             chip,
             chip_revision: None,
-            rx_queue_chunks: 32,
+            rx_queue_chunks: DEFAULT_RX_QUEUE_CHUNKS,
             max_chunk: (MAX_ATTRIBUTE_LEN - fast::CHUNK_HEADER_LEN) as u16,
             acks_per_window: 4,
             rewind_retry_ms: 300,
@@ -992,15 +996,6 @@ const MIN_IMAGE_LEN: u32 = 24;
 /// End of `esp_app_desc_t` in an image (0x20 + 256).
 const APP_DESC_END: u32 = 0x120;
 
-/// Returns a NUL-padded C string field as text (up to the first NUL or invalid byte).
-fn c_str(field: &[u8]) -> &str {
-    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
-    match core::str::from_utf8(&field[..end]) {
-        Ok(s) => s,
-        Err(e) => core::str::from_utf8(&field[..e.valid_up_to()]).unwrap_or(""),
-    }
-}
-
 /// Returns INFO's slot number for a partition.
 fn slot_number(p: &Partition) -> u8 {
     if p.is_factory() {
@@ -1030,8 +1025,8 @@ fn read_app_strings<F: NorFlash>(
         pos += buf.len() as u32;
     }
     if let Some(desc) = v.app_descriptor() {
-        let _ = name.push_str(c_str(&desc.project_name));
-        let _ = version.push_str(c_str(&desc.version));
+        let _ = name.push_str(crate::esp::image::c_str(&desc.project_name));
+        let _ = version.push_str(crate::esp::image::c_str(&desc.version));
     }
     (name, version)
 }

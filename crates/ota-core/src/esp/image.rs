@@ -13,6 +13,16 @@ use super::flash::FlashError;
 
 /// Magic byte of an app image header.
 pub const IMAGE_MAGIC: u8 = 0xE9;
+
+/// Returns a NUL-padded C string field of an image (project name, version, ...) as text, up to
+/// the first NUL or the first byte that is not UTF-8.
+pub fn c_str(field: &[u8]) -> &str {
+    let end = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+    match core::str::from_utf8(&field[..end]) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&field[..e.valid_up_to()]).unwrap_or(""),
+    }
+}
 /// Magic word of `esp_app_desc_t`.
 pub const APP_DESC_MAGIC: u32 = 0xABCD_5432;
 /// Most segments an image may have.

@@ -33,6 +33,9 @@ pub const L2CAP_HEADER: usize = 4;
 pub const LL_DEFAULT_DATA_LEN: u16 = 27;
 /// Largest link-layer data length (LE Data Length Extension).
 pub const LL_MAX_DATA_LEN: u16 = 251;
+/// The transmit time that goes with [`LL_MAX_DATA_LEN`] on the LE 1M PHY, in µs, asked for
+/// with it (Core Spec Vol 6 Part B 4.5.10: (251 + 14) octets at 8 µs).
+pub const LL_MAX_TX_TIME_US: u16 = 2120;
 
 /// Largest ATT MTU the device accepts in an MTU exchange.
 ///
