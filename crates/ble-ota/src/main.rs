@@ -71,10 +71,20 @@ fn main() -> std::process::ExitCode {
     let json = cli.json;
     let target = cli.target;
     let result = match cli.command {
-        Command::Demo(a) => cmd::demo::run(a, json),
+        Command::Demo(_) if json => Err(exit::CliError::new(
+            exit::ExitCode::Usage,
+            "`demo` tells a story for people and has no JSON output; script the same steps with `ble-ota --json sim ...` and `ble-ota --json --sim FILE flash ...`",
+        )
+        .into()),
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Image(c) => cmd::image::run(c, json),
         Command::Sim(c) => cmd::sim::run(c, &target, json),
         Command::Device(a) => cmd::device::run(a, &target, json),
+        Command::Scan(_) if target.hci.is_some() || target.sim.is_some() => Err(exit::CliError::new(
+            exit::ExitCode::Usage,
+            "`scan` lists what the system's Bluetooth adapter sees; over --hci or --sim there is nothing to list: `ble-ota info --hci SPEC` (or --sim FILE) finds the device and shows it",
+        )
+        .into()),
         Command::Scan(a) => runtime().and_then(|rt| rt.block_on(cmd::scan::run(a, json))),
         Command::Info => runtime().and_then(|rt| rt.block_on(cmd::control::info(&target, json))),
         Command::Confirm => {

@@ -81,7 +81,7 @@ fn update(
     Ok(r)
 }
 
-pub fn run(args: DemoArgs, _json: bool) -> Result<()> {
+pub fn run(args: DemoArgs) -> Result<()> {
     let link = crate::cmd::flash::profile(&args.profile)?;
     let air = AirConfig::new(link);
     std::fs::create_dir_all(&args.dir)

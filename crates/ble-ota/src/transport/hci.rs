@@ -137,7 +137,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<Vec<u8>, String>>,
     },
     Reconnect {
-        reply: oneshot::Sender<Result<u16, String>>,
+        reply: oneshot::Sender<Result<u16, CliError>>,
     },
     Disconnect {
         reply: std::sync::mpsc::Sender<()>,
@@ -198,14 +198,8 @@ pub async fn connect_hci_with(
         })?;
     let mtu = match ready_rx.await {
         Ok(Ok(mtu)) => mtu,
-        Ok(Err(e))
-            if ["no device", "cannot reach", "cannot open the HCI"]
-                .iter()
-                .any(|p| e.starts_with(p)) =>
-        {
-            return Err(CliError::new(ExitCode::NoDevice, e).into());
-        }
-        Ok(Err(e)) => bail!("{e}"),
+        // The host thread says which exit code its failure means.
+        Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err(host_stopped()),
     };
     Ok(HciLink {
@@ -218,6 +212,11 @@ pub async fn connect_hci_with(
         data_writes: 0,
         forced_disconnects: 0,
     })
+}
+
+/// A failure of the HCI host thread that exits with [`ExitCode::Failure`].
+fn failed(message: String) -> CliError {
+    CliError::new(ExitCode::Failure, message)
 }
 
 /// The HCI host thread ended: the controller closed its connection or the stack failed.
@@ -309,7 +308,11 @@ impl super::Link for HciLink {
     async fn reconnect(&mut self) -> Result<()> {
         // Notifications of the old connection mean nothing any more.
         while self.notes.try_recv().is_ok() {}
-        self.mtu = self.ask(|reply| Cmd::Reconnect { reply }).await?;
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Reconnect { reply })
+            .map_err(|_| host_stopped())?;
+        self.mtu = rx.await.map_err(|_| host_stopped())??;
         Ok(())
     }
 }
@@ -401,7 +404,7 @@ impl EventHandler for ScanHandler {
 /// What ended a connection.
 enum SessionEnd {
     Disconnected,
-    Reconnect(oneshot::Sender<Result<u16, String>>),
+    Reconnect(oneshot::Sender<Result<u16, CliError>>),
     Closed,
 }
 
@@ -414,12 +417,13 @@ impl Central {
     async fn run(
         self,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
-        ready: oneshot::Sender<Result<u16, String>>,
+        ready: oneshot::Sender<Result<u16, CliError>>,
     ) {
         let controller = match open_controller(&self.spec).await {
             Ok(c) => c,
             Err(e) => {
-                let _ = ready.send(Err(format!("{e:#}")));
+                let code = crate::exit::code_of(&e);
+                let _ = ready.send(Err(CliError::new(code, format!("{e:#}"))));
                 return;
             }
         };
@@ -493,8 +497,8 @@ impl Central {
         central: &mut trouble_host::central::Central<'a, HciController, OtaPacketPool>,
         handler: &ScanHandler,
         cmds: &mut mpsc::UnboundedReceiver<Cmd>,
-        ready: &mut Option<oneshot::Sender<Result<u16, String>>>,
-    ) -> std::result::Result<SessionEnd, String> {
+        ready: &mut Option<oneshot::Sender<Result<u16, CliError>>>,
+    ) -> std::result::Result<SessionEnd, CliError> {
         // Scan until an advertiser matches.
         *handler.found.borrow_mut() = None;
         let target = {
@@ -508,7 +512,7 @@ impl Central {
             let session = scanner
                 .scan(&config)
                 .await
-                .map_err(|e| format!("cannot scan: {e:?}"))?;
+                .map_err(|e| failed(format!("cannot scan: {e:?}")))?;
             let deadline = std::time::Instant::now() + self.scan_timeout;
             let found = loop {
                 if let Some(a) = *handler.found.borrow() {
@@ -520,12 +524,17 @@ impl Central {
                 embassy_time::Timer::after_millis(10).await;
             };
             session.stop().await;
-            found.ok_or_else(|| match &self.selector {
-                Some(s) => format!("no device `{s}` found in {:?}", self.scan_timeout),
-                None => format!(
-                    "no device advertising the OTA service found in {:?}",
-                    self.scan_timeout
-                ),
+            found.ok_or_else(|| {
+                CliError::new(
+                    ExitCode::NoDevice,
+                    match &self.selector {
+                        Some(s) => format!("no device `{s}` found in {:?}", self.scan_timeout),
+                        None => format!(
+                            "no device advertising the OTA service found in {:?}",
+                            self.scan_timeout
+                        ),
+                    },
+                )
             })?
         };
         let connect = ConnectConfig {
@@ -547,33 +556,33 @@ impl Central {
             central.connect(&connect),
         )
         .await
-        .map_err(|_| "connecting timed out".to_string())?
-        .map_err(|e| format!("cannot connect: {e:?}"))?;
+        .map_err(|_| failed("connecting timed out".to_string()))?
+        .map_err(|e| failed(format!("cannot connect: {e:?}")))?;
         let client = GattClient::<HciController, OtaPacketPool, 8>::new(stack, &conn)
             .await
-            .map_err(|e| format!("ATT MTU exchange failed: {e:?}"))?;
+            .map_err(|e| failed(format!("ATT MTU exchange failed: {e:?}")))?;
         let mtu = conn.att_mtu();
         let served = select(client.task(), async {
             let services = client
                 .services_by_uuid(&Uuid::from(OTA_SERVICE_UUID))
                 .await
-                .map_err(|e| format!("service discovery failed: {e:?}"))?;
+                .map_err(|e| failed(format!("service discovery failed: {e:?}")))?;
             let service = services
                 .first()
                 .cloned()
-                .ok_or_else(|| "the device has no OTA service".to_string())?;
+                .ok_or_else(|| failed("the device has no OTA service".to_string()))?;
             let control: Characteristic<[u8]> = client
                 .characteristic_by_uuid(&service, &Uuid::from(CONTROL_CHAR_UUID))
                 .await
-                .map_err(|e| format!("no OTA Control characteristic: {e:?}"))?;
+                .map_err(|e| failed(format!("no OTA Control characteristic: {e:?}")))?;
             let data: Characteristic<[u8]> = client
                 .characteristic_by_uuid(&service, &Uuid::from(DATA_CHAR_UUID))
                 .await
-                .map_err(|e| format!("no OTA Data characteristic: {e:?}"))?;
+                .map_err(|e| failed(format!("no OTA Data characteristic: {e:?}")))?;
             let mut listener = client
                 .subscribe(&control, false)
                 .await
-                .map_err(|e| format!("cannot subscribe to OTA Control: {e:?}"))?;
+                .map_err(|e| failed(format!("cannot subscribe to OTA Control: {e:?}")))?;
             // The central sends the image: ask for long link-layer packets and the 2M PHY on
             // its side too (the completions arrive as connection events).
             if conn
