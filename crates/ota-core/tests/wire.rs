@@ -209,3 +209,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn which_response_answers_which_command() {
+    use ota_core::protocol::fast::{Response, is_cut_info, op};
+    let ack = Response::Ack { next: 10 };
+    assert!(ack.answers(op::STATUS));
+    assert!(
+        !ack.answers(op::BEGIN),
+        "an ACK during a transfer answers no BEGIN"
+    );
+    assert!(!Response::Rewind { next: 0 }.answers(op::STATUS));
+    let err = Response::Error {
+        opcode: op::BEGIN,
+        reason: ota_core::protocol::Reason::Busy,
+        detail: 0,
+    };
+    assert!(err.answers(op::BEGIN) && !err.answers(op::END));
+    assert!(Response::RebootOk.answers(op::REBOOT));
+    // INFO cut by a 23-byte MTU: 20 bytes of a longer value.
+    let mut cut = [0u8; 20];
+    cut[0] = op::RESPONSE_FLAG | op::INFO;
+    assert!(is_cut_info(&cut));
+    assert!(!is_cut_info(&[op::RESPONSE_FLAG | op::REBOOT]));
+}

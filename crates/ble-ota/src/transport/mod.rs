@@ -7,7 +7,7 @@ pub mod hci;
 use std::time::Duration;
 
 use anyhow::Result;
-use ota_core::client::{ClientEvent, Sender};
+use ota_core::client::{ClientEvent, Sender, SenderConfig};
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
 
@@ -127,7 +127,7 @@ pub async fn command<L: Link>(
     link: &mut L,
     cmd: ota_core::protocol::fast::Command,
 ) -> Result<ota_core::protocol::fast::Response> {
-    use ota_core::protocol::fast::{Response, op};
+    use ota_core::protocol::fast::{Response, is_cut_info};
     let mut buf = [0u8; 64];
     let n = cmd.encode(&mut buf)?;
     let opcode = cmd.opcode();
@@ -136,29 +136,24 @@ pub async fn command<L: Link>(
             "the device rejected the command with ATT error {code:#04x}: is it running OTA firmware?"
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // The same deadline the update's sender gives each answer.
+    let timeout = Duration::from_millis(SenderConfig::default().answer_timeout_ms.into());
+    let deadline = std::time::Instant::now() + timeout;
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         let Some(bytes) = link.notification(left).await? else {
             break;
         };
         let resp = match Response::decode(&bytes) {
             Ok(r) => r,
-            Err(_) if bytes.first() == Some(&(op::RESPONSE_FLAG | op::INFO)) => {
-                Response::decode(&link.read_control().await?)?
-            }
+            Err(_) if is_cut_info(&bytes) => Response::decode(&link.read_control().await?)?,
             Err(_) => continue,
         };
-        let answers = match &resp {
-            Response::Error { opcode: o, .. } => *o == opcode,
-            Response::Ack { .. } => opcode == op::STATUS,
-            Response::Rewind { .. } => false,
-            _ => true,
-        };
-        if answers {
+        if resp.answers(opcode) {
             return Ok(resp);
         }
     }
     anyhow::bail!(
-        "no answer from the device within 5 s: does its firmware speak the fast protocol? (`--legacy` for the seed's)"
+        "no answer from the device within {} s: does its firmware speak the fast protocol? (`--legacy` for the seed's)",
+        timeout.as_secs()
     )
 }

@@ -548,12 +548,7 @@ impl<'a> FastSender<'a> {
         let resp = match Response::decode(data) {
             Ok(r) => r,
             // INFO cut by the MTU, or a legacy byte echoed: not for us.
-            Err(_)
-                if data.len() <= 1
-                    || data.first() == Some(&(fast::op::RESPONSE_FLAG | fast::op::INFO)) =>
-            {
-                return;
-            }
+            Err(_) if data.len() <= 1 || fast::is_cut_info(data) => return,
             Err(e) => return self.fail(ClientError::Protocol(e)),
         };
         match resp {

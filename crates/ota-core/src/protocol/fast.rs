@@ -380,7 +380,24 @@ pub enum Response {
     },
 }
 
+/// Returns true if `bytes` is an INFO answer cut short by a small ATT MTU: the whole value is
+/// on OTA Control, for a read.
+pub fn is_cut_info(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&(op::RESPONSE_FLAG | op::INFO)) && Response::decode(bytes).is_err()
+}
+
 impl Response {
+    /// Returns true if this response answers a command with `opcode`: an ERROR that names it,
+    /// an ACK for STATUS, or any OK. REWIND and unsolicited ACKs answer nothing.
+    pub fn answers(&self, opcode: u8) -> bool {
+        match self {
+            Response::Error { opcode: o, .. } => *o == opcode,
+            Response::Ack { .. } => opcode == op::STATUS,
+            Response::Rewind { .. } => false,
+            _ => true,
+        }
+    }
+
     /// Largest encoded response (an INFO with 17 slots and a resumable session).
     pub const MAX_LEN: usize = 3 + 1 + 2 + 1 + 33 + 33 + 4 + 2 + 4 + 1 + 17 * 3 + 1 + 40;
 
