@@ -6,7 +6,7 @@ use std::path::Path;
 use ota_core::esp::boot::{
     BootError, BootloaderConfig, GuardOutcome, rollback_guard, run_bootloader_with_revision,
 };
-use ota_core::esp::image::{IMAGE_MAGIC, Rev, parse_chip_revision};
+use ota_core::esp::image::{ImageHeader, Rev, parse_chip_revision};
 use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
 use ota_core::esp::{
     Chip, ImageError, ImageInfo, OtaImgState, OtaSlots, Partition, PartitionError, PartitionTable,
@@ -227,12 +227,15 @@ fn check_image_header(bytes: &[u8], chip: Chip, what: &'static str) -> Result<()
     if bytes.len() < 24 {
         return Err(bad(format!("only {} bytes", bytes.len())));
     }
-    if bytes[0] != IMAGE_MAGIC {
+    let Some(header) = ImageHeader::sniff(bytes) else {
         return Err(bad(format!("first byte {:#04x}, expected 0xe9", bytes[0])));
-    }
-    let id = u16::from_le_bytes([bytes[12], bytes[13]]);
-    if id != chip.id() {
-        return Err(bad(format!("header chip id {id}, expected {}", chip.id())));
+    };
+    if header.chip_id != chip.id() {
+        return Err(bad(format!(
+            "header chip id {}, expected {}",
+            header.chip_id,
+            chip.id()
+        )));
     }
     Ok(())
 }
@@ -240,13 +243,7 @@ fn check_image_header(bytes: &[u8], chip: Chip, what: &'static str) -> Result<()
 /// Returns the chip named by a bootloader header at its chip's bootloader offset, else by the
 /// first app partition whose header has a known chip id.
 fn detect_chip(bytes: &[u8], table: &PartitionTable) -> Option<Chip> {
-    let header_chip = |off: usize| -> Option<Chip> {
-        let h = bytes.get(off..off + 24)?;
-        if h[0] != IMAGE_MAGIC {
-            return None;
-        }
-        Chip::from_id(u16::from_le_bytes([h[12], h[13]]))
-    };
+    let header_chip = |off: usize| ImageHeader::sniff(bytes.get(off..)?)?.chip();
     for off in [0x0, 0x1000, 0x2000] {
         if let Some(c) = header_chip(off).filter(|c| c.bootloader_offset() == off as u32) {
             return Some(c);
@@ -263,13 +260,10 @@ fn detect_chip(bytes: &[u8], table: &PartitionTable) -> Option<Chip> {
 /// Returns the flash size named by the header's size nibble at the chip's bootloader offset
 /// (the ROM's source of truth), else by the first app image.
 fn header_flash_size(bytes: &[u8], chip: Chip, table: &PartitionTable) -> Option<u32> {
-    let size_at = |off: usize| -> Option<u32> {
-        let h = bytes.get(off..off + 24)?;
-        if h[0] != IMAGE_MAGIC || u16::from_le_bytes([h[12], h[13]]) != chip.id() {
-            return None;
-        }
-        let code = h[3] >> 4;
-        (code <= 7).then(|| (1u32 << 20) << code)
+    let size_at = |off: usize| {
+        ImageHeader::sniff(bytes.get(off..)?)
+            .filter(|h| h.chip_id == chip.id())?
+            .flash_size()
     };
     size_at(chip.bootloader_offset() as usize).or_else(|| {
         table

@@ -367,6 +367,25 @@ pub enum ImageError {
 }
 
 impl ImageHeader {
+    /// Returns the header at the start of `bytes` if they begin with an image header (the
+    /// magic byte and 24 bytes): to tell which chip a file or a flash region is for.
+    pub fn sniff(bytes: &[u8]) -> Option<ImageHeader> {
+        let header: &[u8; HEADER_LEN as usize] =
+            bytes.get(..HEADER_LEN as usize)?.try_into().ok()?;
+        (header[0] == IMAGE_MAGIC).then(|| ImageHeader::from_bytes(header))
+    }
+
+    /// Returns the chip the image is for, if the id is one ESP-IDF knows.
+    pub fn chip(&self) -> Option<Chip> {
+        Chip::from_id(self.chip_id)
+    }
+
+    /// Returns the flash size the header's size nibble names (codes 0-7: 1 MB to 128 MB).
+    pub fn flash_size(&self) -> Option<u32> {
+        let code = self.spi_speed_size >> 4;
+        (code <= 7).then(|| (1u32 << 20) << code)
+    }
+
     /// Parses the 24-byte header (the magic byte is not checked here).
     pub fn from_bytes(b: &[u8; 24]) -> Self {
         let u16_at = |at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
