@@ -1,7 +1,6 @@
-//! Upper bounds on update throughput: the radio's and the flash's.
+//! Upper bounds on update throughput: the radio's, the flash's, and both together.
 //!
-//! All three return application bytes (attribute values, or image bytes for the flash) per
-//! second.
+//! All return application bytes (attribute values, or image bytes) per second.
 
 use crate::flash::FlashTiming;
 use crate::params::{ATT_WRITE_HEADER_LEN, L2CAP_HEADER_LEN, LinkParams, Phy, pair_us};
@@ -36,9 +35,10 @@ pub fn airtime(phy: Phy, max_ll_payload: u16, value_len: usize) -> f64 {
 
 /// Returns the link ceiling: value bytes per second when every connection event is filled
 /// with write commands of `value_len` bytes, under the same rules as [`Link`](crate::Link):
-/// packet pairs while the pair and the `T_IFS` after it end by the next anchor point, at most
-/// `max_packets_per_event` of them, fragments continuing into the next event. The device is
-/// taken as infinitely fast.
+/// packet pairs while the pair and the `T_IFS` after it end by the next anchor point minus
+/// [`LinkParams::event_end_margin_us`], at most `max_packets_per_event` of them, fragments
+/// continuing into the next event. The device is taken as infinitely fast and its radio as
+/// always on.
 ///
 /// The result is exact: the fragment the events start with repeats after at most as many
 /// events as a PDU has fragments, and the throughput of that cycle is the long-run one.
@@ -46,6 +46,7 @@ pub fn link(params: &LinkParams, value_len: usize) -> f64 {
     let frags = fragments(value_len, params.max_ll_payload);
     let n = frags.len();
     let interval = u64::from(params.conn_interval_us());
+    let budget = u64::from(params.event_budget_us());
     let cap = params.max_packets_per_event.map_or(u64::MAX, u64::from);
     // For each fragment index an event may start at: (events, packets) when first seen.
     let mut seen: Vec<Option<(u64, u64)>> = vec![None; n];
@@ -61,7 +62,7 @@ pub fn link(params: &LinkParams, value_len: usize) -> f64 {
         let (mut t, mut pairs) = (0u64, 0u64);
         loop {
             let d = u64::from(pair_us(params.phy, frags[idx], 0));
-            if pairs >= cap || t + d > interval {
+            if pairs >= cap || t + d > budget {
                 break;
             }
             t += d;
@@ -71,6 +72,39 @@ pub fn link(params: &LinkParams, value_len: usize) -> f64 {
         }
         events += 1;
     }
+}
+
+/// Returns the best value length for the link ceiling and that ceiling: the length among
+/// `1..=params.max_value_len()` with the highest [`link`] ceiling, the shortest of equals.
+pub fn best_link(params: &LinkParams) -> (usize, f64) {
+    (1..=params.max_value_len())
+        .map(|len| (len, link(params, len)))
+        .fold((0, 0.0), |best, c| if c.1 > best.1 { c } else { best })
+}
+
+/// Returns the honest ceiling: image bytes per second for `image_len` bytes written to a
+/// pre-erased slot on a device whose radio stops during every flash command (esp-storage
+/// masks interrupts around each ROM erase and program call on the ESP32-C3/C6).
+///
+/// The time is the sum of
+///
+/// - the link time: `image_len` bytes at the best link ceiling for the MTU, data length and
+///   event end margin ([`best_link`]), as write commands filling every event; and
+/// - the flash time that cannot overlap with the radio: one page program per page,
+///   `ceil(image_len / page_size) * page_program_us` ([`FlashTiming::ops_time`]). Erases are
+///   not counted: the slot was erased before the update, while the device was idle.
+///
+/// It is an upper bound: a real update also pays for the acknowledgements, the connection
+/// events a flash span skips beyond its own length, and any erase left to do.
+pub fn honest(params: &LinkParams, flash: &FlashTiming, image_len: u64) -> f64 {
+    if image_len == 0 {
+        return 0.0;
+    }
+    let (_, link_rate) = best_link(params);
+    let link_s = image_len as f64 / link_rate;
+    let pages = image_len.div_ceil(u64::from(flash.page_size.max(1)));
+    let flash_s = flash.ops_time(0, 0, pages).as_secs_f64();
+    image_len as f64 / (link_s + flash_s)
 }
 
 /// Returns the flash ceiling: image bytes per second when `bytes` bytes are erased and
@@ -90,5 +124,18 @@ mod tests {
         let mut small = vec![27; 9];
         small.push(8);
         assert_eq!(fragments(244, 27), small);
+    }
+
+    #[test]
+    fn the_margin_can_cost_a_pair() {
+        // LE 1M, 7.5 ms: 244-byte values are 2468 µs pairs; 3 end at 7404 µs, past 7350.
+        let p = LinkParams::esp32_classic();
+        let close = |a: f64, b: f64| (a - b).abs() <= b * 1e-12;
+        assert!(close(link(&p, 244), 2.0 * 244.0 / 0.0075));
+        let no_margin = LinkParams {
+            event_end_margin_us: 0,
+            ..p
+        };
+        assert!(close(link(&no_margin, 244), 3.0 * 244.0 / 0.0075));
     }
 }

@@ -24,6 +24,13 @@ pub enum ParamError {
     /// A TX buffer size is 0.
     #[error("TX buffers must hold at least one PDU")]
     TxBuffer,
+    /// `supervision_timeout` is not in 100 ms..=32 s, or not longer than two connection
+    /// intervals.
+    #[error("supervision timeout {0:?} is outside 100 ms..=32 s or not above two intervals")]
+    SupervisionTimeout(std::time::Duration),
+    /// `event_end_margin_us` leaves no room for the longest packet pair in an interval.
+    #[error("event end margin {0} µs leaves no room for a packet pair")]
+    EventEndMargin(u32),
 }
 
 /// Why [`Link::central_submit`](crate::Link::central_submit) or
@@ -39,6 +46,10 @@ pub enum SubmitError {
         /// The buffer's size.
         capacity: u16,
     },
+    /// The link was lost ([`LinkEvent::SupervisionTimeout`](crate::LinkEvent::SupervisionTimeout)):
+    /// it carries nothing more.
+    #[error("the link was lost (supervision timeout)")]
+    Disconnected,
     /// The value does not fit one ATT PDU: at most `att_mtu - 3` and 512 bytes.
     #[error("value of {len} bytes exceeds the {max}-byte maximum")]
     ValueTooLong {
@@ -60,4 +71,8 @@ pub enum CompleteError {
     /// only a read, [`Outcome::Accept`](crate::Outcome::Accept) does not answer a read.
     #[error("the outcome does not answer {0}")]
     OutcomeMismatch(PduId),
+    /// The link was lost before the completion
+    /// ([`LinkEvent::SupervisionTimeout`](crate::LinkEvent::SupervisionTimeout)).
+    #[error("the link was lost (supervision timeout)")]
+    Disconnected,
 }

@@ -1,4 +1,10 @@
 //! Erase and program times of the device's SPI NOR flash, for charging processing time.
+//!
+//! [`FlashTiming::ops_time`] is the one rule: every erase and program command costs its
+//! datasheet time, one after the other, with nothing else (SPI transfer, status polling)
+//! counted. On the ESP32-C3/C6 esp-storage masks interrupts around each of these commands,
+//! so the time is also radio downtime: report it as the `flash` part of
+//! [`Link::peripheral_complete_work`](crate::Link::peripheral_complete_work).
 
 use std::time::Duration;
 
@@ -39,9 +45,50 @@ impl FlashTiming {
         block_size: 65_536,
     };
 
+    /// Worst-case timing of the same 4 MB (32 Mbit) SPI NOR flash: the datasheet maxima.
+    ///
+    /// Source: Winbond W25Q32JV datasheet, "AC Electrical Characteristics" table, maximum
+    /// column: 4 KB sector erase time `tSE` 400 ms, page program time `tPP` 3 ms, 64 KB block
+    /// erase time `tBE2` 2000 ms (typical 45 ms, 0.4 ms and 150 ms). Parts of other vendors
+    /// on ESP32 modules differ, mostly in the block erase; the W25Q32JV maxima stand for
+    /// them. They bound a good part over temperature and endurance, not an average device.
+    pub const WORST_CASE_4MB_SPI_NOR: FlashTiming = FlashTiming {
+        sector_erase_us: 400_000,
+        page_program_us: 3_000,
+        page_size: 256,
+        sector_size: 4096,
+        block_erase_us: 2_000_000,
+        block_size: 65_536,
+    };
+
+    /// Returns the time `sector_erases` sector erases, `block_erases` block erases and
+    /// `page_programs` page programs take one after the other: the flash-time rule every
+    /// caller uses. SPI transfer and status polling are not counted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ble_link_model::FlashTiming;
+    /// let t = FlashTiming::TYPICAL_4MB_SPI_NOR;
+    /// assert_eq!(t.ops_time(1, 0, 16), Duration::from_micros(45_000 + 16 * 700));
+    /// ```
+    pub const fn ops_time(
+        &self,
+        sector_erases: u64,
+        block_erases: u64,
+        page_programs: u64,
+    ) -> Duration {
+        Duration::from_micros(
+            sector_erases * self.sector_erase_us as u64
+                + block_erases * self.block_erase_us as u64
+                + page_programs * self.page_program_us as u64,
+        )
+    }
+
     /// Returns the time to erase `sectors` sectors one at a time.
     pub const fn erase_time(&self, sectors: u64) -> Duration {
-        Duration::from_micros(sectors * self.sector_erase_us as u64)
+        self.ops_time(sectors, 0, 0)
     }
 
     /// Returns the time to program `len` bytes at `offset`: one typical page program per page
@@ -49,12 +96,12 @@ impl FlashTiming {
     /// "Page Program Time for Winbond Serial NOR Flash Memory" says programming less than a
     /// page adds fixed overhead and recommends full pages. SPI transfer time is not counted.
     pub const fn program_time(&self, offset: u64, len: u64) -> Duration {
-        Duration::from_micros(self.pages_touched(offset, len) * self.page_program_us as u64)
+        self.ops_time(0, 0, self.pages_touched(offset, len))
     }
 
     /// Returns the time to erase `blocks` blocks with the block-erase command.
     pub const fn block_erase_time(&self, blocks: u64) -> Duration {
-        Duration::from_micros(blocks * self.block_erase_us as u64)
+        self.ops_time(0, blocks, 0)
     }
 
     /// Returns the time to erase and program `bytes` bytes written from a block boundary (OTA
@@ -64,11 +111,7 @@ impl FlashTiming {
         let blocks = bytes / self.block_size as u64;
         let sectors = (bytes % self.block_size as u64).div_ceil(self.sector_size as u64);
         let pages = bytes.div_ceil(self.page_size as u64);
-        Duration::from_micros(
-            blocks * self.block_erase_us as u64
-                + sectors * self.sector_erase_us as u64
-                + pages * self.page_program_us as u64,
-        )
+        self.ops_time(sectors, blocks, pages)
     }
 
     /// Returns the sectors the range `offset..offset + len` touches.
@@ -117,6 +160,23 @@ mod tests {
         let bytes = (1 << 16) + 3 * 4096 + 10;
         let expected = Duration::from_micros(150_000 + 4 * 45_000 + 305 * 700);
         assert_eq!(T.write_time(bytes), expected);
+    }
+
+    #[test]
+    fn ops_time_adds_every_command() {
+        assert_eq!(T.ops_time(0, 0, 0), Duration::ZERO);
+        assert_eq!(
+            T.ops_time(2, 3, 5),
+            Duration::from_micros(2 * 45_000 + 3 * 150_000 + 5 * 700)
+        );
+        let w = FlashTiming::WORST_CASE_4MB_SPI_NOR;
+        assert_eq!(w.ops_time(1, 1, 1), Duration::from_micros(2_403_000));
+        assert_eq!(w.block_erase_time(1), Duration::from_secs(2));
+        // The worst case is the typical layout with slower commands.
+        assert_eq!(
+            (w.page_size, w.sector_size, w.block_size),
+            (256, 4096, 65_536)
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@
 //!   An event starts at an anchor point if either side has data to send; it goes on while
 //!   either side has more (the MD bit), the central has not reached
 //!   [`LinkParams::max_packets_per_event`], and the next pair plus its trailing `T_IFS` ends
-//!   by the next anchor point. Events in which neither side has data are not modelled.
+//!   by the next anchor point minus [`LinkParams::event_end_margin_us`] (150 µs in every
+//!   profile, a controller's guard before the next event). Events in which neither side has
+//!   data are not modelled (but count as attended for the supervision timeout).
 //! - **Host to controller latency.** A packet carries only data that was ready strictly
 //!   before its event's anchor point: what a host submits, or a peripheral finishes, during
 //!   event `k` goes out in event `k + 1` at the earliest.
@@ -40,7 +42,8 @@
 //!   [`LinkParams::rx_queue_depth`] PDUs (the one being processed included). The peripheral's
 //!   host takes them one at a time: the model delivers a PDU
 //!   ([`LinkEvent::DeliveredToPeripheral`]), the caller says how long it took
-//!   ([`Link::peripheral_complete`]), and the slot frees that much later. At a full queue,
+//!   ([`Link::peripheral_complete`], or [`Link::peripheral_complete_work`] split into CPU and
+//!   flash work), and the slot frees that much later. At a full queue,
 //!   [`QueuePolicy::Stall`] refuses the PDU's first packet at the link layer (the central
 //!   sends it again in the next pair, nothing is lost), [`QueuePolicy::Drop`] acknowledges it
 //!   and throws the PDU away ([`LinkEvent::Dropped`]).
@@ -48,10 +51,26 @@
 //!   peripheral [`LinkParams::peripheral_tx_buffer`] notifications; a PDU leaves the buffer
 //!   when the link layer acknowledged its last fragment ([`LinkEvent::Transmitted`]). A full
 //!   buffer refuses [`Link::central_submit`], as a real stack blocks its writer.
-//! - **Not modelled:** packet loss and CRC errors, encryption, channel map, supervision and
-//!   ATT transaction timeouts, the central host's processing time (it takes what arrives at
-//!   once), connection parameter updates. The peripheral answers no faster than the next
-//!   event even if it could reply within `T_IFS`.
+//! - **Radio stopped during flash work.** On the ESP32-C3/C6 esp-storage masks every
+//!   interrupt around each ROM erase and program call, so the BLE controller stops while the
+//!   flash erases or programs. The flash part of [`Link::peripheral_complete_work`] is such a
+//!   span: connection events anchored inside it do not happen
+//!   ([`LinkStats::missed_events`]), no packet pair overlaps it (an event in progress ends, a
+//!   packet in the air is lost and sent again, a lost acknowledgement makes the central send
+//!   its packet again), the peripheral sends nothing. Spans of consecutive PDUs with no
+//!   anchor point between them are one outage. [`FlashTiming::ops_time`] is the rule for
+//!   the span's length; [`FlashTiming::WORST_CASE_4MB_SPI_NOR`] gives datasheet maxima.
+//! - **Supervision timeout.** When the time from the anchor point of the last event the
+//!   peripheral attended to the next one it can attend reaches
+//!   [`LinkParams::supervision_timeout`] (each profile cites its central's default), the link
+//!   is lost ([`LinkEvent::SupervisionTimeout`]) and carries nothing more
+//!   ([`SubmitError::Disconnected`]).
+//! - **Not modelled:** packet loss and CRC errors other than those of flash spans, encryption,
+//!   channel map, ATT transaction timeouts, peripheral latency, the central host's processing
+//!   time (it takes what arrives at once), connection parameter updates, reconnection after
+//!   a supervision timeout. The peripheral answers no faster than the next event even if it
+//!   could reply within `T_IFS`. The supervision timer is measured from anchor points, not
+//!   from the last packet received.
 //!
 //! Every parameter cites its source next to it: the Bluetooth Core Specification 5.x section
 //! for packet formats, airtime and timing ([`params`]), the flash datasheet for
@@ -63,8 +82,10 @@
 //!
 //! 1. Drain [`Link::poll_event`] and hand each event to its engine:
 //!    [`LinkEvent::DeliveredToPeripheral`] to the device, which processes it and reports the
-//!    time it took with [`Link::peripheral_complete`] at once, then submits the notifications
-//!    it produced with [`Link::peripheral_submit`] (they go out after that processing);
+//!    time it took with [`Link::peripheral_complete`] at once (or
+//!    [`Link::peripheral_complete_work`], when part of it is flash work that stops the
+//!    radio), then submits the notifications it produced with [`Link::peripheral_submit`]
+//!    (they go out after that processing);
 //!    [`LinkEvent::DeliveredToCentral`], [`LinkEvent::WriteResponse`] and
 //!    [`LinkEvent::ReadResponse`] to the client.
 //! 2. Let the client submit with [`Link::central_submit`] until it has nothing more or the
@@ -74,7 +95,8 @@
 //!    engine's timer is due earlier, to that time with [`Link::advance_to`] and fire the
 //!    timer. Advancing stops at the first step that produced events, so every reaction
 //!    happens at the exact modelled time ([`Link::now`]).
-//! 4. Stop when neither the link nor the engines have anything scheduled.
+//! 4. Stop when neither the link nor the engines have anything scheduled, or at
+//!    [`LinkEvent::SupervisionTimeout`].
 //!
 //! ```
 //! use std::time::Duration;

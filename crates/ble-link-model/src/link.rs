@@ -69,6 +69,15 @@ pub enum LinkEvent {
         /// The PDU's id.
         id: PduId,
     },
+    /// The link was lost: [`LinkParams::supervision_timeout`] passed since the anchor point
+    /// of the last connection event the peripheral attended, while flash work kept its radio
+    /// stopped. Emitted once; afterwards the link carries nothing, every buffer and queue is
+    /// discarded, submits fail with [`SubmitError::Disconnected`] and
+    /// [`Link::next_event_time`] is `None`.
+    SupervisionTimeout {
+        /// The supervision timer expired.
+        at: Instant,
+    },
 }
 
 impl LinkEvent {
@@ -80,7 +89,8 @@ impl LinkEvent {
             | LinkEvent::WriteResponse { at, .. }
             | LinkEvent::ReadResponse { at, .. }
             | LinkEvent::Transmitted { at, .. }
-            | LinkEvent::Dropped { at, .. } => *at,
+            | LinkEvent::Dropped { at, .. }
+            | LinkEvent::SupervisionTimeout { at } => *at,
         }
     }
 }
@@ -101,8 +111,9 @@ pub struct LinkStats {
     pub central_data_packets: u64,
     /// Peripheral packets carrying data.
     pub peripheral_data_packets: u64,
-    /// Central packets the peripheral did not acknowledge because its receive queue was full
-    /// ([`QueuePolicy::Stall`]); each was sent again.
+    /// Central data packets sent again: the peripheral did not acknowledge them because its
+    /// receive queue was full ([`QueuePolicy::Stall`]), or did not hear them, or the central
+    /// did not hear the acknowledgement, because flash work stopped the peripheral's radio.
     pub retransmissions: u64,
     /// Radio time of all packets (the `T_IFS` gaps excluded).
     pub airtime: Duration,
@@ -118,6 +129,12 @@ pub struct LinkStats {
     pub dropped_pdus: u64,
     /// Attribute value bytes of those PDUs.
     pub dropped_bytes: u64,
+    /// Connection events that did not happen because their anchor point fell inside a span
+    /// of flash work that stopped the peripheral's radio
+    /// ([`Link::peripheral_complete_work`]): the central transmitted and got no answer. Every
+    /// anchor point up to [`Link::now`] counts, whether or not either side had data (the
+    /// central polls an idle link with empty packets); after a supervision timeout none do.
+    pub missed_events: u64,
 }
 
 /// A central PDU in the central's TX buffer.
@@ -174,26 +191,32 @@ enum Phase {
     Idle,
     /// The next packet pair would start `at`, if the event goes on.
     PairStart { anchor: u64, pairs: u32, at: u64 },
-    /// The central's packet of the current pair ends `at`.
+    /// The central's packet of the current pair ends `at`; `resend` when it repeats a packet
+    /// whose acknowledgement the central did not hear.
     CentralRx {
         anchor: u64,
         pairs: u32,
         at: u64,
         c_len: u32,
         p_len: u32,
+        resend: bool,
     },
-    /// The peripheral's packet of the current pair ends `at`.
+    /// The peripheral's packet of the current pair ends `at`; it acknowledges `acked` bytes
+    /// of central data the peripheral took in this pair.
     PeripheralRx {
         anchor: u64,
         pairs: u32,
         at: u64,
         p_len: u32,
+        acked: u32,
     },
 }
 
 /// One internal step of the simulation.
 #[derive(Debug, Clone, Copy)]
 enum Step {
+    /// The supervision timer expires: the link is lost.
+    Drop,
     /// The peripheral finishes processing.
     Finish,
     /// A connection event starts at this anchor point.
@@ -231,6 +254,24 @@ pub struct Link {
     processing: Option<Processing>,
     /// End of the peripheral's latest known processing: it submits nothing before.
     device_free_at: u64,
+    /// A central data packet of this length the peripheral took but whose acknowledgement the
+    /// central did not hear: the central sends it again first.
+    c_resend: Option<u32>,
+
+    /// Spans `[start, end)` of flash work during which the peripheral's radio is stopped, in
+    /// time order, adjacent ones merged; spans long past are pruned.
+    blocks: VecDeque<(u64, u64)>,
+    /// Missed anchor points of pruned spans.
+    missed_pruned: u64,
+    /// End of the latest span.
+    outage_end: Option<u64>,
+    /// Anchor point of the last connection event the peripheral attended before the outage
+    /// the latest span belongs to (spans with no anchor point between them form one outage).
+    outage_prev: u64,
+    /// When the supervision timer expires, once an outage is long enough.
+    drop_at: Option<u64>,
+    /// When the link was lost.
+    disconnected: Option<u64>,
 
     events: VecDeque<LinkEvent>,
     emitted: u64,
@@ -262,6 +303,13 @@ impl Link {
             rx_queue: VecDeque::new(),
             processing: None,
             device_free_at: 0,
+            c_resend: None,
+            blocks: VecDeque::new(),
+            missed_pruned: 0,
+            outage_end: None,
+            outage_prev: 0,
+            drop_at: None,
+            disconnected: None,
             events: VecDeque::new(),
             emitted: 0,
             stats: LinkStats::default(),
@@ -282,17 +330,36 @@ impl Link {
     pub fn stats(&self) -> LinkStats {
         LinkStats {
             elapsed: Duration::from_micros(self.now),
+            missed_events: self.missed_events(),
             ..self.stats
         }
     }
 
-    /// Returns how many more PDUs [`Link::central_submit`] takes now.
+    /// Returns when the link was lost to a supervision timeout, `None` while it is up.
+    pub fn disconnected_at(&self) -> Option<Instant> {
+        self.disconnected.map(Instant::from_micros)
+    }
+
+    /// Returns true while the link is up (no supervision timeout yet).
+    pub fn is_connected(&self) -> bool {
+        self.disconnected.is_none()
+    }
+
+    /// Returns how many more PDUs [`Link::central_submit`] takes now (none once the link was
+    /// lost).
     pub fn central_tx_free(&self) -> usize {
+        if self.disconnected.is_some() {
+            return 0;
+        }
         (self.params.central_tx_buffer as usize).saturating_sub(self.central_tx_len())
     }
 
-    /// Returns how many more notifications [`Link::peripheral_submit`] takes now.
+    /// Returns how many more notifications [`Link::peripheral_submit`] takes now (none once
+    /// the link was lost).
     pub fn peripheral_tx_free(&self) -> usize {
+        if self.disconnected.is_some() {
+            return 0;
+        }
         (self.params.peripheral_tx_buffer as usize).saturating_sub(self.peripheral_tx_len())
     }
 
@@ -302,11 +369,12 @@ impl Link {
     }
 
     /// Returns true when nothing is buffered, in flight, queued or being processed and every
-    /// event was polled.
+    /// event was polled; once the link was lost, as soon as its events were polled.
     pub fn is_idle(&self) -> bool {
         self.c_queue.is_empty()
             && self.c_current.is_none()
             && self.c_awaiting_ack.is_none()
+            && self.c_resend.is_none()
             && self.p_queue.is_empty()
             && self.p_current.is_none()
             && self.rx_queue.is_empty()
@@ -324,8 +392,9 @@ impl Link {
     ///
     /// [`SubmitError::Full`] when the central's TX buffer is full (retry after a
     /// [`LinkEvent::Transmitted`]); [`SubmitError::ValueTooLong`] when the value does not fit
-    /// one ATT PDU.
+    /// one ATT PDU; [`SubmitError::Disconnected`] once the link was lost.
     pub fn central_submit(&mut self, op: CentralOp) -> Result<PduId, SubmitError> {
+        self.check_connected()?;
         self.check_value(op.value().len())?;
         if self.central_tx_free() == 0 {
             return Err(SubmitError::Full {
@@ -354,8 +423,10 @@ impl Link {
     /// # Errors
     ///
     /// [`SubmitError::Full`] when the peripheral's TX buffer is full;
-    /// [`SubmitError::ValueTooLong`] when the value does not fit one ATT PDU.
+    /// [`SubmitError::ValueTooLong`] when the value does not fit one ATT PDU;
+    /// [`SubmitError::Disconnected`] once the link was lost.
     pub fn peripheral_submit(&mut self, op: PeripheralOp) -> Result<PduId, SubmitError> {
+        self.check_connected()?;
         self.check_value(op.value().len())?;
         if self.peripheral_tx_free() == 0 {
             return Err(SubmitError::Full {
@@ -377,7 +448,9 @@ impl Link {
     }
 
     /// Reports that the peripheral finished processing PDU `id` after `took` (rounded up to a
-    /// whole µs), counted from `start`, the `at` of its [`LinkEvent::DeliveredToPeripheral`].
+    /// whole µs) of CPU work, counted from `start`, the `at` of its
+    /// [`LinkEvent::DeliveredToPeripheral`]. The radio keeps running throughout: the same as
+    /// [`Link::peripheral_complete_work`] with `cpu = took` and no flash work.
     ///
     /// Its receive queue slot frees at `start + took` and the next queued PDU is delivered
     /// then. A write request is answered with `ATT_WRITE_RSP` (or `ATT_ERROR_RSP` for
@@ -392,13 +465,60 @@ impl Link {
     ///
     /// [`CompleteError::NotProcessing`] when `id` is not the PDU being processed or was
     /// completed already; [`CompleteError::OutcomeMismatch`] when `outcome` does not answer
-    /// the PDU (a value for a write, [`Outcome::Accept`] for a read).
+    /// the PDU (a value for a write, [`Outcome::Accept`] for a read);
+    /// [`CompleteError::Disconnected`] once the link was lost.
     pub fn peripheral_complete(
         &mut self,
         id: PduId,
         took: Duration,
         outcome: Outcome,
     ) -> Result<(), CompleteError> {
+        self.peripheral_complete_work(id, took, Duration::ZERO, outcome)
+    }
+
+    /// Reports that the peripheral processed PDU `id` with `cpu` of CPU work followed by
+    /// `flash` of flash work (each rounded up to a whole µs), counted from `start`, the `at`
+    /// of its [`LinkEvent::DeliveredToPeripheral`].
+    ///
+    /// During the CPU work the radio runs as usual. During the flash work, the span
+    /// `[start + cpu, start + cpu + flash)`, the peripheral's radio is stopped: on the
+    /// ESP32-C3/C6 esp-storage masks every interrupt around each ROM erase and program call,
+    /// so the BLE controller attends no connection event. In that span:
+    ///
+    /// - a connection event whose anchor point falls inside it does not happen (the central
+    ///   sends and gets no answer; counted in [`LinkStats::missed_events`]);
+    /// - no packet pair overlaps it: an event in progress ends before its first pair that
+    ///   would, and a packet in the air when the span starts is lost (a lost central packet is
+    ///   sent again; a lost acknowledgement makes the central send its packet again, which the
+    ///   peripheral acknowledges without taking it twice);
+    /// - the peripheral sends nothing.
+    ///
+    /// With `cpu` zero the span starts when the PDU arrived, so the peripheral's packet of
+    /// that very pair is lost too; pass the host's latency as `cpu` if the controller answers
+    /// before the host starts writing. Spans of consecutive PDUs with no connection event
+    /// between them form one outage. When the time from the anchor point of the last event
+    /// the peripheral attended to the next one it can attend reaches
+    /// [`LinkParams::supervision_timeout`], the link is lost at that anchor point plus the
+    /// timeout ([`LinkEvent::SupervisionTimeout`]).
+    ///
+    /// The receive queue slot frees, the next queued PDU is delivered and the answer (if any)
+    /// is ready at `start + cpu + flash`, as for [`Link::peripheral_complete`]. A completion
+    /// given after time moved on does not rewrite the past: both ends of the span and the end
+    /// of processing are taken no earlier than [`Link::now`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Link::peripheral_complete`].
+    pub fn peripheral_complete_work(
+        &mut self,
+        id: PduId,
+        cpu: Duration,
+        flash: Duration,
+        outcome: Outcome,
+    ) -> Result<(), CompleteError> {
+        if self.disconnected.is_some() {
+            return Err(CompleteError::Disconnected);
+        }
         let max_read = (self.params.att_mtu as usize - 1).min(MAX_ATTRIBUTE_LEN);
         let now = self.now;
         let Some(p) = self
@@ -418,10 +538,13 @@ impl Link {
             }
             _ => return Err(CompleteError::OutcomeMismatch(id)),
         };
-        let finish = p.start.saturating_add(ceil_us(took)).max(now);
+        let cpu_end = p.start.saturating_add(ceil_us(cpu));
+        let flash_end = cpu_end.saturating_add(ceil_us(flash));
+        let finish = flash_end.max(now);
         p.finish = Some(finish);
         let read = p.kind == Kind::Read;
         self.device_free_at = finish;
+        self.block(cpu_end.max(now), finish);
         if let Some(answer) = answer {
             let wire_len = answer.wire_len();
             let body = PeripheralBody::Answer { read, answer };
@@ -483,6 +606,89 @@ impl Link {
         id
     }
 
+    fn check_connected(&self) -> Result<(), SubmitError> {
+        match self.disconnected {
+            Some(_) => Err(SubmitError::Disconnected),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that the peripheral's radio is stopped during `[start, end)` (`start` is never
+    /// before [`Link::now`] nor before the end of the previous span), and arms the
+    /// supervision timeout when the outage it belongs to is long enough.
+    fn block(&mut self, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        let i = self.interval;
+        // Spans that ended an interval ago matter no more for packets or anchor points.
+        while let Some(&(s, e)) = self.blocks.front() {
+            if e.saturating_add(i) > self.now {
+                break;
+            }
+            self.missed_pruned += self.missed_in(s, e, u64::MAX);
+            self.blocks.pop_front();
+        }
+        // A new outage starts unless no anchor point lies between the previous span and this
+        // one (an anchor point at `start` is inside this span).
+        let continues = self
+            .outage_end
+            .is_some_and(|prev_end| prev_end.div_ceil(i) * i >= start);
+        if !continues {
+            // The last anchor point before the span: the peripheral attended it.
+            self.outage_prev = start.saturating_sub(1) / i * i;
+        }
+        self.outage_end = Some(end);
+        match self.blocks.back_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => self.blocks.push_back((start, end)),
+        }
+        let next_attended = end.div_ceil(i) * i;
+        let timeout = self.params.supervision_timeout_us();
+        if self.drop_at.is_none() && next_attended - self.outage_prev >= timeout {
+            self.drop_at = Some(self.outage_prev + timeout);
+        }
+    }
+
+    /// Returns the anchor points in `[start, end)` that are missed by `upto` (inclusive):
+    /// before the link was lost.
+    fn missed_in(&self, start: u64, end: u64, upto: u64) -> u64 {
+        let i = self.interval;
+        let mut hi = end.min(upto.saturating_add(1));
+        if let Some(d) = self.drop_at {
+            hi = hi.min(d);
+        }
+        if hi <= start {
+            return 0;
+        }
+        hi.div_ceil(i) - start.div_ceil(i)
+    }
+
+    fn missed_events(&self) -> u64 {
+        self.missed_pruned
+            + self
+                .blocks
+                .iter()
+                .map(|&(s, e)| self.missed_in(s, e, self.now))
+                .sum::<u64>()
+    }
+
+    /// Returns true when the peripheral's radio is stopped at some time in `[from, to)`.
+    fn overlaps_block(&self, from: u64, to: u64) -> bool {
+        self.blocks.iter().any(|&(s, e)| s < to && e > from)
+    }
+
+    /// Returns the first anchor point at or after `a` outside every span.
+    fn attended_from(&self, mut a: u64) -> u64 {
+        let i = self.interval;
+        for &(s, e) in &self.blocks {
+            if s <= a && a < e {
+                a = e.div_ceil(i) * i;
+            }
+        }
+        a
+    }
+
     fn check_value(&self, len: usize) -> Result<(), SubmitError> {
         let max = self.params.max_value_len();
         if len > max {
@@ -535,7 +741,8 @@ impl Link {
     /// Returns true when the central's PDU waits for a receive slot that only a completion
     /// the caller has not given yet can free: events would only carry retransmissions.
     fn central_stuck(&self) -> bool {
-        self.c_current.as_ref().is_some_and(|c| c.sent == 0)
+        self.c_resend.is_none()
+            && self.c_current.as_ref().is_some_and(|c| c.sent == 0)
             && self.params.full_queue == QueuePolicy::Stall
             && self.rx_full()
             && self.processing.is_some_and(|p| p.finish.is_none())
@@ -555,6 +762,9 @@ impl Link {
             let a = a.max(lo);
             best = Some(best.map_or(a, |b| b.min(a)));
         };
+        if self.c_resend.is_some() {
+            offer(lo);
+        }
         if self.c_current.is_some() {
             if !self.central_stuck() {
                 offer(lo);
@@ -573,46 +783,78 @@ impl Link {
         } else if let Some(p) = self.p_queue.front() {
             offer(after(p.ready));
         }
-        best
+        // Anchor points inside a span are missed: the event is the next one attended.
+        best.map(|a| self.attended_from(a))
     }
 
-    /// Returns the earliest internal step; at equal times a finishing peripheral frees its
-    /// slot before a packet arrives.
+    /// Returns the earliest internal step; at equal times the link is lost first, then a
+    /// finishing peripheral frees its slot before a packet arrives. Nothing once the link was
+    /// lost.
     fn next_step(&self) -> Option<(u64, Step)> {
+        if self.disconnected.is_some() {
+            return None;
+        }
         let mut best: Option<(u64, u8, Step)> = None;
         let mut consider = |t: u64, rank: u8, step: Step| {
             if best.is_none_or(|(bt, br, _)| (t, rank) < (bt, br)) {
                 best = Some((t, rank, step));
             }
         };
+        if let Some(d) = self.drop_at {
+            consider(d, 0, Step::Drop);
+        }
         if let Some(Processing {
             finish: Some(f), ..
         }) = self.processing
         {
-            consider(f, 0, Step::Finish);
+            consider(f, 1, Step::Finish);
         }
         match self.phase {
             Phase::Idle => {
                 if let Some(a) = self.next_anchor() {
-                    consider(a, 3, Step::Anchor(a));
+                    consider(a, 4, Step::Anchor(a));
                 }
             }
-            Phase::CentralRx { at, .. } => consider(at, 1, Step::Phase),
-            Phase::PeripheralRx { at, .. } => consider(at, 2, Step::Phase),
-            Phase::PairStart { at, .. } => consider(at, 3, Step::Phase),
+            Phase::CentralRx { at, .. } => consider(at, 2, Step::Phase),
+            Phase::PeripheralRx { at, .. } => consider(at, 3, Step::Phase),
+            Phase::PairStart { at, .. } => consider(at, 4, Step::Phase),
         }
         best.map(|(t, _, step)| (t, step))
     }
 
+    /// The supervision timer expired: the link is lost and everything in flight with it.
+    fn disconnect(&mut self) {
+        // Count the missed anchor points while the spans are still known.
+        self.missed_pruned = self.missed_events();
+        self.blocks.clear();
+        self.disconnected = Some(self.now);
+        self.phase = Phase::Idle;
+        self.c_queue.clear();
+        self.c_current = None;
+        self.c_awaiting_ack = None;
+        self.c_resend = None;
+        self.outstanding = None;
+        self.p_queue.clear();
+        self.p_current = None;
+        self.rx_queue.clear();
+        self.processing = None;
+        self.emit(LinkEvent::SupervisionTimeout { at: self.now() });
+    }
+
     fn run(&mut self, step: Step) {
         match step {
+            Step::Drop => self.disconnect(),
             Step::Finish => {
                 self.processing = None;
                 self.try_deliver();
             }
             Step::Anchor(anchor) => {
                 self.last_anchor = Some(anchor);
-                self.pair_start(anchor, 0, anchor);
+                // `next_anchor` skips anchor points inside spans; one that a span covers
+                // all the same is missed (counted by `missed_events`).
+                if self.attended_from(anchor) == anchor {
+                    self.pair_start(anchor, 0, anchor);
+                }
             }
             Step::Phase => match self.phase {
                 Phase::Idle => {}
@@ -623,31 +865,37 @@ impl Link {
                     at,
                     c_len,
                     p_len,
-                } => self.central_rx(anchor, pairs, at, c_len, p_len),
+                    resend,
+                } => self.central_rx(anchor, pairs, at, c_len, p_len, resend),
                 Phase::PeripheralRx {
                     anchor,
                     pairs,
                     at,
                     p_len,
-                } => self.peripheral_rx(anchor, pairs, at, p_len),
+                    acked,
+                } => self.peripheral_rx(anchor, pairs, at, p_len, acked),
             },
         }
     }
 
     /// Starts the next packet pair at `at`, or closes the event: when neither side has more
-    /// data (MD), when the central sent its packets-per-event limit, or when the pair and the
-    /// `T_IFS` after it would not end by the next anchor point.
+    /// data (MD), when the central sent its packets-per-event limit, when the pair and the
+    /// `T_IFS` after it would not end by the next anchor point minus the event end margin, or
+    /// when the pair's packets would overlap a span in which the peripheral's radio is
+    /// stopped.
     fn pair_start(&mut self, anchor: u64, pairs: u32, at: u64) {
         let max_ll = self.params.max_ll_payload as u32;
-        let c_pick = if self.c_current.is_none() {
+        let resend = self.c_resend;
+        let c_pick = if self.c_current.is_none() && resend.is_none() {
             self.central_pick(anchor)
         } else {
             None
         };
-        let c_len = match (&self.c_current, c_pick) {
-            (Some(c), _) => (c.wire_len - c.sent).min(max_ll),
-            (None, Some(i)) => self.c_queue[i].wire_len.min(max_ll),
-            (None, None) => 0,
+        let c_len = match (resend, &self.c_current, c_pick) {
+            (Some(len), _, _) => len,
+            (None, Some(c), _) => (c.wire_len - c.sent).min(max_ll),
+            (None, None, Some(i)) => self.c_queue[i].wire_len.min(max_ll),
+            (None, None, None) => 0,
         };
         let p_pick = self.peripheral_pick(anchor);
         let p_len = match &self.p_current {
@@ -655,15 +903,21 @@ impl Link {
             None if p_pick => self.p_queue[0].wire_len.min(max_ll),
             None => 0,
         };
-        let more_data =
-            self.c_current.is_some() || c_pick.is_some() || self.p_current.is_some() || p_pick;
+        let more_data = resend.is_some()
+            || self.c_current.is_some()
+            || c_pick.is_some()
+            || self.p_current.is_some()
+            || p_pick;
         let capped = self
             .params
             .max_packets_per_event
             .is_some_and(|m| pairs >= u32::from(m));
         let pair = u64::from(pair_us(self.params.phy, c_len as u16, p_len as u16));
-        let fits = at + pair <= anchor + self.interval;
-        if !more_data || capped || !fits {
+        let fits = at + pair <= anchor + u64::from(self.params.event_budget_us());
+        let c_air = u64::from(airtime_us(self.params.phy, c_len as u16));
+        let p_air = u64::from(airtime_us(self.params.phy, p_len as u16));
+        let radio_on = !self.overlaps_block(at, at + c_air + u64::from(T_IFS_US) + p_air);
+        if !more_data || capped || !fits || !radio_on {
             self.phase = Phase::Idle;
             return;
         }
@@ -683,26 +937,49 @@ impl Link {
         if p_pick {
             self.p_current = self.p_queue.pop_front();
         }
-        let c_air = u64::from(airtime_us(self.params.phy, c_len as u16));
-        let p_air = u64::from(airtime_us(self.params.phy, p_len as u16));
+        // The peripheral's packet is counted once it was sent (`peripheral_rx`).
         self.stats.central_packets += 1;
-        self.stats.peripheral_packets += 1;
         self.stats.central_data_packets += u64::from(c_len > 0);
-        self.stats.peripheral_data_packets += u64::from(p_len > 0);
-        self.stats.airtime += Duration::from_micros(c_air + p_air);
+        self.stats.retransmissions += u64::from(resend.is_some());
+        self.stats.airtime += Duration::from_micros(c_air);
         self.phase = Phase::CentralRx {
             anchor,
             pairs: pairs + 1,
             at: at + c_air,
             c_len,
             p_len,
+            resend: resend.is_some(),
         };
     }
 
     /// The peripheral received the central's packet: it acknowledges it, or, first fragment at
-    /// a full queue under [`QueuePolicy::Stall`], does not (the central sends it again).
-    fn central_rx(&mut self, anchor: u64, pairs: u32, at: u64, c_len: u32, p_len: u32) {
-        if c_len > 0 {
+    /// a full queue under [`QueuePolicy::Stall`], does not (the central sends it again). A
+    /// packet the peripheral already took (`resend`) is acknowledged and not taken again. If
+    /// the peripheral's radio stopped while the packet was in the air, it is lost and the
+    /// event ends.
+    fn central_rx(
+        &mut self,
+        anchor: u64,
+        pairs: u32,
+        at: u64,
+        c_len: u32,
+        p_len: u32,
+        resend: bool,
+    ) {
+        let c_air = u64::from(airtime_us(self.params.phy, c_len as u16));
+        if self.overlaps_block(at - c_air, at) {
+            // Nobody heard it and nobody answers: the central sends it again later (a resend
+            // was counted as a retransmission when it went out).
+            if c_len > 0 && !resend {
+                self.stats.retransmissions += 1;
+            }
+            self.phase = Phase::Idle;
+            return;
+        }
+        let mut acked = 0;
+        if resend {
+            acked = c_len;
+        } else if c_len > 0 {
             let stall = self.params.full_queue == QueuePolicy::Stall && self.rx_full();
             let c = self
                 .c_current
@@ -711,6 +988,7 @@ impl Link {
             if c.sent == 0 && stall {
                 self.stats.retransmissions += 1;
             } else {
+                acked = c_len;
                 c.sent += c_len;
                 if c.sent == c.wire_len {
                     let c = self.c_current.take().expect("checked above");
@@ -740,12 +1018,27 @@ impl Link {
             pairs,
             at: p_end,
             p_len,
+            acked,
         };
     }
 
     /// The central received the peripheral's packet: the acknowledgement of its own packet and
-    /// maybe the last fragment of a notification or answer.
-    fn peripheral_rx(&mut self, anchor: u64, pairs: u32, at: u64, p_len: u32) {
+    /// maybe the last fragment of a notification or answer. If the peripheral's radio is
+    /// stopped during the packet, it is not sent: the central hears no acknowledgement of the
+    /// `acked` bytes it sent (and sends them again), and the event ends.
+    fn peripheral_rx(&mut self, anchor: u64, pairs: u32, at: u64, p_len: u32, acked: u32) {
+        let p_air = u64::from(airtime_us(self.params.phy, p_len as u16));
+        if self.overlaps_block(at - p_air, at) {
+            if acked > 0 {
+                self.c_resend = Some(acked);
+            }
+            self.phase = Phase::Idle;
+            return;
+        }
+        self.c_resend = None;
+        self.stats.peripheral_packets += 1;
+        self.stats.peripheral_data_packets += u64::from(p_len > 0);
+        self.stats.airtime += Duration::from_micros(p_air);
         let t = Instant::from_micros(at);
         if let Some(id) = self.c_awaiting_ack.take() {
             self.emit(LinkEvent::Transmitted { at: t, id });

@@ -34,6 +34,31 @@ pub const MAX_CONN_INTERVAL_UNITS: u16 = 3200;
 /// Source: Core Spec 5.x Vol 3 Part F §3.2.8 (`ATT_MTU`, default 23 on LE).
 pub const MIN_ATT_MTU: u16 = 23;
 
+/// Shortest supervision timeout a central may ask for (100 ms).
+///
+/// Source: Core Spec 5.x Vol 4 Part E §7.8.12 (HCI LE Create Connection,
+/// `Supervision_Timeout` from 0x000A to 0x0C80 in units of 10 ms: 100 ms to 32 s).
+pub const MIN_SUPERVISION_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Longest supervision timeout a central may ask for (32 s).
+///
+/// Source: Core Spec 5.x Vol 4 Part E §7.8.12.
+pub const MAX_SUPERVISION_TIMEOUT: Duration = Duration::from_secs(32);
+
+/// End-of-event margin of the profiles, in µs: a packet pair (and its trailing `T_IFS`) is only
+/// started if it ends this long before the next anchor point.
+///
+/// The next connection event starts at the next anchor point (Core Spec 5.x Vol 6 Part B
+/// §4.5.1), so an event must close before it, but the specification names no margin; real
+/// controllers keep one for window widening (Vol 6 Part B §4.2.4: the peripheral listens
+/// early by the widening, 16 µs and more), for radio ramp-up and for scheduling the next
+/// event. Zephyr's controller for Nordic SoCs, for example, reserves `EVENT_OVERHEAD_END_US`
+/// (40 µs) after an event's last packet and `EVENT_OVERHEAD_START_US` (200 to 350 µs by
+/// version) before the next event starts, plus `EVENT_JITTER_US` (16 µs)
+/// (`subsys/bluetooth/controller/ll_sw/nordic/lll/lll_vendor.h`). 150 µs, one `T_IFS`, is
+/// the model's **assumption** for such a guard; no controller documents exactly this value.
+pub const DEFAULT_EVENT_END_MARGIN_US: u32 = 150;
+
 /// Largest ATT MTU the model takes: a 512-byte attribute value plus the 5-byte header of a
 /// prepared write, the largest any stack negotiates in practice (Android requests 517).
 ///
@@ -203,6 +228,16 @@ pub struct LinkParams {
     /// Notifications the peripheral's stack buffers before
     /// [`Link::peripheral_submit`](crate::Link::peripheral_submit) refuses more, ≥ 1.
     pub peripheral_tx_buffer: u16,
+    /// Connection supervision timeout: the link is lost when this long passes between two
+    /// connection events the peripheral attends (Core Spec 5.x Vol 6 Part B §4.5.2). From
+    /// 100 ms to 32 s and longer than two connection intervals (Vol 4 Part E §7.8.12 with
+    /// a peripheral latency of 0). Each profile cites where its value comes from.
+    pub supervision_timeout: Duration,
+    /// Guard before the next anchor point, in µs: a packet pair and its trailing `T_IFS`
+    /// start only if they end by `next anchor - event_end_margin_us`. The profiles use
+    /// [`DEFAULT_EVENT_END_MARGIN_US`] (150 µs, an assumption documented there). At most the
+    /// connection interval minus the longest packet pair.
+    pub event_end_margin_us: u32,
 }
 
 impl LinkParams {
@@ -211,6 +246,12 @@ impl LinkParams {
     ///
     /// Source: the "ESP32 classic" profile of issue #6 (benchmarks). The device side (receive
     /// queue, policy, buffers) is the same in every profile.
+    ///
+    /// Supervision timeout 6 s: ESP-IDF's default host, Bluedroid, connects with
+    /// `BTM_BLE_CONN_TIMEOUT_DEF` = 600 × 10 ms
+    /// (`components/bt/host/bluedroid/stack/include/stack/btm_ble_api.h`). ESP-IDF's NimBLE
+    /// host defaults to `BLE_GAP_INITIAL_SUPERVISION_TIMEOUT` = 0x0100 × 10 ms = 2.56 s
+    /// instead (`ble_gap.h`); set the field to that for a NimBLE central.
     pub const fn esp32_classic() -> Self {
         LinkParams {
             att_mtu: 247,
@@ -218,6 +259,7 @@ impl LinkParams {
             phy: Phy::Le1M,
             max_ll_payload: MAX_LL_PAYLOAD,
             max_packets_per_event: None,
+            supervision_timeout: Duration::from_secs(6),
             ..Self::device_defaults()
         }
     }
@@ -226,6 +268,11 @@ impl LinkParams {
     /// Android requests), data length extension.
     ///
     /// Source: the "Android" profile of issue #6.
+    ///
+    /// Supervision timeout 5 s: AOSP's Bluetooth stack connects with
+    /// `BTM_BLE_CONN_TIMEOUT_DEF` = 500 × 10 ms (`system/stack/include/btm_ble_api_types.h`),
+    /// and `requestConnectionPriority` sends its connection parameter update with
+    /// `int timeout = 500; // 5s` (`android/app/src/com/android/bluetooth/gatt/GattService.java`).
     pub const fn android() -> Self {
         LinkParams {
             att_mtu: 517,
@@ -233,6 +280,7 @@ impl LinkParams {
             phy: Phy::Le2M,
             max_ll_payload: MAX_LL_PAYLOAD,
             max_packets_per_event: None,
+            supervision_timeout: Duration::from_secs(5),
             ..Self::device_defaults()
         }
     }
@@ -241,6 +289,13 @@ impl LinkParams {
     /// allow), 4 packets per connection event, MTU 185, data length extension.
     ///
     /// Source: the "iOS" profile of issue #6.
+    ///
+    /// Supervision timeout 720 ms: the default iOS connects with and keeps when an accessory's
+    /// request falls outside Apple's Accessory Design Guidelines (project notes,
+    /// `esp-rs-and-ble-notes.md`: "iOS keeps its defaults (about 30 ms, supervision timeout
+    /// about 720 ms)"). The guidelines let an accessory ask for 2 s to 6 s; the model keeps
+    /// the default, the value a device that asks for nothing gets. Apple does not publish the
+    /// default itself: 720 ms is the commonly observed value, an **assumption** here.
     pub const fn ios() -> Self {
         LinkParams {
             att_mtu: 185,
@@ -248,6 +303,7 @@ impl LinkParams {
             phy: Phy::Le2M,
             max_ll_payload: MAX_LL_PAYLOAD,
             max_packets_per_event: Some(4),
+            supervision_timeout: Duration::from_millis(720),
             ..Self::device_defaults()
         }
     }
@@ -256,6 +312,11 @@ impl LinkParams {
     /// MTU 247, data length extension.
     ///
     /// Source: the "desktop" profile of issue #6.
+    ///
+    /// Supervision timeout 420 ms: BlueZ creates LE connections with the Linux kernel's
+    /// default, `hdev->le_supv_timeout = 0x002a` (42 × 10 ms) in `hci_alloc_dev_priv`
+    /// (`net/bluetooth/hci_core.c`), the shortest of the profiles. Windows and macOS do not
+    /// publish theirs.
     pub const fn desktop() -> Self {
         LinkParams {
             att_mtu: 247,
@@ -263,6 +324,7 @@ impl LinkParams {
             phy: Phy::Le2M,
             max_ll_payload: MAX_LL_PAYLOAD,
             max_packets_per_event: None,
+            supervision_timeout: Duration::from_millis(420),
             ..Self::device_defaults()
         }
     }
@@ -279,6 +341,8 @@ impl LinkParams {
             full_queue: QueuePolicy::Drop,
             central_tx_buffer: DEFAULT_CENTRAL_TX_BUFFER,
             peripheral_tx_buffer: DEFAULT_PERIPHERAL_TX_BUFFER,
+            supervision_timeout: Duration::from_secs(6),
+            event_end_margin_us: DEFAULT_EVENT_END_MARGIN_US,
         }
     }
 
@@ -290,6 +354,19 @@ impl LinkParams {
     /// Returns the connection interval.
     pub const fn conn_interval(&self) -> Duration {
         Duration::from_micros(self.conn_interval_us() as u64)
+    }
+
+    /// Returns the supervision timeout in whole µs (rounded up).
+    pub fn supervision_timeout_us(&self) -> u64 {
+        crate::time::ceil_us(self.supervision_timeout)
+    }
+
+    /// Returns the latest time after an anchor point, in µs, at which a packet pair and its
+    /// trailing `T_IFS` may end: the connection interval minus
+    /// [`event_end_margin_us`](LinkParams::event_end_margin_us).
+    pub const fn event_budget_us(&self) -> u32 {
+        self.conn_interval_us()
+            .saturating_sub(self.event_end_margin_us)
     }
 
     /// Returns the largest value of a write or notification: `att_mtu - 3`, at most 512.
@@ -326,6 +403,17 @@ impl LinkParams {
         }
         if self.central_tx_buffer == 0 || self.peripheral_tx_buffer == 0 {
             return Err(ParamError::TxBuffer);
+        }
+        let timeout = self.supervision_timeout;
+        if !(MIN_SUPERVISION_TIMEOUT..=MAX_SUPERVISION_TIMEOUT).contains(&timeout)
+            || timeout <= 2 * self.conn_interval()
+        {
+            return Err(ParamError::SupervisionTimeout(timeout));
+        }
+        // The longest pair must fit an event, or nothing would ever be sent.
+        let longest = pair_us(self.phy, self.max_ll_payload, self.max_ll_payload);
+        if self.event_end_margin_us > self.conn_interval_us().saturating_sub(longest) {
+            return Err(ParamError::EventEndMargin(self.event_end_margin_us));
         }
         Ok(())
     }
@@ -399,6 +487,12 @@ mod tests {
         assert_eq!(LinkParams::esp32_classic().max_value_len(), 244);
         assert_eq!(LinkParams::ios().max_value_len(), 182);
         assert_eq!(LinkParams::android().max_value_len(), 512);
+        let timeout = |p: LinkParams| p.supervision_timeout.as_millis();
+        assert_eq!(timeout(LinkParams::esp32_classic()), 6000);
+        assert_eq!(timeout(LinkParams::android()), 5000);
+        assert_eq!(timeout(LinkParams::ios()), 720);
+        assert_eq!(timeout(LinkParams::desktop()), 420);
+        assert_eq!(LinkParams::esp32_classic().event_budget_us(), 7350);
     }
 
     #[test]
