@@ -11,13 +11,15 @@ use ota_core::device::trial::TrialPolicy;
 use ota_core::esp::boot::{GuardOutcome, rollback_guard};
 use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
 use ota_core::esp::{OtaSlots, PartitionTable, flash};
+use static_cell::StaticCell;
 
 use crate::config;
 
 /// What the boot flow hands to the OTA service.
 pub struct Booted {
-    /// The update engine for the running partition.
-    pub engine: UpdateEngine,
+    /// The update engine for the running partition, in a static: it holds a 32 KiB program
+    /// buffer, which must not be copied through the async tasks' state.
+    pub engine: &'static mut UpdateEngine,
     /// The confirm policy of this boot (on trial or not).
     pub trial: TrialPolicy,
 }
@@ -94,10 +96,12 @@ fn try_run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
         esp_hal::efuse::major_chip_version() as u16 * 100
             + esp_hal::efuse::minor_chip_version() as u16,
     );
+    static ENGINE: StaticCell<UpdateEngine> = StaticCell::new();
     let engine = UpdateEngine::new(flash, device, table, running).map_err(|e| {
         warn!("boot: update engine: {e}");
         BootError::Engine
     })?;
+    let engine = ENGINE.init(engine);
     let trial = TrialPolicy::new(config::TRIAL, guard == GuardOutcome::Trial, ota_gatt::now());
     Ok(Booted { engine, trial })
 }

@@ -20,11 +20,7 @@ pub async fn run(
     mut flash: FlashStorage<'static>,
     booted: Option<Booted>,
 ) -> ! {
-    let Some(Booted {
-        mut engine,
-        mut trial,
-    }) = booted
-    else {
+    let Some(Booted { engine, mut trial }) = booted else {
         warn!("ota: no update engine (see the boot log): updates are off");
         loop {
             Timer::after_secs(3600).await;
@@ -56,7 +52,7 @@ pub async fn run(
     let exit = ota_gatt::run(
         controller,
         &mut flash,
-        &mut engine,
+        engine,
         &mut trial,
         app::self_test(),
         &gatt,
@@ -78,7 +74,7 @@ pub async fn run(
 /// way back that slot is; `ota_gatt::run` finishes the job while no central is connected).
 pub async fn erase_ahead(flash: &mut FlashStorage<'static>, booted: Option<&mut Booted>) {
     if let Some(booted) = booted {
-        let erased = ota_gatt::pre_erase(flash, &mut booted.engine).await;
+        let erased = ota_gatt::pre_erase(flash, booted.engine).await;
         info!(
             "ota: next update slot erased ahead ({erased} sectors erased, {} KiB ready)",
             booted.engine.pre_erased() / 1024

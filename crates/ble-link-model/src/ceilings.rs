@@ -3,20 +3,16 @@
 //! All return application bytes (attribute values, or image bytes) per second.
 
 use crate::flash::FlashTiming;
-use crate::params::{ATT_WRITE_HEADER_LEN, L2CAP_HEADER_LEN, LinkParams, Phy, pair_us};
+use crate::params::{LinkParams, Phy, pair_us};
 
 /// Returns the LL payload sizes a write command or notification carrying `value_len` bytes is
 /// cut into: L2CAP header (4) + ATT header (3) + value, in pieces of `max_ll_payload` bytes.
 pub fn fragments(value_len: usize, max_ll_payload: u16) -> Vec<u16> {
-    let mut left = L2CAP_HEADER_LEN as usize + ATT_WRITE_HEADER_LEN as usize + value_len;
-    let max = usize::from(max_ll_payload.max(1));
-    let mut out = Vec::with_capacity(left.div_ceil(max));
-    while left > 0 {
-        let n = left.min(max);
-        out.push(n as u16);
-        left -= n;
-    }
-    out
+    use ota_core::protocol::air::fragment;
+    let (n, _) = fragment(value_len, max_ll_payload, 0);
+    (0..n)
+        .map(|i| fragment(value_len, max_ll_payload, i).1)
+        .collect()
 }
 
 /// Returns the airtime ceiling: value bytes per second when write commands of `value_len`
@@ -43,35 +39,7 @@ pub fn airtime(phy: Phy, max_ll_payload: u16, value_len: usize) -> f64 {
 /// The result is exact: the fragment the events start with repeats after at most as many
 /// events as a PDU has fragments, and the throughput of that cycle is the long-run one.
 pub fn link(params: &LinkParams, value_len: usize) -> f64 {
-    let frags = fragments(value_len, params.max_ll_payload);
-    let n = frags.len();
-    let interval = u64::from(params.conn_interval_us());
-    let budget = u64::from(params.event_budget_us());
-    let cap = params.max_packets_per_event.map_or(u64::MAX, u64::from);
-    // For each fragment index an event may start at: (events, packets) when first seen.
-    let mut seen: Vec<Option<(u64, u64)>> = vec![None; n];
-    let (mut idx, mut events, mut packets) = (0usize, 0u64, 0u64);
-    loop {
-        if let Some((e0, p0)) = seen[idx] {
-            // The cycle carried a whole number of PDUs: it starts and ends at `idx`.
-            let pdus = (packets - p0) / n as u64;
-            let time_us = (events - e0) * interval;
-            return (pdus * value_len as u64) as f64 * 1e6 / time_us as f64;
-        }
-        seen[idx] = Some((events, packets));
-        let (mut t, mut pairs) = (0u64, 0u64);
-        loop {
-            let d = u64::from(pair_us(params.phy, frags[idx], 0));
-            if pairs >= cap || t + d > budget {
-                break;
-            }
-            t += d;
-            pairs += 1;
-            packets += 1;
-            idx = (idx + 1) % n;
-        }
-        events += 1;
-    }
+    ota_core::protocol::air::link_rate(&params.event_timing(), value_len)
 }
 
 /// Returns the best value length for the link ceiling and that ceiling: the length among

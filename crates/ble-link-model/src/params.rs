@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use crate::error::ParamError;
 
-/// Inter frame space, in µs: the gap between two consecutive packets of a connection event.
-///
-/// Source: Core Spec 5.x Vol 6 Part B §4.1.1 (Inter frame space), `T_IFS` = 150 µs.
-pub const T_IFS_US: u32 = 150;
+pub use ota_core::protocol::air::T_IFS_US;
 
 /// Unit of the connection interval, in µs (1.25 ms).
 ///
@@ -46,18 +43,9 @@ pub const MIN_SUPERVISION_TIMEOUT: Duration = Duration::from_millis(100);
 pub const MAX_SUPERVISION_TIMEOUT: Duration = Duration::from_secs(32);
 
 /// End-of-event margin of the profiles, in µs: a packet pair (and its trailing `T_IFS`) is only
-/// started if it ends this long before the next anchor point.
-///
-/// The next connection event starts at the next anchor point (Core Spec 5.x Vol 6 Part B
-/// §4.5.1), so an event must close before it, but the specification names no margin; real
-/// controllers keep one for window widening (Vol 6 Part B §4.2.4: the peripheral listens
-/// early by the widening, 16 µs and more), for radio ramp-up and for scheduling the next
-/// event. Zephyr's controller for Nordic SoCs, for example, reserves `EVENT_OVERHEAD_END_US`
-/// (40 µs) after an event's last packet and `EVENT_OVERHEAD_START_US` (200 to 350 µs by
-/// version) before the next event starts, plus `EVENT_JITTER_US` (16 µs)
-/// (`subsys/bluetooth/controller/ll_sw/nordic/lll/lll_vendor.h`). 150 µs, one `T_IFS`, is
-/// the model's **assumption** for such a guard; no controller documents exactly this value.
-pub const DEFAULT_EVENT_END_MARGIN_US: u32 = 150;
+/// started if it ends this long before the next anchor point. Defined, with its sources and the
+/// assumption it is, in `ota_core::protocol::air`, where the device uses it too.
+pub use ota_core::protocol::air::DEFAULT_EVENT_END_MARGIN_US;
 
 /// Largest ATT MTU the model takes: a 512-byte attribute value plus the 5-byte header of a
 /// prepared write, the largest any stack negotiates in practice (Android requests 517).
@@ -82,91 +70,21 @@ pub const MAX_LL_PAYLOAD: u16 = 251;
 ///
 /// Source: Core Spec 5.x Vol 3 Part A §3.1 (connection-oriented channels in basic L2CAP mode;
 /// ATT runs on the fixed channel 0x0004).
-pub const L2CAP_HEADER_LEN: u32 = 4;
+pub const L2CAP_HEADER_LEN: u32 = ota_core::protocol::L2CAP_HEADER as u32;
 
 /// ATT opcode (1) and attribute handle (2) in front of the value of a write request, write
 /// command or notification.
 ///
 /// Source: Core Spec 5.x Vol 3 Part F §3.4.5.1 (`ATT_WRITE_REQ`), §3.4.5.3 (`ATT_WRITE_CMD`),
 /// §3.4.7.1 (`ATT_HANDLE_VALUE_NTF`).
-pub const ATT_WRITE_HEADER_LEN: u32 = 3;
+pub const ATT_WRITE_HEADER_LEN: u32 = ota_core::protocol::ATT_WRITE_HEADER as u32;
 
 /// Largest attribute value.
 ///
 /// Source: Core Spec 5.x Vol 3 Part F §3.2.9.
 pub const MAX_ATTRIBUTE_LEN: usize = 512;
 
-/// Access address length in octets.
-///
-/// Source: Core Spec 5.x Vol 6 Part B §2.1.2.
-const ACCESS_ADDRESS_LEN: u32 = 4;
-/// Data channel PDU header length in octets (no CTEInfo: the model sends no CTE).
-///
-/// Source: Core Spec 5.x Vol 6 Part B §2.4 (16-bit header; the optional CTEInfo octet is
-/// present only when the CP bit is set).
-const DATA_HEADER_LEN: u32 = 2;
-/// CRC length in octets.
-///
-/// Source: Core Spec 5.x Vol 6 Part B §2.1.4.
-const CRC_LEN: u32 = 3;
-
-/// The LE uncoded PHY of the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phy {
-    /// LE 1M: 1 Msym/s, 1-octet preamble.
-    Le1M,
-    /// LE 2M: 2 Msym/s, 2-octet preamble.
-    Le2M,
-}
-
-impl Phy {
-    /// Returns the preamble length in octets.
-    ///
-    /// Source: Core Spec 5.x Vol 6 Part B §2.1.1 (8 bits on LE 1M, 16 bits on LE 2M).
-    pub const fn preamble_len(self) -> u32 {
-        match self {
-            Phy::Le1M => 1,
-            Phy::Le2M => 2,
-        }
-    }
-
-    /// Returns the time one octet takes on air, in µs.
-    ///
-    /// Source: Core Spec 5.x Vol 6 Part A §3.1 (modulation: 1 Msym/s on LE 1M, 2 Msym/s on
-    /// LE 2M, one bit per symbol on the uncoded PHYs), so 8 µs and 4 µs per octet.
-    pub const fn us_per_octet(self) -> u32 {
-        match self {
-            Phy::Le1M => 8,
-            Phy::Le2M => 4,
-        }
-    }
-}
-
-/// Returns the airtime in µs of one LL data packet carrying `payload_len` octets of payload.
-///
-/// The packet is preamble + access address (4) + header (2) + payload + CRC (3) octets
-/// (Core Spec 5.x Vol 6 Part B §2.1 and §2.4). The link is unencrypted, so there is no MIC
-/// (§2.4: the 4-octet MIC is present only on encrypted links with a non-empty payload), and
-/// there is no CTE. An empty packet (`payload_len == 0`) takes 80 µs on LE 1M and 44 µs on
-/// LE 2M.
-///
-/// # Examples
-///
-/// ```
-/// use ble_link_model::{Phy, airtime_us};
-/// assert_eq!(airtime_us(Phy::Le1M, 251), (1 + 4 + 2 + 251 + 3) * 8);
-/// assert_eq!(airtime_us(Phy::Le2M, 251), (2 + 4 + 2 + 251 + 3) * 4);
-/// ```
-pub const fn airtime_us(phy: Phy, payload_len: u16) -> u32 {
-    (phy.preamble_len() + ACCESS_ADDRESS_LEN + DATA_HEADER_LEN + payload_len as u32 + CRC_LEN)
-        * phy.us_per_octet()
-}
-
-/// Returns the time one packet pair takes: the central's packet, `T_IFS`, the peripheral's
-/// packet and the `T_IFS` before the next pair, in µs.
-pub const fn pair_us(phy: Phy, central_payload: u16, peripheral_payload: u16) -> u32 {
-    airtime_us(phy, central_payload) + T_IFS_US + airtime_us(phy, peripheral_payload) + T_IFS_US
-}
+pub use ota_core::protocol::air::{Phy, airtime_us, pair_us};
 
 /// What the peripheral does with an ATT PDU that arrives while its receive queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -359,6 +277,22 @@ impl LinkParams {
     /// Returns the supervision timeout in whole µs (rounded up).
     pub fn supervision_timeout_us(&self) -> u64 {
         crate::time::ceil_us(self.supervision_timeout)
+    }
+
+    /// Returns the timing the value length depends on, in the terms of
+    /// `ota_core::protocol::air` (the arithmetic the device and this model share).
+    pub const fn event_timing(&self) -> ota_core::protocol::air::EventTiming {
+        ota_core::protocol::air::EventTiming {
+            phy: self.phy,
+            data_length: self.max_ll_payload,
+            interval_us: self.conn_interval_us(),
+            end_margin_us: self.event_end_margin_us,
+            max_pairs: match self.max_packets_per_event {
+                Some(n) => Some(n as u32),
+                None => None,
+            },
+            reply_payload: 0,
+        }
     }
 
     /// Returns the latest time after an anchor point, in µs, at which a packet pair and its

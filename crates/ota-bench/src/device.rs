@@ -41,10 +41,7 @@ pub fn device_for(chip: Chip) -> VirtualEsp32 {
 /// Returns the chip an app image is built for (`esp_image_header_t.chip_id`, bytes 12..14),
 /// if it starts with the image magic and names a known chip.
 pub fn image_chip(image: &[u8]) -> Option<Chip> {
-    if image.first() != Some(&0xE9) || image.len() < 14 {
-        return None;
-    }
-    Chip::from_id(u16::from_le_bytes([image[12], image[13]]))
+    ota_core::esp::image::ImageHeader::sniff(image)?.chip()
 }
 
 /// The device engine on `dev` with `config`.

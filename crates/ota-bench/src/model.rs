@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ble_link_model::{FlashTiming, LinkParams, LinkStats, Profile, ceilings};
 use ota_core::client::{FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::device::PreErase;
 use serde::Serialize;
 use virtual_esp32::FlashStats;
 use virtual_esp32::air::{AirConfig, AirOutcome, update_over_air};
@@ -190,6 +191,15 @@ fn ours_or_seed(
     } else {
         Sender::Fast(FastSender::new(image, SenderConfig::default()).expect("image fits"))
     };
+    if !legacy {
+        // Our firmware erases the update slot while idle, before a central connects
+        // (`UpdateEngine::pre_erase_step`); the seed's erases sector by sector as it writes
+        // (`esp_ota_begin(.., OTA_WITH_SEQUENTIAL_WRITES, ..)` in its `gatt_svr.c`), which is
+        // what our engine does without a pre-erase.
+        while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
+            eng.pre_erase_step(dev.flash_mut())
+        {}
+    }
     let before = dev.flash().stats();
     let report = update_over_air(&mut dev, &mut eng, &mut sender, config, &mut |_, _| {});
     assert!(

@@ -61,6 +61,7 @@ use embedded_storage::nor_flash::NorFlash;
 use ota_core::device::trial::{TrialAction, TrialFailure, TrialPolicy};
 use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
 use ota_core::esp::Chip;
+use ota_core::protocol::air;
 use ota_core::protocol::fast::Response;
 use ota_core::protocol::{
     CONTROL_CHAR_UUID, DATA_CHAR_UUID, LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN, LL_MAX_TX_TIME_US,
@@ -727,8 +728,11 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
     shared.engine.borrow_mut().handle_connected(client);
     shared.busy.reset();
     let queue: Channel<NoopRawMutex, Item<'s, 'v>, QUEUE_DEPTH> = Channel::new();
-    // The data length from the central, as the controller last reported it.
+    // The data length from the central, as the controller last reported it, and the PHY
+    // and interval (µs) once known: they decide the value length the engine announces.
     let rx_octets = Cell::new(LL_DEFAULT_DATA_LEN);
+    let rx_phy: Cell<Option<air::Phy>> = Cell::new(Some(air::Phy::Le1M));
+    let interval_us: Cell<Option<u32>> = Cell::new(None);
 
     // The receive path: sorts events, never waits on flash work.
     let receive = async {
@@ -773,13 +777,23 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                         Err(_e) => warning!("[ota-gatt] cannot answer: {:?}", _e),
                     },
                 },
-                GattConnectionEvent::PhyUpdated { tx_phy, rx_phy } => note(
-                    observer,
-                    Note::Phy {
-                        tx: tx_phy.into(),
-                        rx: rx_phy.into(),
-                    },
-                ),
+                GattConnectionEvent::PhyUpdated {
+                    tx_phy,
+                    rx_phy: phy,
+                } => {
+                    rx_phy.set(match Phy::from(phy) {
+                        Phy::Le1M => Some(air::Phy::Le1M),
+                        Phy::Le2M => Some(air::Phy::Le2M),
+                        Phy::Coded => None,
+                    });
+                    note(
+                        observer,
+                        Note::Phy {
+                            tx: tx_phy.into(),
+                            rx: phy.into(),
+                        },
+                    )
+                }
                 GattConnectionEvent::DataLengthUpdated {
                     max_tx_octets,
                     max_rx_octets,
@@ -798,13 +812,16 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     conn_interval,
                     peripheral_latency,
                     ..
-                } => note(
-                    observer,
-                    Note::ConnParams {
-                        interval_us: conn_interval.as_micros() as u32,
-                        latency: peripheral_latency,
-                    },
-                ),
+                } => {
+                    interval_us.set(Some(conn_interval.as_micros() as u32));
+                    note(
+                        observer,
+                        Note::ConnParams {
+                            interval_us: conn_interval.as_micros() as u32,
+                            latency: peripheral_latency,
+                        },
+                    )
+                }
                 _ => {}
             }
         }
@@ -814,6 +831,7 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
     let work = async {
         let mut mtu = 0u16;
         let mut data_length = 0u16;
+        let mut timing: Option<(air::Phy, u32)> = None;
         let mut buf = [0u8; Response::MAX_LEN + 8];
         loop {
             let timeout = shared.engine.borrow().poll_timeout();
@@ -839,6 +857,16 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     .engine
                     .borrow_mut()
                     .handle_data_length(client, data_length);
+            }
+            let now_timing = rx_phy.get().zip(interval_us.get());
+            if now_timing != timing {
+                timing = now_timing;
+                if let Some((phy, interval)) = timing {
+                    shared
+                        .engine
+                        .borrow_mut()
+                        .handle_link_timing(client, phy, interval);
+                }
             }
             let t = now();
             let mut ended = false;

@@ -1,7 +1,12 @@
 //! An update over a modelled BLE link: the client's [`Sender`] and the device's
-//! [`UpdateEngine`] exchange their GATT operations through [`ble_link_model::Link`], and the
-//! device is charged the flash time its erases and page programs take. The result is the
-//! modelled transfer time, the figure the demo and the benchmarks report.
+//! [`UpdateEngine`] exchange their GATT operations through [`ble_link_model::Link`]. The device
+//! is charged, for each write it handles, the CPU time of hashing what it read or received
+//! ([`DeviceCpu`], the radio keeps running) and then the flash time of the erases and page
+//! programs the engine issued ([`FlashTiming::ops_time`]), during which the radio stops, as
+//! esp-storage masks interrupts around every flash operation on the ESP32-C3/C6. A flash
+//! outage that reaches the supervision timeout drops the link; the client reconnects and
+//! resumes as after any drop. The result is the modelled transfer time, the figure the demo
+//! and the benchmarks report.
 
 use std::time::Duration;
 
@@ -11,7 +16,7 @@ use ble_link_model::{
 };
 use ota_core::client::{ClientError, ClientEvent, Sender};
 use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
-use ota_core::protocol::Characteristic;
+use ota_core::protocol::{Characteristic, DEVICE_ATT_MTU};
 use ota_core::time::Instant;
 
 use crate::VirtualEsp32;
@@ -35,17 +40,55 @@ pub struct AirConfig {
     pub reconnect_delay: Duration,
     /// Give up when the modelled time passes this.
     pub time_limit: Duration,
+    /// The device's CPU.
+    pub cpu: DeviceCpu,
+}
+
+/// What the device's CPU costs per byte it hashes (SHA-256 of received bytes, of the slot read
+/// back at the end). The radio runs while the CPU works: this delays the device's queue, not
+/// the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCpu {
+    /// Host processing of each received write before its bytes are handled (the controller
+    /// hands the PDU up, the GATT layer queues it), in µs.
+    pub per_write_us: u32,
+    /// SHA-256 cost per byte, in ns.
+    pub hash_ns_per_byte: u32,
+}
+
+impl DeviceCpu {
+    /// A 160 MHz RISC-V core (ESP32-C3) hashing in software, as the firmware does today (the
+    /// `sha2` crate, no accelerator). An estimate, not a measurement on silicon: SHA-256's 64
+    /// rounds take about 38 RV32IMC instructions each (six 32-bit rotations of three
+    /// instructions, RV32 having no rotate, plus about 20 other operations) and its message
+    /// schedule about 960 more, about 3,400 instructions per 64-byte block or 53 per byte; at
+    /// one instruction per cycle that is 330 ns per byte at 160 MHz. The per-write cost (50 µs)
+    /// is likewise an estimate of the HCI, L2CAP and GATT handling of one write.
+    pub const ESP32C3_SOFTWARE_SHA: DeviceCpu = DeviceCpu {
+        per_write_us: 50,
+        hash_ns_per_byte: 330,
+    };
+
+    /// Returns the CPU time of one write that carried `received` bytes and made the device
+    /// read `read` bytes of flash (each hashed once).
+    pub fn write_time(&self, received: u64, read: u64) -> Duration {
+        Duration::from_micros(u64::from(self.per_write_us))
+            + Duration::from_nanos((received + read) * u64::from(self.hash_ns_per_byte))
+    }
 }
 
 impl AirConfig {
-    /// A session over `link` with typical flash timing and no faults.
-    pub fn new(link: LinkParams) -> Self {
+    /// A session over `link` with typical flash timing and no faults. The ATT MTU is what the
+    /// central asks for capped at what the device grants ([`DEVICE_ATT_MTU`]).
+    pub fn new(mut link: LinkParams) -> Self {
+        link.att_mtu = link.att_mtu.min(DEVICE_ATT_MTU);
         AirConfig {
             link,
             flash: FlashTiming::TYPICAL_4MB_SPI_NOR,
             disconnect_at: Vec::new(),
             reconnect_delay: Duration::from_millis(1000),
             time_limit: Duration::from_secs(3600),
+            cpu: DeviceCpu::ESP32C3_SOFTWARE_SHA,
         }
     }
 
@@ -88,6 +131,8 @@ pub struct AirReport {
     pub link: LinkStats,
     /// Links dropped on purpose.
     pub disconnects: u32,
+    /// Links lost because a flash outage reached the supervision timeout.
+    pub supervision_drops: u32,
     /// What the device engine asked its shell to do.
     pub device_events: Vec<Event>,
 }
@@ -117,20 +162,24 @@ pub fn update_over_air(
         waiting: None,
         data_writes: 0,
         disconnects: 0,
+        supervision_drops: 0,
         stats: Vec::new(),
     };
     engine.handle_connected(CLIENT);
     engine.handle_mtu(CLIENT, config.link.att_mtu);
     engine.handle_data_length(CLIENT, config.link.max_ll_payload);
+    engine.handle_link_timing(CLIENT, config.link.phy, config.link.conn_interval_us());
     let mut buf = vec![0u8; 600];
     let mut note = vec![0u8; 600];
     let mut final_outcome = AirOutcome::Stalled;
     let outcome = loop {
         // 1. React to what the link delivered.
+        let mut lost = false;
         while let Some(ev) = run.link.poll_event() {
             match ev {
                 LinkEvent::DeliveredToPeripheral { at, id, op } => {
                     let now = run.ms(at.as_micros());
+                    let op_kind = op.clone();
                     let before = device.flash().stats();
                     let outcome = match op {
                         CentralOp::WriteRequest { handle, value } => deliver(
@@ -144,9 +193,13 @@ pub fn update_over_air(
                         CentralOp::Read { .. } => Outcome::Value(engine.control_value().to_vec()),
                     };
                     let after = device.flash().stats();
-                    let took = flash_time(&config.flash, before, after);
+                    let flash = flash_time(&config.flash, before, after);
+                    let received = op_len(&op_kind);
+                    let cpu = config
+                        .cpu
+                        .write_time(received, after.bytes_read - before.bytes_read);
                     run.link
-                        .peripheral_complete(id, took, outcome)
+                        .peripheral_complete_work(id, cpu, flash, outcome)
                         .expect("one completion per delivery");
                     while let Some((_, n)) = engine.poll_notification(&mut note) {
                         run.notes.push_back(note[..n].to_vec());
@@ -165,6 +218,7 @@ pub fn update_over_air(
                 LinkEvent::WriteResponse { at, result, .. } => {
                     sender.handle_write_result(run.ms(at.as_micros()), result);
                 }
+                LinkEvent::SupervisionTimeout { .. } => lost = true,
                 _ => {}
             }
             let t = run.elapsed();
@@ -181,6 +235,16 @@ pub fn update_over_air(
         }
         if !device.flash().is_powered() {
             break AirOutcome::PowerLost;
+        }
+        if lost {
+            // The device went silent past the supervision timeout: both sides see the link
+            // drop; the client finds the device again and resumes.
+            run.supervision_drops += 1;
+            run.reconnect(engine, sender, config);
+            if run.supervision_drops > MAX_SUPERVISION_DROPS {
+                break AirOutcome::Stalled;
+            }
+            continue;
         }
         run.flush_notes();
         if sender.is_finished() && run.link.is_idle() {
@@ -205,6 +269,7 @@ pub fn update_over_air(
                         } else {
                             run.data_writes += 1;
                             if config.disconnect_at.contains(&run.data_writes) {
+                                run.disconnects += 1;
                                 run.reconnect(engine, sender, config);
                                 reconnected = true;
                                 break;
@@ -253,6 +318,7 @@ pub fn update_over_air(
         image_len,
         link: sum_stats(&run.stats),
         disconnects: run.disconnects,
+        supervision_drops: run.supervision_drops,
         device_events: run.device_events,
     }
 }
@@ -269,6 +335,7 @@ struct Run {
     waiting: Option<CentralOp>,
     data_writes: u32,
     disconnects: u32,
+    supervision_drops: u32,
     stats: Vec<LinkStats>,
 }
 
@@ -312,7 +379,6 @@ impl Run {
         sender: &mut Sender<'_>,
         config: &AirConfig,
     ) {
-        self.disconnects += 1;
         self.stats.push(self.link.stats());
         self.base_us += self.link.now().as_micros() + config.reconnect_delay.as_micros() as u64;
         self.link = Link::new(config.link).expect("link parameters must be valid");
@@ -323,6 +389,7 @@ impl Run {
         engine.handle_connected(CLIENT);
         engine.handle_mtu(CLIENT, config.link.att_mtu);
         engine.handle_data_length(CLIENT, config.link.max_ll_payload);
+        engine.handle_link_timing(CLIENT, config.link.phy, config.link.conn_interval_us());
     }
 }
 
@@ -345,15 +412,26 @@ fn deliver(
 
 /// Flash time of the operations between two counter snapshots.
 fn flash_time(t: &FlashTiming, before: crate::FlashStats, after: crate::FlashStats) -> Duration {
-    let sectors = after.sector_erase_cmds - before.sector_erase_cmds;
-    let blocks = after.block_erase_cmds - before.block_erase_cmds;
-    let pages = after.page_programs - before.page_programs;
-    Duration::from_micros(
-        sectors * t.sector_erase_us as u64
-            + blocks * t.block_erase_us as u64
-            + pages * t.page_program_us as u64,
+    t.ops_time(
+        after.sector_erase_cmds - before.sector_erase_cmds,
+        after.block_erase_cmds - before.block_erase_cmds,
+        after.page_programs - before.page_programs,
     )
 }
+
+/// Bytes an operation carried to the device.
+fn op_len(op: &CentralOp) -> u64 {
+    match op {
+        CentralOp::WriteRequest { value, .. } | CentralOp::WriteCommand { value, .. } => {
+            value.len() as u64
+        }
+        CentralOp::Read { .. } => 0,
+    }
+}
+
+/// Supervision drops after which a modelled update gives up: a device whose flash outages
+/// outlast the link's timeout every time cannot be updated over that link.
+const MAX_SUPERVISION_DROPS: u32 = 5;
 
 fn sum_stats(all: &[LinkStats]) -> LinkStats {
     let mut total = all.first().cloned().unwrap_or_default();
@@ -372,6 +450,7 @@ fn sum_stats(all: &[LinkStats]) -> LinkStats {
         total.bytes_to_central += s.bytes_to_central;
         total.dropped_pdus += s.dropped_pdus;
         total.dropped_bytes += s.dropped_bytes;
+        total.missed_events += s.missed_events;
     }
     total
 }

@@ -1,18 +1,29 @@
 //! Reference patterns of the best-known BLE OTA protocols, as small sans-I/O client and
 //! device pairs that exchange the same ATT operations through the same [`Link`] and pay the
-//! same flash time ([`FlashCost`](crate::flash::FlashCost)) as ours.
+//! same flash prices ([`FlashTiming`], as [`FlashCost`](crate::flash::FlashCost) charges ours)
+//! as ours.
 //!
 //! They are patterns, not ports: each keeps what decides its speed (the ATT operation used for
-//! data, the value size, what the client waits for and when, when the device writes flash)
-//! and the byte layout of its data and acknowledgements, and leaves out what does not
-//! (security, image management commands before and after the transfer). Each module says what
-//! it keeps, what it leaves out, and where the protocol is documented.
+//! data, the value size, what the client waits for and when, when the device erases and
+//! writes flash) and the byte layout of its data and acknowledgements, and leaves out what
+//! does not (security, image management commands before and after the transfer). Each
+//! pattern follows the best current implementation of its protocol, client and device, as
+//! read in their sources; each module says what it keeps, what it leaves out, and cites the
+//! repository, file and line of code each choice comes from.
 //!
-//! - [`espressif`]: Espressif's BLE OTA (esp-iot-solution `ble_ota`): 460-byte writes, one
-//!   stop-and-wait acknowledgement per 4 KiB sector.
-//! - [`smp`]: MCUmgr image upload over SMP (Zephyr): one request in flight.
-//! - [`nordic`]: Nordic Secure DFU: write commands with a packet receipt notification every
-//!   12 packets, 4 KiB objects created, checksummed and executed on the control point.
+//! - [`espressif`]: Espressif's BLE OTA, the `ble_ota_raw` profile of esp-iot-solution with
+//!   its example and Espressif's Android app: the image's range erased on START before the
+//!   START ACK, 463-byte write commands, one sector acknowledged before the next is sent.
+//! - [`smp`]: MCUmgr image upload over SMP (Zephyr): SMP packets of up to 2475 bytes split
+//!   into write commands and reassembled by the device, up to 3 requests in flight on phones
+//!   (nRF Connect Device Manager), 1 on desktops (smpmgr); the image's range erased by the
+//!   first request.
+//! - [`nordic`]: Nordic Secure DFU: write commands, 4 KiB objects created, checksummed and
+//!   executed on the control point; packet receipt notifications off on Android and desktop,
+//!   every 12 packets on iOS.
+//!
+//! The clients that behave differently per platform learn theirs from the link they run on
+//! ([`Client::connected`], [`Platform::of`]): the benchmark profiles stand for the platforms.
 
 pub mod espressif;
 pub mod nordic;
@@ -21,7 +32,8 @@ pub mod smp;
 use std::time::Duration;
 
 use ble_link_model::{
-    CentralOp, Link, LinkEvent, LinkParams, LinkStats, Outcome, PeripheralOp, SubmitError,
+    CentralOp, FlashTiming, Link, LinkEvent, LinkParams, LinkStats, Outcome, PeripheralOp, Profile,
+    SubmitError,
 };
 
 /// A GATT write the client wants to make.
@@ -35,8 +47,39 @@ pub struct Write {
     pub with_response: bool,
 }
 
+/// The platform a client runs on, where a protocol's client behaves differently per platform
+/// (Nordic's packet receipt notifications, SMP's requests in flight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// An Android phone: Nordic's Android libraries.
+    Android,
+    /// An iPhone: Nordic's iOS libraries.
+    Ios,
+    /// A desktop or any other central: Nordic's `nrfutil`, `smpmgr`.
+    Desktop,
+}
+
+impl Platform {
+    /// Returns the platform the link `params` stand for: [`Platform::Android`] for
+    /// [`Profile::Android`]'s parameters, [`Platform::Ios`] for [`Profile::Ios`]'s, and
+    /// [`Platform::Desktop`] for [`Profile::Desktop`]'s, [`Profile::Esp32Classic`]'s and any
+    /// other parameters (no phone library runs there; the desktop tools are the closest
+    /// clients).
+    pub fn of(params: &LinkParams) -> Platform {
+        match Profile::ALL.into_iter().find(|p| p.params() == *params) {
+            Some(Profile::Android) => Platform::Android,
+            Some(Profile::Ios) => Platform::Ios,
+            _ => Platform::Desktop,
+        }
+    }
+}
+
 /// The client half of a reference pattern.
 pub trait Client {
+    /// The link is up with `params`; [`run`] calls this once, before the first
+    /// [`Client::poll_transmit`]. A client whose behaviour depends on the platform it runs on
+    /// and was not given one learns it here ([`Platform::of`]).
+    fn connected(&mut self, _params: &LinkParams) {}
     /// Returns the next write the protocol allows now, if any.
     fn poll_transmit(&mut self) -> Option<Write>;
     /// A notification arrived.
@@ -47,13 +90,65 @@ pub trait Client {
     fn is_finished(&self) -> bool;
 }
 
+/// What a device did with one write, split so that flash work can be told apart from the rest.
+///
+/// The device's receive path is busy with the write for `cpu + flash`, and whatever the write
+/// makes the device send (a response, an acknowledgement) follows that work. `flash` is the
+/// time the SPI flash was erasing or programming because of this write, priced with the same
+/// [`FlashTiming`] as ours: the chip runs no code from flash meanwhile, and the link model
+/// stops the radio for it. `cpu` is any other processing; the patterns model none (CPU time is
+/// not modelled for any column), so it is zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Processing other than flash operations.
+    pub cpu: Duration,
+    /// Flash erase and program time.
+    pub flash: Duration,
+}
+
+impl Work {
+    /// No work: the write was only buffered.
+    pub const ZERO: Work = Work {
+        cpu: Duration::ZERO,
+        flash: Duration::ZERO,
+    };
+
+    /// Only flash work, of `flash`.
+    pub const fn flash(flash: Duration) -> Work {
+        Work {
+            cpu: Duration::ZERO,
+            flash,
+        }
+    }
+}
+
 /// The device half of a reference pattern.
 pub trait Device {
     /// Processes one write that arrived at modelled time `now` (since the link started);
-    /// returns how long the device's receive path was busy with it.
-    fn handle_write(&mut self, now: Duration, handle: u16, value: &[u8]) -> Duration;
+    /// returns the work its receive path did for it.
+    fn handle_write(&mut self, now: Duration, handle: u16, value: &[u8]) -> Work;
     /// Returns the next notification to send, produced by the writes handled so far.
     fn poll_notification(&mut self) -> Option<(u16, Vec<u8>)>;
+}
+
+/// Returns the time to erase the first `len` bytes of an update slot that starts on a 64 KiB
+/// boundary, the way ESP-IDF's `esp_flash_erase_region` does it: the range rounded up to
+/// whole sectors, a block-erase command for every whole 64 KiB block it covers from an
+/// aligned address, a sector erase for each sector after the last whole block.
+///
+/// Source: espressif/esp-idf `components/spi_flash/esp_flash_api.c`, `esp_flash_erase_region`
+/// ("If possible erase an entire multi-sector block": a block erase when
+/// `len >= block_erase_size && (start % block_erase_size) == 0`, otherwise one sector), which
+/// `esp_partition_erase_range` (ESP-IDF `esp_ota_begin`) and Zephyr's ESP32 flash driver
+/// (zephyrproject-rtos/zephyr `drivers/flash/flash_esp32.c`, `flash_esp32_erase`) both call.
+/// ESP-IDF and Zephyr place app and image slots on 64 KiB boundaries.
+pub fn erase_region_time(timing: &FlashTiming, len: u64) -> Duration {
+    let sector = u64::from(timing.sector_size);
+    let block = u64::from(timing.block_size);
+    let aligned = len.div_ceil(sector) * sector;
+    let blocks = aligned / block;
+    let sectors = (aligned % block) / sector;
+    timing.block_erase_time(blocks) + timing.erase_time(sectors)
 }
 
 /// What one reference run measured.
@@ -72,6 +167,7 @@ pub struct RefReport {
 /// pattern produces a write the link refuses.
 pub fn run(params: LinkParams, client: &mut dyn Client, device: &mut dyn Device) -> RefReport {
     let mut link = Link::new(params).expect("link parameters must be valid");
+    client.connected(&params);
     let mut waiting: Option<CentralOp> = None;
     let mut notes: std::collections::VecDeque<PeripheralOp> = Default::default();
     let mut finished_at = None;
@@ -80,8 +176,10 @@ pub fn run(params: LinkParams, client: &mut dyn Client, device: &mut dyn Device)
             match event {
                 LinkEvent::DeliveredToPeripheral { at, id, op } => {
                     let now = at.elapsed();
-                    let took = device.handle_write(now, op.handle(), op.value());
-                    link.peripheral_complete(id, took, Outcome::Accept)
+                    let work = device.handle_write(now, op.handle(), op.value());
+                    // The device is busy for `cpu + flash`. The flash part is where the radio
+                    // stops: no connection event is served while the flash erases or programs.
+                    link.peripheral_complete(id, work.cpu + work.flash, Outcome::Accept)
                         .expect("one completion per delivery");
                     while let Some((handle, value)) = device.poll_notification() {
                         notes.push_back(PeripheralOp::Notification { handle, value });
@@ -140,6 +238,44 @@ pub fn run(params: LinkParams, client: &mut dyn Client, device: &mut dyn Device)
         assert!(
             link.advance_to_next().is_some(),
             "the reference pattern stalled before it finished"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: FlashTiming = FlashTiming::TYPICAL_4MB_SPI_NOR;
+
+    #[test]
+    fn erase_region_uses_blocks_only_for_whole_blocks() {
+        // One byte: one sector.
+        assert_eq!(erase_region_time(&T, 1), Duration::from_millis(45));
+        // 15 sectors: 15 sector erases, no block (ESP-IDF needs the whole 64 KiB).
+        assert_eq!(
+            erase_region_time(&T, 15 * 4096),
+            Duration::from_millis(15 * 45)
+        );
+        // 1 000 000 bytes: 245 sectors = 15 whole blocks (240 sectors) and 5 sectors.
+        assert_eq!(
+            erase_region_time(&T, 1_000_000),
+            Duration::from_millis(15 * 150 + 5 * 45)
+        );
+        assert_eq!(
+            erase_region_time(&T, 1 << 20),
+            Duration::from_millis(16 * 150)
+        );
+    }
+
+    #[test]
+    fn platforms_follow_the_profiles() {
+        assert_eq!(Platform::of(&LinkParams::android()), Platform::Android);
+        assert_eq!(Platform::of(&LinkParams::ios()), Platform::Ios);
+        assert_eq!(Platform::of(&LinkParams::desktop()), Platform::Desktop);
+        assert_eq!(
+            Platform::of(&LinkParams::esp32_classic()),
+            Platform::Desktop
         );
     }
 }

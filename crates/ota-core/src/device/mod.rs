@@ -35,6 +35,7 @@ use heapless::Deque;
 
 use crate::esp::image::ImageValidator;
 use crate::esp::{Chip, OtaImgState, OtaSlots, Partition, PartitionTable, SlotError};
+use crate::protocol::air::{self, Phy};
 use crate::protocol::fast::{
     self, Command, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
     begin_flags,
@@ -45,7 +46,7 @@ use crate::protocol::{
 };
 use crate::time::Instant;
 
-use transfer::{Protocol, Transfer};
+use transfer::{Protocol, Transfer, WritePlan};
 
 /// Identifies a connected client (the shell's connection handle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +78,15 @@ pub struct DeviceConfig {
     pub rewind_retry_ms: u32,
     /// Acknowledge unacknowledged progress after this long without data.
     pub idle_ack_ms: u32,
+    /// 256-byte pages held in RAM and programmed together (1 to 128; default 128, 32 KiB).
+    /// Each flash operation stops the BLE controller, and each stop ends the connection event
+    /// under way and leaves the link idle until the next anchor point after it: about one
+    /// connection interval lost per stop, whatever its length. Programming a batch of pages
+    /// in one go (each page still its own short command) stops the link once per batch
+    /// instead of once per page. The modelled effect on a 2M link at 7.5 ms: about 33 kB/s
+    /// page by page, 103 kB/s by 16 KiB, 106 kB/s by 32 KiB. The buffer is 32 KiB of the
+    /// engine whatever this says.
+    pub program_batch_pages: u8,
 }
 
 impl DeviceConfig {
@@ -95,6 +105,7 @@ impl DeviceConfig {
             acks_per_window: 4,
             rewind_retry_ms: 300,
             idle_ack_ms: 100,
+            program_batch_pages: transfer::MAX_PROGRAM_BATCH_PAGES as u8,
         }
     }
 }
@@ -168,6 +179,8 @@ struct ClientLink {
     mtu: u16,
     /// Link-layer data length from the client to the device, in octets.
     data_length: u16,
+    /// PHY and connection interval (µs), once the shell knows them.
+    timing: Option<(Phy, u32)>,
 }
 const OUTBOX: usize = 8;
 
@@ -271,10 +284,26 @@ impl UpdateEngine {
     }
 
     /// Returns the chunk payload size announced to `client`: the chunk's value fills whole
-    /// link-layer PDUs at its ATT MTU and data length ([`packed_value_len`]).
+    /// connection events at its ATT MTU, data length, PHY and interval
+    /// ([`air::best_value_len`], with the default end-of-event margin), or whole link-layer
+    /// PDUs while the PHY and interval are unknown ([`packed_value_len`]).
     pub fn chunk_size(&self, client: ClientId) -> u16 {
         let link = self.link(client);
-        let value = packed_value_len(link.mtu, link.data_length);
+        let value = match link.timing {
+            Some((phy, interval_us)) => air::best_value_len(
+                link.mtu,
+                &air::EventTiming {
+                    phy,
+                    data_length: link.data_length,
+                    interval_us,
+                    end_margin_us: air::DEFAULT_EVENT_END_MARGIN_US,
+                    max_pairs: None,
+                    // Room for an ACK notification in each event, so an ACK costs no chunk.
+                    reply_payload: ACK_NOTIFICATION_PAYLOAD,
+                },
+            ),
+            None => packed_value_len(link.mtu, link.data_length),
+        };
         let by_link = value.saturating_sub(fast::CHUNK_HEADER_LEN) as u16;
         by_link.min(self.config.max_chunk).max(1)
     }
@@ -348,6 +377,7 @@ impl UpdateEngine {
                 id: client,
                 mtu: 23,
                 data_length: LL_DEFAULT_DATA_LEN,
+                timing: None,
             });
         }
     }
@@ -366,6 +396,14 @@ impl UpdateEngine {
         self.handle_connected(client);
         if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
             link.data_length = rx_octets;
+        }
+    }
+
+    /// The PHY or the connection interval (in µs) of `client`'s link changed.
+    pub fn handle_link_timing(&mut self, client: ClientId, phy: Phy, interval_us: u32) {
+        self.handle_connected(client);
+        if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
+            link.timing = Some((phy, interval_us));
         }
     }
 
@@ -594,6 +632,7 @@ impl UpdateEngine {
                 id: client,
                 mtu: 23,
                 data_length: LL_DEFAULT_DATA_LEN,
+                timing: None,
             })
     }
 
@@ -692,7 +731,10 @@ impl UpdateEngine {
             target,
             self.running,
             validator,
-            self.pre_erased,
+            WritePlan {
+                pre_erased: self.pre_erased,
+                batch_pages: self.config.program_batch_pages,
+            },
             now,
         ))
     }
@@ -990,6 +1032,10 @@ impl UpdateEngine {
         }
     }
 }
+
+/// LL payload of an ACK notification: L2CAP and ATT headers and the 5-byte ACK.
+const ACK_NOTIFICATION_PAYLOAD: u16 =
+    (crate::protocol::L2CAP_HEADER + crate::protocol::ATT_WRITE_HEADER + 5) as u16;
 
 /// Shortest possible app image: its 24-byte header.
 const MIN_IMAGE_LEN: u32 = 24;

@@ -24,8 +24,10 @@ pub(super) enum Protocol {
     Fast { size: u32, sha256: [u8; 32] },
 }
 
-/// A NOR flash program page: bytes are held in RAM until a whole page can be programmed.
-const PAGE_SIZE: usize = 256;
+/// A NOR flash program page: bytes are held in RAM until whole pages can be programmed.
+pub(super) const PAGE_SIZE: usize = 256;
+/// The most pages a transfer holds in RAM before programming them (32 KiB).
+pub(super) const MAX_PROGRAM_BATCH_PAGES: usize = 128;
 
 #[derive(Debug)]
 pub(super) struct Transfer {
@@ -47,13 +49,22 @@ pub(super) struct Transfer {
     hasher: Sha256,
     /// SHA-256 of the image up to its checksum byte, once the stream passed it.
     image_digest: Option<[u8; 32]>,
-    pending: heapless::Vec<u8, PAGE_SIZE>,
-    /// Bytes programmed into the slot.
-    programmed: u32,
-    /// Bytes of the slot erased so far (sector multiple).
-    erased: u32,
+    /// In-order bytes not programmed yet: whole pages go to flash in batches of `batch` bytes.
+    pending: heapless::Vec<u8, { MAX_PROGRAM_BATCH_PAGES * PAGE_SIZE }>,
+    /// Bytes programmed at once (a whole number of pages).
+    batch: usize,
+    slot: SlotWriter,
     /// Whether the inactive otadata entry pointing at the target was invalidated.
     otadata_prepared: bool,
+}
+
+/// How the slot will be written.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WritePlan {
+    /// Bytes at the start of the slot known to be erased already.
+    pub pre_erased: u32,
+    /// Pages programmed together.
+    pub batch_pages: u8,
 }
 
 /// Where an incoming chunk fell.
@@ -91,16 +102,19 @@ impl Accepted {
 }
 
 impl Transfer {
-    /// `pre_erased`: bytes at the start of `target` known to be erased already.
     pub fn new(
         protocol: Protocol,
         owner: ClientId,
         target: Partition,
         running: Partition,
         validator: ImageValidator,
-        pre_erased: u32,
+        plan: WritePlan,
         now: Instant,
     ) -> Self {
+        let WritePlan {
+            pre_erased,
+            batch_pages,
+        } = plan;
         Transfer {
             protocol,
             owner: Some(owner),
@@ -115,8 +129,14 @@ impl Transfer {
             hasher: Sha256::new(),
             image_digest: None,
             pending: heapless::Vec::new(),
-            programmed: 0,
-            erased: pre_erased.min(target.size),
+            batch: (batch_pages as usize).clamp(1, MAX_PROGRAM_BATCH_PAGES) * PAGE_SIZE,
+            slot: SlotWriter {
+                target,
+                programmed: 0,
+                erased: pre_erased.min(target.size),
+                readback: Sha256::new(),
+                read_back: 0,
+            },
             otadata_prepared: false,
         }
     }
@@ -162,6 +182,7 @@ impl Transfer {
             _ => self.hasher.update(fresh),
         }
         self.program(flash, slots, fresh)?;
+        self.erase_ahead(flash)?;
         self.next += fresh.len() as u32;
         self.last_progress = now;
         self.gap_reported = None;
@@ -190,27 +211,19 @@ impl Transfer {
             }
         }
         // Flush the tail, padded with erased bytes to the flash's write unit.
-        let mut tail = core::mem::take(&mut self.pending);
-        while !tail.len().is_multiple_of(F::WRITE_SIZE.max(1)) {
-            tail.push(0xFF).map_err(|_| Reason::FlashError)?;
+        while !self.pending.len().is_multiple_of(F::WRITE_SIZE.max(1)) {
+            self.pending.push(0xFF).map_err(|_| Reason::FlashError)?;
         }
-        if !tail.is_empty() {
+        if !self.pending.is_empty() {
             self.prepare_otadata(flash, slots)?;
-            self.write(flash, &tail)?;
+            self.slot.program_pages(flash, &self.pending, self.next)?;
+            self.pending.clear();
         }
         let (target, next) = (self.target, self.next);
-        // Read back what the slot now holds.
-        let mut readback = Sha256::new();
-        let mut buf = [0u8; 256];
-        let mut pos = 0u32;
-        while pos < next {
-            let n = (next - pos).min(buf.len() as u32) as usize;
-            flash::read(flash, target.offset + pos, &mut buf[..n])
-                .map_err(|_| Reason::FlashError)?;
-            readback.update(&buf[..n]);
-            pos += n as u32;
-        }
-        let readback: [u8; 32] = readback.finalize().into();
+        // What the slot holds, read back as each batch was programmed, must hash to what
+        // arrived. Only the image's bytes count (the padding of the last page does not).
+        self.slot.read_back_to(flash, next)?;
+        let readback: [u8; 32] = core::mem::take(&mut self.slot.readback).finalize().into();
         if readback != digest {
             return Err(Reason::FlashError);
         }
@@ -220,9 +233,12 @@ impl Transfer {
         Ok((target.ota_slot().unwrap_or(SLOT_OTHER), next, digest))
     }
 
-    /// Programs in-order bytes one whole 256-byte flash page at a time: a page is programmed
-    /// once, with one page-program command, however the client chunked the data. Nothing
-    /// touches flash before the image header proved the image is for this chip.
+    /// Holds in-order bytes in RAM and programs them a batch of whole 256-byte pages at a
+    /// time, one page-program command per page however the client chunked the data. Every
+    /// flash operation stops the BLE controller (see the module docs), and each time the
+    /// radio stops the connection event under way ends: one stop for many pages costs the
+    /// link far less than a stop per page, while each page is still its own short command.
+    /// Nothing touches flash before the image header proved the image is for this chip.
     fn program<F: NorFlash>(
         &mut self,
         flash: &mut F,
@@ -230,19 +246,36 @@ impl Transfer {
         mut bytes: &[u8],
     ) -> Result<(), Reason> {
         while !bytes.is_empty() {
-            let take = (PAGE_SIZE - self.pending.len()).min(bytes.len());
+            let take = (self.batch - self.pending.len()).min(bytes.len());
             let (head, rest) = bytes.split_at(take);
             // Cannot fail: `take` fits the room left.
             let _ = self.pending.extend_from_slice(head);
             bytes = rest;
-            if self.pending.len() == PAGE_SIZE {
+            if self.pending.len() == self.batch {
                 if self.validator.header().is_none() {
                     return Err(Reason::BadImageFormat);
                 }
                 self.prepare_otadata(flash, slots)?;
-                let page = core::mem::take(&mut self.pending);
-                self.write(flash, &page)?;
+                self.slot.program_pages(flash, &self.pending, u32::MAX)?;
+                self.pending.clear();
             }
+        }
+        Ok(())
+    }
+
+    /// Erases at most one sector of what the next batch will cover, if the pre-erase did not:
+    /// the erases spread over the writes that fill the batch, so no flash outage is longer
+    /// than one sector erase.
+    fn erase_ahead<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
+        let image_end = match self.protocol {
+            Protocol::Fast { size, .. } => size,
+            Protocol::Legacy => self.validator.total_len().unwrap_or(self.target.size),
+        };
+        let wanted = (self.slot.programmed as usize + self.pending.len() + self.batch)
+            .min(image_end as usize)
+            .min(self.target.size as usize) as u32;
+        if self.slot.erased < wanted && self.validator.header().is_some() {
+            self.slot.erase_sector(flash)?;
         }
         Ok(())
     }
@@ -262,22 +295,67 @@ impl Transfer {
         }
         Ok(())
     }
+}
 
-    /// Writes at the program pointer, first erasing the one 4 KiB sector it reaches when the
-    /// pre-erase did not get there.
-    fn write<F: NorFlash>(&mut self, flash: &mut F, data: &[u8]) -> Result<(), Reason> {
+/// The slot's program and erase pointers, and the hash of what was read back.
+#[derive(Debug)]
+struct SlotWriter {
+    target: Partition,
+    /// Bytes programmed into the slot.
+    programmed: u32,
+    /// Bytes of the slot erased so far (sector multiple).
+    erased: u32,
+    /// SHA-256 of the slot's bytes `0..read_back`, read from flash after they were programmed.
+    readback: Sha256,
+    read_back: u32,
+}
+
+impl SlotWriter {
+    /// Erases the next 4 KiB sector.
+    fn erase_sector<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
+        let from = self.target.offset + self.erased;
+        flash::erase(flash, from, from + SECTOR_SIZE).map_err(|_| Reason::FlashError)?;
+        self.erased += SECTOR_SIZE;
+        Ok(())
+    }
+
+    /// Programs `data` at the program pointer one page (one command) at a time, first erasing,
+    /// one sector at a time, what the erase-ahead did not reach; then reads back what it
+    /// programmed up to `image_end` (the padding after the image's last byte is not hashed).
+    fn program_pages<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        data: &[u8],
+        image_end: u32,
+    ) -> Result<(), Reason> {
         let end = self.programmed + data.len() as u32;
         if end > self.target.size {
             return Err(Reason::ImageTooLarge);
         }
-        while self.erased < end {
-            let from = self.target.offset + self.erased;
-            flash::erase(flash, from, from + SECTOR_SIZE).map_err(|_| Reason::FlashError)?;
-            self.erased += SECTOR_SIZE;
+        for page in data.chunks(PAGE_SIZE) {
+            let page_end = self.programmed + page.len() as u32;
+            while self.erased < page_end {
+                self.erase_sector(flash)?;
+            }
+            flash::write(flash, self.target.offset + self.programmed, page)
+                .map_err(|_| Reason::FlashError)?;
+            self.programmed = page_end;
         }
-        flash::write(flash, self.target.offset + self.programmed, data)
-            .map_err(|_| Reason::FlashError)?;
-        self.programmed = end;
+        // Read the batch back now, while the link goes on carrying the next one: at the end
+        // only the last batch is left to read.
+        self.read_back_to(flash, self.programmed.min(image_end))
+    }
+
+    /// Reads the slot back from where the last read-back stopped up to `end`, hashing it.
+    fn read_back_to<F: NorFlash>(&mut self, flash: &mut F, end: u32) -> Result<(), Reason> {
+        let mut buf = [0u8; 256];
+        while self.read_back < end {
+            let n = (end - self.read_back).min(buf.len() as u32) as usize;
+            flash::read(flash, self.target.offset + self.read_back, &mut buf[..n])
+                .map_err(|_| Reason::FlashError)?;
+            self.readback.update(&buf[..n]);
+            self.read_back += n as u32;
+        }
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! seed works unchanged while new clients get the fast, resumable, verified protocol. Byte
 //! layouts and sequence diagrams: `docs/protocol.md`.
 
+pub mod air;
 pub mod fast;
 pub mod legacy;
 mod reason;
