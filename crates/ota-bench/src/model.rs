@@ -63,6 +63,10 @@ pub struct Cell {
     pub flash_s: f64,
     /// Connection events that carried packets.
     pub connection_events: u64,
+    /// Connection events missed while the device's flash worked.
+    pub missed_events: u64,
+    /// The link dropped (a flash outage reached the supervision timeout): the update failed.
+    pub link_lost: bool,
     /// Central data packets (LL).
     pub central_data_packets: u64,
 }
@@ -108,12 +112,18 @@ pub struct ProfileRun {
     pub airtime_ceiling: f64,
     /// The flash ceiling (B/s): erase + program of the image and nothing else.
     pub flash_ceiling: f64,
-    /// Ours / min(link ceiling, flash ceiling), throughput.
+    /// The honest ceiling (B/s) any protocol could reach on this device: the link time at the
+    /// best value length plus every page program, which stops the radio
+    /// (`ceilings::honest`).
+    pub honest_ceiling: f64,
+    /// Ours / the honest ceiling, throughput.
     pub ours_vs_ceiling: f64,
     /// Ours / seed, throughput.
     pub ours_vs_seed: f64,
-    /// Which ceiling is lower: "link" or "flash".
-    pub lower_ceiling: String,
+    /// Ours is faster than every reference column.
+    pub ahead_of_references: bool,
+    /// Ours under the worst-case (datasheet maximum) flash timing.
+    pub worst_case: WorstCase,
     /// Where our time goes.
     pub ours: OursDetail,
 }
@@ -173,50 +183,100 @@ fn cell(column: Column, modelled: Duration, len: usize, flash: Duration, link: &
         bytes_per_s: len as f64 / modelled.as_secs_f64(),
         flash_s: flash.as_secs_f64(),
         connection_events: link.connection_events,
+        missed_events: link.missed_events,
+        link_lost: false,
         central_data_packets: link.central_data_packets,
     }
 }
 
+/// What the worst-case flash timing does to ours.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorstCase {
+    /// Image bytes per modelled second with every erase and program at its datasheet maximum.
+    pub bytes_per_s: f64,
+    /// Links lost because a flash outage reached the supervision timeout.
+    pub supervision_drops: u32,
+    /// Connection events the device missed while its flash worked.
+    pub missed_events: u64,
+}
+
+/// How one of our-engine columns ended.
+struct EngineRun {
+    modelled: Duration,
+    link: LinkStats,
+    flash: FlashStats,
+    supervision_drops: u32,
+    activated: bool,
+}
+
+/// A reference column's cell: no throughput when its link was lost.
+fn reference_cell(column: Column, r: &reference::RefReport, len: usize, flash: Duration) -> Cell {
+    let mut c = cell(column, r.modelled, len, flash, &r.link);
+    if r.link_lost {
+        c.bytes_per_s = 0.0;
+        c.link_lost = true;
+    }
+    c
+}
+
 /// Runs our device engine against the seed's client (`legacy`) or ours over `config`.
-fn ours_or_seed(
-    image: &[u8],
-    legacy: bool,
-    config: &AirConfig,
-) -> (Duration, LinkStats, FlashStats) {
+///
+/// The seed's column stands for the seed's firmware on the same device: it erases sector by
+/// sector as it writes (`esp_ota_begin(.., OTA_WITH_SEQUENTIAL_WRITES, ..)` in its
+/// `gatt_svr.c`) and writes each packet as it comes (`esp_ota_write`), so the engine runs with
+/// no pre-erase and one page per program batch. Ours runs as the firmware does: the slot
+/// erased while the device was idle (`UpdateEngine::pre_erase_step`), pages programmed by
+/// batches.
+fn run_engine(image: &[u8], legacy: bool, config: &AirConfig) -> EngineRun {
     let chip = image_chip(image).expect("an ESP app image");
     let mut dev = device_for(chip);
-    let mut eng = engine(&mut dev, config.device_config(chip));
+    let mut device_config = config.device_config(chip);
+    if legacy {
+        device_config.program_batch_pages = 1;
+    }
+    let mut eng = engine(&mut dev, device_config);
     let mut sender = if legacy {
         Sender::Legacy(LegacySender::new(image, config.link.att_mtu).expect("image fits"))
     } else {
         Sender::Fast(FastSender::new(image, SenderConfig::default()).expect("image fits"))
     };
     if !legacy {
-        // Our firmware erases the update slot while idle, before a central connects
-        // (`UpdateEngine::pre_erase_step`); the seed's erases sector by sector as it writes
-        // (`esp_ota_begin(.., OTA_WITH_SEQUENTIAL_WRITES, ..)` in its `gatt_svr.c`), which is
-        // what our engine does without a pre-erase.
         while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
             eng.pre_erase_step(dev.flash_mut())
         {}
     }
     let before = dev.flash().stats();
     let report = update_over_air(&mut dev, &mut eng, &mut sender, config, &mut |_, _| {});
+    EngineRun {
+        modelled: report.modelled,
+        link: report.link,
+        flash: diff(dev.flash().stats(), before),
+        supervision_drops: report.supervision_drops,
+        activated: matches!(report.outcome, AirOutcome::Activated { .. }),
+    }
+}
+
+/// [`run_engine`] that must activate the image.
+fn ours_or_seed(
+    image: &[u8],
+    legacy: bool,
+    config: &AirConfig,
+) -> (Duration, LinkStats, FlashStats) {
+    let r = run_engine(image, legacy, config);
     assert!(
-        matches!(report.outcome, AirOutcome::Activated { .. }),
-        "{} update failed: {:?}",
-        if legacy { "seed" } else { "our" },
-        report.outcome
+        r.activated,
+        "{} update failed",
+        if legacy { "seed" } else { "our" }
     );
-    let flash = diff(dev.flash().stats(), before);
-    (report.modelled, report.link, flash)
+    (r.modelled, r.link, r.flash)
 }
 
 /// Runs every column for `profile` on `image`.
 pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
-    let params = profile.params();
     let timing = FlashTiming::TYPICAL_4MB_SPI_NOR;
-    let config = AirConfig::new(params);
+    // Every column on the same link to the same device (which grants an ATT MTU of 498).
+    let config = AirConfig::new(profile.params());
+    let params = config.link;
     let len = image.len();
     let mut cells = Vec::new();
 
@@ -237,41 +297,40 @@ pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
     let mut c = espressif::EspClient::new(image, value);
     let mut d = espressif::EspDevice::new(timing);
     let r = reference::run(params, &mut c, &mut d);
-    cells.push(cell(
-        Column::Espressif,
-        r.modelled,
-        len,
-        d.flash_time(),
-        &r.link,
-    ));
+    cells.push(reference_cell(Column::Espressif, &r, len, d.flash_time()));
     let mut c = smp::SmpClient::new(image, value);
     let mut d = smp::SmpDevice::new(timing);
     let r = reference::run(params, &mut c, &mut d);
-    cells.push(cell(
-        Column::McumgrSmp,
-        r.modelled,
-        len,
-        d.flash_time(),
-        &r.link,
-    ));
+    cells.push(reference_cell(Column::McumgrSmp, &r, len, d.flash_time()));
     let mut c = nordic::DfuClient::new(image, value);
     let mut d = nordic::DfuDevice::new(timing);
     let r = reference::run(params, &mut c, &mut d);
-    cells.push(cell(
-        Column::NordicDfu,
-        r.modelled,
-        len,
-        d.flash_time(),
-        &r.link,
-    ));
+    cells.push(reference_cell(Column::NordicDfu, &r, len, d.flash_time()));
 
     let (link_ceiling, link_ceiling_value_len) = link_ceiling(&params);
     let airtime_ceiling =
         ceilings::airtime(params.phy, params.max_ll_payload, link_ceiling_value_len);
     let flash_ceiling = ceilings::flash(&timing, len as u64);
-    let lower = link_ceiling.min(flash_ceiling);
+    let honest_ceiling = ceilings::honest(&params, &timing, len as u64);
     let ours = cells[1].bytes_per_s;
     let seed = cells[0].bytes_per_s;
+    let ahead_of_references = [Column::Espressif, Column::McumgrSmp, Column::NordicDfu]
+        .iter()
+        .all(|c| cells.iter().any(|x| x.column == *c && x.bytes_per_s < ours));
+    let worst = {
+        let mut worst_config = config.clone();
+        worst_config.flash = FlashTiming::WORST_CASE_4MB_SPI_NOR;
+        let r = run_engine(image, false, &worst_config);
+        WorstCase {
+            bytes_per_s: if r.activated {
+                len as f64 / r.modelled.as_secs_f64()
+            } else {
+                0.0
+            },
+            supervision_drops: r.supervision_drops,
+            missed_events: r.link.missed_events,
+        }
+    };
 
     let (t, link, flash) = ours_stats;
     let ideal_pages = (len as u64).div_ceil(u64::from(timing.page_size));
@@ -296,14 +355,11 @@ pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
         link_ceiling_value_len,
         airtime_ceiling,
         flash_ceiling,
-        ours_vs_ceiling: ours / lower,
+        honest_ceiling,
+        ours_vs_ceiling: ours / honest_ceiling,
         ours_vs_seed: ours / seed,
-        lower_ceiling: if link_ceiling <= flash_ceiling {
-            "link"
-        } else {
-            "flash"
-        }
-        .to_string(),
+        ahead_of_references,
+        worst_case: worst,
         ours: ours_detail,
     }
 }

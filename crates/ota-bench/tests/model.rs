@@ -105,13 +105,18 @@ fn mcumgr_smp_uploads_a_100_byte_image_in_one_round_trip() {
     assert_eq!(arrival, 8_232);
     // The device erases the image's sector and the MCUboot trailer's (2 × 45 ms), then
     // programs one page (0.7 ms): ready at 98 932 µs, so the response goes in the event at
-    // 105 000 µs (14 × 7.5 ms): the central's empty packet (44 µs), T_IFS, then the response:
+    // 105 000 µs (14 × 7.5 ms). The radio stopped as the flash work began, right as the write
+    // arrived: its link-layer acknowledgement never went out, so that event starts with the
+    // central sending the 172-byte packet again (732 µs), T_IFS, then the response:
     // header 8 + map 1 + "rc" 3 + 0 1 + "off" 4 + 100 2 = 19 bytes, a 26-byte LL packet of
     // (2 + 4 + 2 + 26 + 3) × 4 = 148 µs.
     let ready = arrival + 2 * 45_000 + 700;
     assert!((97_500..105_000).contains(&ready));
-    let expected = 105_000 + 44 + 150 + u64::from(airtime_us(Phy::Le2M, 26));
-    assert_eq!(expected, 105_342);
+    let expected = 105_000
+        + u64::from(airtime_us(Phy::Le2M, 172))
+        + 150
+        + u64::from(airtime_us(Phy::Le2M, 26));
+    assert_eq!(expected, 106_030);
     assert_eq!(r.modelled.as_micros() as u64, expected);
     assert_eq!(device.flash_time(), Duration::from_micros(90_700));
     assert_eq!(r.link.bytes_to_peripheral, 165);
@@ -173,12 +178,23 @@ fn every_pattern_on_every_profile_reports_its_flash_work() {
 
         let mut c = espressif::EspClient::new(&image, v);
         let (esp, esp_flash) = metered(p, &mut c, espressif::EspDevice::new(t), |d| d.flash_time());
-        assert_eq!(esp_flash, image_erase + pages);
+        if esp.link_lost {
+            // `esp_ota_begin` erases the image's range at START in one go: on a device whose
+            // radio stops meanwhile, that outlasts short supervision timeouts.
+            assert!(image_erase >= p.supervision_timeout, "{profile:?}");
+        } else {
+            assert_eq!(esp_flash, image_erase + pages);
+        }
 
         let mut c = smp::SmpClient::new(&image, v);
         let (smp, smp_flash) = metered(p, &mut c, smp::SmpDevice::new(t), |d| d.flash_time());
-        // 512-byte blocks are page aligned: the same pages, plus the trailer sector.
-        assert_eq!(smp_flash, image_erase + t.erase_time(1) + pages);
+        if smp.link_lost {
+            // The first request erases the image's range before its answer.
+            assert!(image_erase >= p.supervision_timeout, "{profile:?}");
+        } else {
+            // 512-byte blocks are page aligned: the same pages, plus the trailer sector.
+            assert_eq!(smp_flash, image_erase + t.erase_time(1) + pages);
+        }
         let again = reference::run(
             p,
             &mut smp::SmpClient::new(&image, v),
@@ -193,7 +209,9 @@ fn every_pattern_on_every_profile_reports_its_flash_work() {
         };
         let (dfu, dfu_flash) = metered(p, &mut c, nordic::DfuDevice::new(t), |d| d.flash_time());
         // A sector erase per 4 KiB object; packets are programmed as they come.
-        assert!(dfu_flash >= t.erase_time(image.len().div_ceil(4096) as u64) + pages);
+        assert!(
+            dfu.link_lost || dfu_flash >= t.erase_time(image.len().div_ceil(4096) as u64) + pages
+        );
 
         println!(
             "{:14} Espressif {:6.1} ({:4.2})  SMP {:6.1} ({:4.2})  Nordic PRN {:2} {:6.1} ({:4.2})",

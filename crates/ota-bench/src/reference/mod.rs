@@ -158,6 +158,8 @@ pub struct RefReport {
     pub modelled: Duration,
     /// Link statistics.
     pub link: LinkStats,
+    /// The link dropped (a flash outage reached the supervision timeout) and the update failed.
+    pub link_lost: bool,
 }
 
 /// Runs `client` against `device` over a link with `params` until the client is finished.
@@ -178,8 +180,9 @@ pub fn run(params: LinkParams, client: &mut dyn Client, device: &mut dyn Device)
                     let now = at.elapsed();
                     let work = device.handle_write(now, op.handle(), op.value());
                     // The device is busy for `cpu + flash`. The flash part is where the radio
-                    // stops: no connection event is served while the flash erases or programs.
-                    link.peripheral_complete(id, work.cpu + work.flash, Outcome::Accept)
+                    // stops: no connection event is served while the flash erases or programs
+                    // (the same device as ours: esp-storage masks interrupts).
+                    link.peripheral_complete_work(id, work.cpu, work.flash, Outcome::Accept)
                         .expect("one completion per delivery");
                     while let Some((handle, value)) = device.poll_notification() {
                         notes.push_back(PeripheralOp::Notification { handle, value });
@@ -192,6 +195,15 @@ pub fn run(params: LinkParams, client: &mut dyn Client, device: &mut dyn Device)
                 LinkEvent::WriteResponse { result, .. } => {
                     assert_eq!(result, Ok(()), "reference devices accept every write");
                     client.handle_write_response();
+                }
+                LinkEvent::SupervisionTimeout { at } => {
+                    // A flash outage outlasted the supervision timeout: the pattern has no
+                    // resume, so its update fails here.
+                    return RefReport {
+                        modelled: at.elapsed(),
+                        link: link.stats(),
+                        link_lost: true,
+                    };
                 }
                 _ => {}
             }
@@ -209,6 +221,7 @@ pub fn run(params: LinkParams, client: &mut dyn Client, device: &mut dyn Device)
             return RefReport {
                 modelled,
                 link: link.stats(),
+                link_lost: false,
             };
         }
         loop {
