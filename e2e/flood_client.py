@@ -24,11 +24,10 @@ import logging
 import struct
 import sys
 
-from bumble import hci
 from bumble.core import UUID
-from bumble.device import Device, Peer
+from bumble.device import Peer
 from bumble.transport import open_transport
-from ota_scan import OTA_SERVICE_UUID, find_ota_device
+from ota_scan import OTA_SERVICE_UUID, connect_ota_device, host
 
 OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
 OTA_DATA_UUID = UUID("23408888-1f40-4cd8-9b89-ca8d45f8a5b0")
@@ -42,19 +41,11 @@ ERROR = 0xEE
 
 async def run(args: argparse.Namespace, image: bytes) -> int:
     async with await open_transport(args.hci) as transport:
-        device = Device.with_hci(
-            "ble-ota-flood-client",
-            hci.Address.generate_static_address(),
-            transport.source,
-            transport.sink,
-        )
-        await device.power_on()
-        try:
-            address = await find_ota_device(device, args.scan_timeout)
-        except asyncio.TimeoutError:
+        device = await host(transport, "ble-ota-flood-client")
+        connection = await connect_ota_device(device, args.scan_timeout, 10)
+        if connection is None:
             print("error: no OTA device found", file=sys.stderr)
             return 4
-        connection = await device.connect(address, timeout=10)
         peer = Peer(connection)
         mtu = await peer.request_mtu(args.mtu)
         await peer.discover_service(OTA_SERVICE_UUID)

@@ -30,11 +30,11 @@ import json
 import logging
 import sys
 
-from bumble import att, hci
+from bumble import att
 from bumble.core import UUID
-from bumble.device import Device, Peer
+from bumble.device import Peer
 from bumble.transport import open_transport
-from ota_scan import find_ota_device
+from ota_scan import connect_ota_device, host
 
 OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
 
@@ -54,19 +54,11 @@ def outcome(response: att.ATT_PDU | None, value_field: str) -> dict:
 
 async def run(args: argparse.Namespace) -> int:
     async with await open_transport(args.hci) as transport:
-        device = Device.with_hci(
-            "ble-ota-gatt-probe",
-            hci.Address.generate_static_address(),
-            transport.source,
-            transport.sink,
-        )
-        await device.power_on()
-        try:
-            address = await find_ota_device(device, args.scan_timeout)
-        except asyncio.TimeoutError:
+        device = await host(transport, "ble-ota-gatt-probe")
+        connection = await connect_ota_device(device, args.scan_timeout, 30)
+        if connection is None:
             print("error: no device advertising the OTA service", file=sys.stderr)
             return EXIT_NOT_FOUND
-        connection = await device.connect(address, timeout=30)
         peer = Peer(connection)
         mtu = await peer.request_mtu(args.mtu)
         await peer.discover_all()

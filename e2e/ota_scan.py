@@ -34,3 +34,24 @@ async def find_ota_device(device: Device, timeout: float) -> hci.Address:
     finally:
         device.remove_listener(Device.EVENT_ADVERTISEMENT, on_advertisement)
         await device.stop_scanning()
+
+
+async def host(transport, name: str) -> Device:
+    """A powered-on Bumble host with a fresh static address on `transport`."""
+    device = Device.with_hci(
+        name,
+        hci.Address.generate_static_address(),
+        transport.source,
+        transport.sink,
+    )
+    await device.power_on()
+    return device
+
+
+async def connect_ota_device(device: Device, scan_timeout: float, connect_timeout: float):
+    """Connects to the first device advertising the OTA service; None if none did in time."""
+    try:
+        address = await find_ota_device(device, scan_timeout)
+    except asyncio.TimeoutError:
+        return None
+    return await device.connect(address, timeout=connect_timeout)

@@ -675,8 +675,13 @@ fn strict_confirm_rolls_back_an_unconfirmed_image() {
     assert!(out.status.success(), "{}", text(&out));
     let boot = dev.wait_event("boot", Duration::from_secs(10));
     assert_eq!(boot["state"], "PendingVerify");
-    let why = dev.wait_event("rollback", Duration::from_secs(15));
-    assert_eq!(why["why"], "no client sent CONFIRM in time");
+    assert_rolled_back(&mut dev, "no client sent CONFIRM in time");
+}
+
+/// Waits for the device to say its trial failed for `why`, reset, and boot factory again.
+fn assert_rolled_back(dev: &mut Proc, why: &str) {
+    let said = dev.wait_event("rollback", Duration::from_secs(15));
+    assert_eq!(said["why"], why);
     let boot = dev.wait_event("boot", Duration::from_secs(10));
     assert_eq!(boot["slot"], "factory", "{boot}");
 }
@@ -697,10 +702,7 @@ fn a_failed_self_test_rolls_back() {
     assert!(out.status.success(), "{}", text(&out));
     let boot = dev.wait_event("boot", Duration::from_secs(10));
     assert_eq!(boot["version"], "8.0.0");
-    let why = dev.wait_event("rollback", Duration::from_secs(15));
-    assert_eq!(why["why"], "the self-test failed");
-    let boot = dev.wait_event("boot", Duration::from_secs(10));
-    assert_eq!(boot["slot"], "factory", "{boot}");
+    assert_rolled_back(&mut dev, "the self-test failed");
 }
 
 #[test]

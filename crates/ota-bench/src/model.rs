@@ -162,9 +162,7 @@ pub fn link_ceiling(p: &LinkParams) -> (f64, usize) {
 }
 
 fn flash_time(t: &FlashTiming, s: &FlashStats) -> Duration {
-    t.erase_time(s.sector_erase_cmds)
-        + t.block_erase_time(s.block_erase_cmds)
-        + Duration::from_micros(s.page_programs * u64::from(t.page_program_us))
+    t.ops_time(s.sector_erase_cmds, s.block_erase_cmds, s.page_programs)
 }
 
 fn diff(after: FlashStats, before: FlashStats) -> FlashStats {

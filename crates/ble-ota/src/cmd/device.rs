@@ -6,7 +6,6 @@
 //! guard) and advertises again, until the process is killed.
 
 use std::io::Write as _;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ble_link_model::FlashTiming;
@@ -29,7 +28,7 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "ble-ota-sim")]
     pub name: String,
     /// Take as long as a real SPI NOR flash for each erase and program (blocking, as on the
-    /// chip: 45 ms per 4 KiB sector erase, 150 ms per 64 KiB block erase, 0.7 ms per page).
+    /// chip: 45 ms per 4 KiB sector erase, 0.7 ms per page, `FlashTiming::TYPICAL_4MB_SPI_NOR`).
     #[arg(long)]
     pub flash_timing: bool,
     /// Stop after this many reboots (default: run until killed).
@@ -173,29 +172,18 @@ impl<F: NorFlash> NorFlash for Paced<'_, F> {
     const WRITE_SIZE: usize = F::WRITE_SIZE;
     const ERASE_SIZE: usize = F::ERASE_SIZE;
     fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        // Aligned 64 KiB blocks take one block-erase command, the rest one per sector.
-        let (block, sector) = (self.timing.block_size, self.timing.sector_size);
-        let mut at = from;
-        let mut us = 0u64;
-        while at < to {
-            if at.is_multiple_of(block) && to - at >= block {
-                us += self.timing.block_erase_us as u64;
-                at += block;
-            } else {
-                us += self.timing.sector_erase_us as u64;
-                at += sector;
-            }
-        }
-        std::thread::sleep(Duration::from_micros(us));
+        // The engine erases 4 KiB sectors, one command each.
+        let sectors = self
+            .timing
+            .sectors_touched(u64::from(from), u64::from(to - from));
+        std::thread::sleep(self.timing.ops_time(sectors, 0, 0));
         self.inner.erase(from, to)
     }
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        let page = self.timing.page_size;
-        let first = offset / page;
-        let last = (offset + bytes.len().max(1) as u32 - 1) / page;
-        std::thread::sleep(Duration::from_micros(
-            (last - first + 1) as u64 * self.timing.page_program_us as u64,
-        ));
+        std::thread::sleep(
+            self.timing
+                .program_time(u64::from(offset), bytes.len() as u64),
+        );
         self.inner.write(offset, bytes)
     }
 }
