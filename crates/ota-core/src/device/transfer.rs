@@ -181,9 +181,18 @@ impl Transfer {
             }
             _ => self.hasher.update(fresh),
         }
-        self.program(flash, slots, fresh)?;
-        self.erase_ahead(flash)?;
+        let flushed = self.program(flash, slots, fresh)?;
         self.next += fresh.len() as u32;
+        if matches!(self.protocol, Protocol::Fast { size, .. } if self.next == size) {
+            // The last byte: program the tail now, so END's flash work is otadata alone.
+            if self.validator.header().is_none() {
+                return Err(Reason::BadImageFormat);
+            }
+            self.flush_tail(flash, slots)?;
+        } else if !flushed {
+            // One flash outage per write at most: a batch, or one sector erase.
+            self.erase_ahead(flash)?;
+        }
         self.last_progress = now;
         self.gap_reported = None;
         Ok(Accepted::InOrder)
@@ -210,15 +219,7 @@ impl Transfer {
                 return Err(Reason::SessionHashMismatch);
             }
         }
-        // Flush the tail, padded with erased bytes to the flash's write unit.
-        while !self.pending.len().is_multiple_of(F::WRITE_SIZE.max(1)) {
-            self.pending.push(0xFF).map_err(|_| Reason::FlashError)?;
-        }
-        if !self.pending.is_empty() {
-            self.prepare_otadata(flash, slots)?;
-            self.slot.program_pages(flash, &self.pending, self.next)?;
-            self.pending.clear();
-        }
+        self.flush_tail(flash, slots)?;
         let (target, next) = (self.target, self.next);
         // What the slot holds, read back as each batch was programmed, must hash to what
         // arrived. Only the image's bytes count (the padding of the last page does not).
@@ -233,18 +234,33 @@ impl Transfer {
         Ok((target.ota_slot().unwrap_or(SLOT_OTHER), next, digest))
     }
 
+    /// Programs what is held in RAM, padded with erased bytes to the flash's write unit.
+    fn flush_tail<F: NorFlash>(&mut self, flash: &mut F, slots: &OtaSlots) -> Result<(), Reason> {
+        while !self.pending.len().is_multiple_of(F::WRITE_SIZE.max(1)) {
+            self.pending.push(0xFF).map_err(|_| Reason::FlashError)?;
+        }
+        if !self.pending.is_empty() {
+            self.prepare_otadata(flash, slots)?;
+            self.slot.program_pages(flash, &self.pending, self.next)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
     /// Holds in-order bytes in RAM and programs them a batch of whole 256-byte pages at a
     /// time, one page-program command per page however the client chunked the data. Every
     /// flash operation stops the BLE controller (see the module docs), and each time the
     /// radio stops the connection event under way ends: one stop for many pages costs the
     /// link far less than a stop per page, while each page is still its own short command.
     /// Nothing touches flash before the image header proved the image is for this chip.
+    /// Returns true if a batch went to flash.
     fn program<F: NorFlash>(
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
         mut bytes: &[u8],
-    ) -> Result<(), Reason> {
+    ) -> Result<bool, Reason> {
+        let mut flushed = false;
         while !bytes.is_empty() {
             let take = (self.batch - self.pending.len()).min(bytes.len());
             let (head, rest) = bytes.split_at(take);
@@ -258,9 +274,10 @@ impl Transfer {
                 self.prepare_otadata(flash, slots)?;
                 self.slot.program_pages(flash, &self.pending, u32::MAX)?;
                 self.pending.clear();
+                flushed = true;
             }
         }
-        Ok(())
+        Ok(flushed)
     }
 
     /// Erases at most one sector of what the next batch will cover, if the pre-erase did not:
