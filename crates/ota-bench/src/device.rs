@@ -53,8 +53,14 @@ pub fn engine(dev: &mut VirtualEsp32, config: DeviceConfig) -> UpdateEngine {
     UpdateEngine::new(dev.flash_mut(), config, table, running).expect("device has OTA slots")
 }
 
-/// A valid app image of exactly `len` bytes (`len` ≥ 1024): the builder's filler is sized so
-/// the header, descriptor, padding, checksum and appended SHA-256 make up the rest.
+/// The 1 MiB app image of part 1 (deterministic).
+pub fn part1_image() -> Vec<u8> {
+    image_of_len(1 << 20, 3)
+}
+
+/// A valid app image of exactly `len` bytes (`len` ≥ 1024), varied by `seed`: the builder's
+/// filler is sized so the header, descriptor, padding, checksum and appended SHA-256 make up
+/// the rest.
 pub fn image_of_len(len: usize, seed: u64) -> Vec<u8> {
     // The builder's overhead is fixed but for padding to 16 bytes; search the few candidates.
     let probe = app_image::build(CHIP, "bench-app", "2.0.0", 4, seed).len();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use ble_link_model::{FlashTiming, Profile};
 use clap::Parser;
-use ota_bench::device::{image_chip, image_of_len};
+use ota_bench::device::image_chip;
 use ota_bench::model::run_profile;
 use ota_bench::report::{self, Cpu, ImageRuns, RealStack, Report};
 
@@ -35,8 +35,6 @@ struct Args {
     rounds: usize,
 }
 
-/// The 1 MiB image of part 1.
-const MIB: usize = 1 << 20;
 /// The image size of the CPU benchmark (must match benches/engine.rs).
 const CPU_LEN: usize = 3 << 19;
 
@@ -45,7 +43,7 @@ fn main() -> Result<()> {
     let root = args.root.canonicalize().context("workspace root")?;
 
     let mut modelled = Vec::new();
-    let image = image_of_len(MIB, 3);
+    let image = ota_bench::device::part1_image();
     modelled.push(run_all("1 MiB app image", &image));
     let (firmware, firmware_note) = find_firmware(&root, args.firmware.as_deref());
     if let Some((path, bytes)) = firmware {

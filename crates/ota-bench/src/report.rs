@@ -136,6 +136,36 @@ pub fn bottleneck(run: &ProfileRun) -> String {
     )
 }
 
+/// Returns part 1's table row of `run`: every column's modelled time and throughput, the
+/// ceilings and the ratios. Deterministic: CI compares it with BENCHMARKS.md.
+pub fn part1_row(run: &ProfileRun) -> String {
+    let mut row = format!("| **{}** |", run.profile);
+    for c in Column::ALL {
+        let cell = run.cell(c);
+        if cell.link_lost {
+            let _ = write!(row, " link lost at {:.1} s |", cell.seconds);
+        } else {
+            let _ = write!(
+                row,
+                " {:.1} s · {} kB/s |",
+                cell.seconds,
+                kbs(cell.bytes_per_s)
+            );
+        }
+    }
+    let _ = write!(
+        row,
+        " {} kB/s ({} B values) | {} kB/s | {} kB/s | {:.3} | {:.2}x |",
+        kbs(run.link_ceiling),
+        run.link_ceiling_value_len,
+        kbs(run.flash_ceiling),
+        kbs(run.honest_ceiling),
+        run.ours_vs_ceiling,
+        run.ours_vs_seed
+    );
+    row
+}
+
 /// Writes BENCHMARKS.md.
 pub fn markdown(r: &Report, json_path: &str, svg_path: &str) -> String {
     let mut m = String::new();
@@ -266,30 +296,7 @@ pub fn markdown(r: &Report, json_path: &str, svg_path: &str) -> String {
         );
         let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
         for run in &img.runs {
-            let _ = write!(w, "| **{}** |", run.profile);
-            for c in Column::ALL {
-                let cell = run.cell(c);
-                if cell.link_lost {
-                    let _ = write!(w, " link lost at {:.1} s |", cell.seconds);
-                } else {
-                    let _ = write!(
-                        w,
-                        " {:.1} s · {} kB/s |",
-                        cell.seconds,
-                        kbs(cell.bytes_per_s)
-                    );
-                }
-            }
-            let _ = writeln!(
-                w,
-                " {} kB/s ({} B values) | {} kB/s | {} kB/s | {:.3} | {:.2}x |",
-                kbs(run.link_ceiling),
-                run.link_ceiling_value_len,
-                kbs(run.flash_ceiling),
-                kbs(run.honest_ceiling),
-                run.ours_vs_ceiling,
-                run.ours_vs_seed
-            );
+            let _ = writeln!(w, "{}", part1_row(run));
         }
         let _ = writeln!(w);
         let _ = writeln!(w, "Links:\n");
