@@ -1,7 +1,7 @@
 //! Modelled throughput of the fast protocol against the device's receive-queue depth.
 use ble_link_model::Profile;
 use ota_core::client::{FastSender, Sender, SenderConfig};
-use ota_core::device::UpdateEngine;
+use ota_core::device::{PreErase, UpdateEngine};
 use ota_core::esp::Chip;
 use virtual_esp32::air::{AirConfig, update_over_air};
 use virtual_esp32::{DeviceSpec, VirtualEsp32, app_image};
@@ -33,6 +33,10 @@ fn main() {
                 running,
             )
             .unwrap();
+            // As the firmware does while idle, before a central connects.
+            while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
+                engine.pre_erase_step(dev.flash_mut())
+            {}
             let mut sender = Sender::Fast(FastSender::new(&img, SenderConfig::default()).unwrap());
             let r = update_over_air(&mut dev, &mut engine, &mut sender, &cfg, &mut |_, _| {});
             println!(
