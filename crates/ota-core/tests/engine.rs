@@ -573,3 +573,37 @@ fn one_hash_pass_still_catches_a_wrong_appended_sha256() {
         );
     }
 }
+
+#[test]
+fn end_right_behind_a_lost_last_chunk_is_refused_then_the_stream_resumes() {
+    // END goes out right behind the last chunk; that chunk is lost on the way. The device
+    // refuses END as Incomplete, the client resends from its last ACK and ends again.
+    let mut dev = Device::new(Chip::Esp32c3);
+    let factory = dev.slot_bytes(&dev.partition("factory")).to_vec();
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 30_000, 5);
+    let mut engine = dev.engine();
+    let mut sender = fast(&img);
+    engine.handle_mtu(ota_core::device::ClientId(1), MTU);
+    let chunk = engine.chunk_size(ota_core::device::ClientId(1)) as usize;
+    let chunks = img.len().div_ceil(chunk) as u32;
+    let mut dropped = false;
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |n| {
+        // `n` counts data writes: the last chunk is number `chunks`.
+        if !dropped && n == chunks {
+            dropped = true;
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    assert!(dropped, "the last chunk was dropped");
+    assert!(out.activated(), "{:?}", out.failure());
+    // END, sent right behind the dropped chunk, was refused (an Incomplete ERROR
+    // notification); the update went through all the same.
+    assert!(out.refused_writes.is_empty(), "{:?}", out.refused_writes);
+    assert_landed(&mut dev, &factory, "ota_0", &img);
+    assert!(
+        out.device_events
+            .contains(&ota_core::device::Event::UpdateActivated { slot: 0 })
+    );
+}

@@ -406,6 +406,8 @@ pub struct FastSender<'a> {
     /// The command waiting for its answer, and until when.
     awaiting: Option<(u8, Instant)>,
     status_wanted: bool,
+    /// END was sent right behind the last chunk, before its ACK (once per session).
+    early_end_sent: bool,
     last_progress: Instant,
     stalls: u8,
     rewinds: u32,
@@ -430,6 +432,7 @@ impl<'a> FastSender<'a> {
             request_in_flight: false,
             awaiting: None,
             status_wanted: false,
+            early_end_sent: false,
             last_progress: Instant(0),
             stalls: 0,
             rewinds: 0,
@@ -493,7 +496,14 @@ impl<'a> FastSender<'a> {
                     self.status_wanted = false;
                     return self.control(Command::Status, now, buf);
                 }
-                FastState::Streaming if self.acked == self.total() => {
+                // END follows the last chunk at once: the device handles writes in order, so
+                // it sees END after every chunk, and the final ACK's round trip is saved. If a
+                // chunk was lost, END is refused as Incomplete and the stream resumes.
+                FastState::Streaming
+                    if self.acked == self.total()
+                        || (self.next >= self.total() && !self.early_end_sent) =>
+                {
+                    self.early_end_sent = true;
                     self.state = FastState::AwaitEnd;
                     return self.control(Command::End, now, buf);
                 }
@@ -580,7 +590,9 @@ impl<'a> FastSender<'a> {
                     window: self.window,
                 });
             }
-            Response::Ack { next } if self.state == FastState::Streaming => {
+            Response::Ack { next }
+                if matches!(self.state, FastState::Streaming | FastState::AwaitEnd) =>
+            {
                 if next > self.acked && next <= self.total() {
                     self.acked = next;
                     self.next = self.next.max(next);
@@ -620,6 +632,16 @@ impl<'a> FastSender<'a> {
             Response::RebootOk if self.state == FastState::AwaitReboot => {
                 self.state = FastState::Done;
                 self.emit(ClientEvent::Rebooting);
+            }
+            Response::Error {
+                opcode: fast::op::END,
+                reason: Reason::Incomplete,
+                ..
+            } if self.state == FastState::AwaitEnd && self.acked < self.total() => {
+                // END went out behind a chunk that was lost: resend from the last ACK.
+                self.state = FastState::Streaming;
+                self.next = self.acked;
+                self.last_progress = now;
             }
             Response::Error { opcode, reason, .. } => {
                 if opcode == 0 && reason == Reason::BadOffset {
