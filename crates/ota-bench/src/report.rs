@@ -127,7 +127,7 @@ pub fn bottleneck(run: &ProfileRun) -> String {
          ends the event under way and leaves the link idle until the next anchor point, so \
          the pages go to flash by 32 KiB batches, one stop per batch. Its connection events \
          carry {:.2} packets on average. The rest is BEGIN, the last batch's program and \
-         read-back, and the END/REBOOT round trips.",
+         read-back, and the END round trip.",
         kbs(run.link_ceiling),
         run.link_ceiling_value_len,
         ours.seconds,
@@ -269,8 +269,8 @@ pub fn markdown(r: &Report, json_path: &str, svg_path: &str) -> String {
          `crates/ota-bench/src/reference/` whose doc comments give their sources and how \
          their implementations erase; a pattern whose flash outage outlasts the supervision \
          timeout loses its link and shows no throughput. Times run from the first write to \
-         the last awaited answer (ours: END_OK and REBOOT_OK, after the device verified the \
-         image).\n",
+         the last awaited answer (ours: END_OK, after the device verified the image; it then \
+         reboots by itself, as the seed's device does after DONE_ACK).\n",
         Profile::Desktop.params().rx_queue_depth,
         r.flash_timing.sector_erase_us,
         r.flash_timing.block_erase_us,

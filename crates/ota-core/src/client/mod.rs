@@ -408,6 +408,8 @@ pub struct FastSender<'a> {
     status_wanted: bool,
     /// END was sent right behind the last chunk, before its ACK (once per session).
     early_end_sent: bool,
+    /// BEGIN asks the device to reboot by itself after END_OK (dropped for a v1 device).
+    reboot_after_end: bool,
     last_progress: Instant,
     stalls: u8,
     rewinds: u32,
@@ -433,6 +435,7 @@ impl<'a> FastSender<'a> {
             awaiting: None,
             status_wanted: false,
             early_end_sent: false,
+            reboot_after_end: config.reboot,
             last_progress: Instant(0),
             stalls: 0,
             rewinds: 0,
@@ -484,7 +487,11 @@ impl<'a> FastSender<'a> {
                     let cmd = Command::Begin {
                         size: self.total(),
                         sha256: self.sha256,
-                        flags: 0,
+                        flags: if self.reboot_after_end {
+                            fast::begin_flags::REBOOT_AFTER_END
+                        } else {
+                            0
+                        },
                     };
                     return self.control(cmd, now, buf);
                 }
@@ -623,11 +630,24 @@ impl<'a> FastSender<'a> {
             }
             Response::EndOk { slot } if self.state == FastState::AwaitEnd => {
                 self.emit(ClientEvent::Activated { slot: Some(slot) });
-                if self.config.reboot {
+                if self.reboot_after_end {
+                    // The device reboots by itself after END_OK.
+                    self.state = FastState::Done;
+                    self.emit(ClientEvent::Rebooting);
+                } else if self.config.reboot {
                     self.state = FastState::SendReboot;
                 } else {
                     self.state = FastState::Done;
                 }
+            }
+            Response::Error {
+                opcode: fast::op::BEGIN,
+                reason: Reason::Unsupported,
+                ..
+            } if self.state == FastState::AwaitBegin && self.reboot_after_end => {
+                // A protocol v1 device: begin again without the flag, REBOOT after END.
+                self.reboot_after_end = false;
+                self.state = FastState::SendBegin;
             }
             Response::RebootOk if self.state == FastState::AwaitReboot => {
                 self.state = FastState::Done;

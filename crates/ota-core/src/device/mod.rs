@@ -876,6 +876,7 @@ impl UpdateEngine {
                 t.last_acked = t.next;
                 t.last_progress = now;
                 t.ack_step = ack_step;
+                t.reboot_after_end = flags & begin_flags::REBOOT_AFTER_END != 0;
                 let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
                 return Ok(Response::BeginOk {
                     resume_offset: t.next,
@@ -890,6 +891,7 @@ impl UpdateEngine {
         self.check_can_start(client)?;
         let mut t = self.new_transfer(Protocol::Fast { size, sha256 }, client, now)?;
         t.ack_step = ack_step;
+        t.reboot_after_end = flags & begin_flags::REBOOT_AFTER_END != 0;
         if size > t.target.size {
             return Err(Reason::ImageTooLarge);
         }
@@ -921,7 +923,13 @@ impl UpdateEngine {
             Session::Receiving(t) if t.owner.is_some() => return Err(Reason::Busy),
             _ => return Err(Reason::NoSession),
         }
-        self.activate(flash).map(|slot| Response::EndOk { slot })
+        let reboot = matches!(&self.session, Session::Receiving(t) if t.reboot_after_end);
+        let slot = self.activate(flash)?;
+        if reboot {
+            // After END_OK, which the shell sends first.
+            self.push_event(Event::RebootRequested);
+        }
+        Ok(Response::EndOk { slot })
     }
 
     /// Finishes the transfer: flushes, checks the image, reads it back, selects it.

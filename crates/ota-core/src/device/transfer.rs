@@ -42,6 +42,8 @@ pub(super) struct Transfer {
     pub last_acked: u32,
     /// An ACK goes out every this many bytes (what BEGIN_OK announced, fixed for the session).
     pub ack_step: u32,
+    /// Reboot once END_OK went out (BEGIN's `REBOOT_AFTER_END`).
+    pub reboot_after_end: bool,
     /// When a gap at `next` was last reported; cleared by in-order progress.
     pub gap_reported: Option<Instant>,
     pub last_progress: Instant,
@@ -123,6 +125,7 @@ impl Transfer {
             next: 0,
             last_acked: 0,
             ack_step: u32::MAX,
+            reboot_after_end: false,
             gap_reported: None,
             last_progress: now,
             validator,

@@ -7,7 +7,7 @@
 use super::Reason;
 
 /// Version of the fast protocol reported by INFO.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of the offset that prefixes each data chunk.
 pub const CHUNK_HEADER_LEN: usize = 4;
 /// Length of a BEGIN command.
@@ -45,8 +45,12 @@ pub mod begin_flags {
     pub const COMPRESSED: u8 = 0x01;
     /// A signed manifest follows BEGIN (not supported yet).
     pub const SIGNED_MANIFEST: u8 = 0x02;
+    /// Reboot into the new image once END_OK went out (protocol v2): the client saves the
+    /// REBOOT round trip, as the seed's DONE does. A v1 device refuses it (`Unsupported`);
+    /// the client then begins again without it.
+    pub const REBOOT_AFTER_END: u8 = 0x04;
     /// Bits this version understands.
-    pub const KNOWN: u8 = 0x00;
+    pub const KNOWN: u8 = REBOOT_AFTER_END;
 }
 
 /// A command the client writes to OTA Control.
