@@ -607,3 +607,59 @@ fn end_right_behind_a_lost_last_chunk_is_refused_then_the_stream_resumes() {
             .contains(&ota_core::device::Event::UpdateActivated { slot: 0 })
     );
 }
+
+#[test]
+fn the_device_reboots_by_itself_after_end_when_begin_asked_for_it() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 2);
+    let mut engine = dev.engine();
+    let mut sender = fast(&img);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+        Fate::Deliver
+    });
+    assert!(out.activated(), "{:?}", out.failure());
+    // No REBOOT command went out, yet the device asked its shell to reboot, after END_OK.
+    let events = &out.device_events;
+    let activated = events
+        .iter()
+        .position(|e| matches!(e, ota_core::device::Event::UpdateActivated { .. }))
+        .unwrap();
+    assert_eq!(
+        events[activated + 1..],
+        [ota_core::device::Event::RebootRequested]
+    );
+}
+
+#[test]
+fn a_v1_device_refusing_the_reboot_flag_gets_begin_again_without_it() {
+    use ota_core::protocol::fast::{begin_flags, op};
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 2);
+    let mut sender = fast(&img);
+    let mut buf = [0u8; 600];
+    let tx = sender.poll_transmit(Instant(0), &mut buf).unwrap();
+    let Ok(Command::Begin { flags, .. }) = Command::decode(&buf[..tx.len]) else {
+        panic!("BEGIN first")
+    };
+    assert_eq!(flags, begin_flags::REBOOT_AFTER_END);
+    sender.handle_write_result(Instant(1), Ok(()));
+    // What a protocol v1 device answers.
+    let mut note = [0u8; 64];
+    let n = Response::Error {
+        opcode: op::BEGIN,
+        reason: Reason::Unsupported,
+        detail: 0,
+    }
+    .encode(&mut note)
+    .unwrap();
+    sender.handle_notification(Instant(2), &note[..n]);
+    let tx = sender.poll_transmit(Instant(3), &mut buf).unwrap();
+    let Ok(Command::Begin { flags, .. }) = Command::decode(&buf[..tx.len]) else {
+        panic!("BEGIN again")
+    };
+    assert_eq!(flags, 0);
+    assert!(
+        sender
+            .poll_event()
+            .is_none_or(|e| !matches!(e, ota_core::client::ClientEvent::Failed(_)))
+    );
+}
