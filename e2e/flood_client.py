@@ -24,13 +24,10 @@ import logging
 import struct
 import sys
 
-from bumble.core import UUID
 from bumble.device import Peer
 from bumble.transport import open_transport
-from ota_scan import OTA_SERVICE_UUID, connect_ota_device, host
+from ota_scan import OTA_CONTROL_UUID, OTA_DATA_UUID, OTA_SERVICE_UUID, connect_ota_device, host
 
-OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
-OTA_DATA_UUID = UUID("23408888-1f40-4cd8-9b89-ca8d45f8a5b0")
 
 BEGIN = 0x11
 BEGIN_OK = 0x91

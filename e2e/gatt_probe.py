@@ -31,12 +31,10 @@ import logging
 import sys
 
 from bumble import att
-from bumble.core import UUID
 from bumble.device import Peer
 from bumble.transport import open_transport
-from ota_scan import connect_ota_device, host
+from ota_scan import OTA_CONTROL_UUID, connect_ota_device, host
 
-OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -34,10 +34,8 @@ from bumble.core import UUID, AdvertisingData
 from bumble.device import Advertisement, Device, Peer
 from bumble.gatt import GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR
 from bumble.transport import open_transport
+from ota_scan import OTA_SERVICE_UUID, OTA_CONTROL_UUID, OTA_DATA_UUID
 
-OTA_SERVICE_UUID = UUID("d6f1d96d-594c-4c53-b1c6-244a1dfde6d8")
-OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
-OTA_DATA_UUID = UUID("23408888-1f40-4cd8-9b89-ca8d45f8a5b0")
 
 REQUEST = 0x01
 REQUEST_ACK = 0x02

@@ -1,4 +1,4 @@
-"""Finding the device under test on Bumble: shared by the e2e client scripts."""
+"""Finding the device under test on Bumble, and its GATT API: shared by the e2e scripts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from bumble import hci
 from bumble.core import UUID, AdvertisingData
 from bumble.device import Advertisement, Device
 
+# The seed's GATT API (its README): the OTA service and its two characteristics.
 OTA_SERVICE_UUID = UUID("d6f1d96d-594c-4c53-b1c6-244a1dfde6d8")
+OTA_CONTROL_UUID = UUID("7ad671aa-21c0-46a4-b722-270e3ae3d830")
+OTA_DATA_UUID = UUID("23408888-1f40-4cd8-9b89-ca8d45f8a5b0")
 
 
 async def find_ota_device(device: Device, timeout: float) -> hci.Address:
