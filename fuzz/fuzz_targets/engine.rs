@@ -3,7 +3,6 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ota_core::device::{ClientId, DeviceConfig, UpdateEngine};
-use ota_core::esp::flash::MemFlash;
 use ota_core::esp::partition::Md5Policy;
 use ota_core::esp::{Chip, PartitionTable};
 use ota_core::time::Instant;
@@ -17,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     mem[0x10000..0x10000 + FACTORY.len()].copy_from_slice(FACTORY);
     let table = PartitionTable::parse(TABLE, Md5Policy::Required, None).unwrap();
     let factory = *table.factory().unwrap();
-    let mut flash = MemFlash::new(&mut mem);
+    let mut flash = virtual_esp32::Flash::in_memory(mem);
     let mut engine = UpdateEngine::new(&mut flash, DeviceConfig::new(Chip::Esp32c3), table, factory).unwrap();
     let mut buf = [0u8; 600];
     // Each record: [kind, client, len, bytes...].

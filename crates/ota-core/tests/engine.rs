@@ -4,13 +4,12 @@ mod support;
 
 use ota_core::client::{ClientError, FastSender, LegacySender, Sender, SenderConfig};
 use ota_core::device::ClientId;
-use ota_core::esp::flash::MemFlash;
 use ota_core::esp::{Chip, OtaImgState};
 use ota_core::protocol::fast::{Command, Response};
 use ota_core::protocol::{Reason, legacy};
 use ota_core::time::Instant;
 use proptest::prelude::*;
-use support::{Device, Fate, build_image, run};
+use support::{Device, Fate, MemFlash, build_image, run};
 
 const MTU: u16 = 247;
 

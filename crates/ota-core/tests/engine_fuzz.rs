@@ -6,13 +6,12 @@ mod support;
 
 use ota_core::device::ClientId;
 use ota_core::esp::Chip;
-use ota_core::esp::flash::MemFlash;
 use ota_core::esp::image::verify_in_flash;
 use ota_core::protocol::fast::{Command, op};
 use ota_core::protocol::legacy;
 use ota_core::time::Instant;
 use proptest::prelude::*;
-use support::{Device, build_image};
+use support::{Device, MemFlash, build_image};
 
 #[derive(Debug, Clone)]
 enum Input {

@@ -5,11 +5,10 @@ mod support;
 
 use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
 use ota_core::device::{ClientId, PreErase, UpdateEngine};
-use ota_core::esp::flash::MemFlash;
 use ota_core::esp::{Chip, OtaImgState};
 use ota_core::protocol::legacy;
 use ota_core::time::Instant;
-use support::{Device, build_image};
+use support::{Device, MemFlash, build_image};
 
 /// A flash that records every erase (from, to).
 struct Counting<'a> {

@@ -6,11 +6,10 @@ mod support;
 
 use ota_core::device::{ClientId, UpdateEngine};
 use ota_core::esp::Chip;
-use ota_core::esp::flash::MemFlash;
 use ota_core::protocol::fast::{Command, Response};
 use ota_core::protocol::{DEVICE_ATT_MTU, Reason, legacy, max_value_len, packed_value_len};
 use ota_core::time::Instant;
-use support::{Device, build_image};
+use support::{Device, MemFlash, build_image};
 
 /// A BEGIN command for `img`.
 fn begin(img: &[u8]) -> Vec<u8> {

@@ -1,5 +1,5 @@
-//! Shared rig for the `esp_*` tests: a RAM NOR flash that behaves like the real thing
-//! (programming only clears bits, erase sets 4 KiB sectors to 0xFF, 4-byte units), the
+//! Shared rig for the tests: the one RAM NOR flash they use, which behaves like the real thing
+//! (programming only clears bits, erase sets 4 KiB sectors to 0xFF, 4-byte writes), the
 //! fixtures, a flash laid out like an ESP32 with the two-OTA table, and an image builder.
 #![allow(dead_code)]
 
@@ -17,7 +17,7 @@ pub enum Op {
     Write { at: u32, len: usize },
 }
 
-/// A NOR flash in RAM: reads and writes in 4-byte units, erases 4 KiB sectors, and a write can
+/// A NOR flash in RAM: reads anywhere, writes in 4-byte units, erases 4 KiB sectors, and a write can
 /// only clear bits (`new = old & data`), so writing over unerased bytes shows up in the result.
 pub struct RamFlash {
     pub mem: Vec<u8>,
@@ -30,6 +30,59 @@ pub struct RamFlashError(pub NorFlashErrorKind);
 impl NorFlashError for RamFlashError {
     fn kind(&self) -> NorFlashErrorKind {
         self.0
+    }
+}
+
+impl std::ops::Deref for RamFlash {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.mem
+    }
+}
+
+impl std::ops::DerefMut for RamFlash {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.mem
+    }
+}
+
+impl PartialEq<Vec<u8>> for RamFlash {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        self.mem == *other
+    }
+}
+
+/// A [`RamFlash`] lent to the code under test (the device keeps owning it).
+pub struct MemFlash<'a>(pub &'a mut RamFlash);
+
+impl<'a> MemFlash<'a> {
+    pub fn new(flash: &'a mut RamFlash) -> Self {
+        MemFlash(flash)
+    }
+}
+
+impl ErrorType for MemFlash<'_> {
+    type Error = RamFlashError;
+}
+
+impl ReadNorFlash for MemFlash<'_> {
+    const READ_SIZE: usize = RamFlash::READ_SIZE;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl NorFlash for MemFlash<'_> {
+    const WRITE_SIZE: usize = RamFlash::WRITE_SIZE;
+    const ERASE_SIZE: usize = RamFlash::ERASE_SIZE;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.0.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0.write(offset, bytes)
     }
 }
 
@@ -78,13 +131,12 @@ impl ErrorType for RamFlash {
     type Error = RamFlashError;
 }
 
+/// Reads at any offset and length, as esp-storage's `bytewise-read` feature (which the
+/// firmware enables) and the virtual ESP32 allow.
 impl ReadNorFlash for RamFlash {
-    const READ_SIZE: usize = 4;
+    const READ_SIZE: usize = 1;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        if !offset.is_multiple_of(4) || !bytes.len().is_multiple_of(4) {
-            return Err(RamFlashError(NorFlashErrorKind::NotAligned));
-        }
         let r = self.range(offset, bytes.len())?;
         bytes.copy_from_slice(&self.mem[r]);
         Ok(())

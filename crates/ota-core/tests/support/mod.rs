@@ -5,9 +5,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+pub use common::{MemFlash, RamFlash};
+
 use ota_core::client::{ClientEvent, Sender, Transmit};
 use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
-use ota_core::esp::flash::MemFlash;
 use ota_core::esp::partition::Md5Policy;
 use ota_core::esp::{Chip, Partition, PartitionTable};
 use ota_core::protocol::Characteristic;
@@ -52,7 +53,7 @@ pub fn with_min_chip_rev(img: &[u8], min: u16) -> Vec<u8> {
 
 /// A device: RAM flash with the two-OTA table, a factory app, blank otadata.
 pub struct Device {
-    pub flash: Vec<u8>,
+    pub flash: RamFlash,
     pub table: PartitionTable,
     pub running: Partition,
     pub config: DeviceConfig,
@@ -60,7 +61,7 @@ pub struct Device {
 
 impl Device {
     pub fn new(chip: Chip) -> Self {
-        let mut flash = vec![0xFF; FLASH_SIZE];
+        let mut flash = RamFlash::new(FLASH_SIZE);
         flash[0x8000..0x8000 + TABLE.len()].copy_from_slice(TABLE);
         let table =
             PartitionTable::parse(TABLE, Md5Policy::Required, Some(FLASH_SIZE as u32)).unwrap();
