@@ -213,36 +213,27 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>, revision: Option<u16>) -> Repor
                 kind: segment_kind(chip, s),
             })
             .collect();
+        // The verdict is the core's: the same rules the device applies.
+        let [checksum, hash, _] = info.problems();
+        r.problems
+            .extend(info.problems().into_iter().flatten().map(|e| e.to_string()));
         r.checksum = format!("{:#04x}", info.checksum_stored);
-        r.checksum_valid = info.checksum_stored == info.checksum_computed;
-        if !r.checksum_valid {
-            r.problems.push(format!(
-                "checksum invalid (stored {:#04x}, computed {:#04x})",
-                info.checksum_stored, info.checksum_computed
-            ));
-        }
+        r.checksum_valid = checksum.is_none();
         if let Some(stored) = info.hash_stored {
             r.hash = Some(hex::encode(stored));
-            let ok = stored == info.hash_computed;
-            r.hash_valid = Some(ok);
-            if !ok {
-                r.problems.push("appended SHA-256 invalid".into());
-            }
+            r.hash_valid = Some(hash.is_none());
         }
-        match &info.app {
-            Some(app) => {
-                r.project_name = Some(cstr(&app.project_name));
-                r.version = Some(cstr(&app.version));
-                r.compile_time = Some(
-                    format!("{} {}", cstr(&app.date), cstr(&app.time))
-                        .trim()
-                        .to_string(),
-                );
-                r.idf_version = Some(cstr(&app.idf_ver));
-                r.secure_version = Some(app.secure_version);
-                r.elf_sha256 = Some(hex::encode(app.app_elf_sha256));
-            }
-            None => r.problems.push("no app descriptor (esp_app_desc_t)".into()),
+        if let Some(app) = &info.app {
+            r.project_name = Some(cstr(&app.project_name));
+            r.version = Some(cstr(&app.version));
+            r.compile_time = Some(
+                format!("{} {}", cstr(&app.date), cstr(&app.time))
+                    .trim()
+                    .to_string(),
+            );
+            r.idf_version = Some(cstr(&app.idf_ver));
+            r.secure_version = Some(app.secure_version);
+            r.elf_sha256 = Some(hex::encode(app.app_elf_sha256));
         }
         r.image_len = info.len;
         r.ignored_trailing_bytes = info.ignored_trailing;
@@ -319,8 +310,7 @@ fn print_human(path: &std::path::Path, r: &Report) {
 
 /// Returns a NUL-padded C string field as text.
 pub(crate) fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    ota_core::esp::image::c_str(b).to_string()
 }
 
 fn flash_mode(m: u8) -> &'static str {

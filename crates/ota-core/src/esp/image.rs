@@ -222,6 +222,25 @@ pub struct ImageInfo {
     pub ignored_trailing: u32,
 }
 
+impl ImageInfo {
+    /// Returns what makes a complete image invalid, in the order ESP-IDF checks it: the
+    /// checksum, the appended SHA-256, the app descriptor. All `None`: the image is valid.
+    pub fn problems(&self) -> [Option<ImageError>; 3] {
+        [
+            (self.checksum_stored != self.checksum_computed).then_some(
+                ImageError::ChecksumMismatch {
+                    stored: self.checksum_stored,
+                    computed: self.checksum_computed,
+                },
+            ),
+            self.hash_stored
+                .is_some_and(|h| h != self.hash_computed)
+                .then_some(ImageError::HashMismatch),
+            self.app.is_none().then_some(ImageError::NoAppDescriptor),
+        ]
+    }
+}
+
 /// Why an image was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -660,19 +679,10 @@ impl ImageValidator {
             self.external_digest = Some(d);
         }
         let info = self.report()?;
-        if info.checksum_stored != info.checksum_computed {
-            return Err(ImageError::ChecksumMismatch {
-                stored: info.checksum_stored,
-                computed: info.checksum_computed,
-            });
+        match info.problems().into_iter().flatten().next() {
+            Some(e) => Err(e),
+            None => Ok(info),
         }
-        if info.hash_stored.is_some_and(|h| h != info.hash_computed) {
-            return Err(ImageError::HashMismatch);
-        }
-        if info.app.is_none() {
-            return Err(ImageError::NoAppDescriptor);
-        }
-        Ok(info)
     }
     /// Ends the stream like [`finish`](Self::finish) but reports checksum, hash and descriptor
     /// problems in the returned info instead of failing (for `image inspect`).
