@@ -189,3 +189,34 @@ fn a_trial_image_keeps_its_way_back() {
         Ok(PreErase::Blank { .. } | PreErase::Erased { .. })
     ));
 }
+
+#[test]
+fn the_engine_accounts_for_every_flash_command_it_issues() {
+    // What a device model charges comes from the engine's own account.
+    let mut dev = Device::new(Chip::Esp32c3);
+    let ota_0 = dev.partition("ota_0");
+    dev.flash[ota_0.offset as usize..][..0x20000].fill(0x5A);
+    let mut engine = dev.engine();
+    let _ = engine.take_flash_work();
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 100_000, 3);
+    let mut flash = counting(&mut dev);
+    assert_eq!(
+        legacy_update(&mut engine, &mut flash, &img),
+        legacy::DONE_ACK
+    );
+    let work = engine.take_flash_work();
+    let sectors: u64 = flash
+        .erases
+        .iter()
+        .map(|(from, to)| u64::from((to - from) / 4096))
+        .sum();
+    assert_eq!(work.sector_erases, sectors);
+    // One page-program command per 256 bytes of the image (the last page padded), and one
+    // for the otadata entry that selects it.
+    assert_eq!(work.page_programs, (img.len() as u64).div_ceil(256) + 1);
+    assert!(
+        work.bytes_read >= img.len() as u64,
+        "the read-back: {work:?}"
+    );
+    assert_eq!(engine.take_flash_work(), Default::default(), "taken once");
+}

@@ -180,7 +180,9 @@ pub fn update_over_air(
                 LinkEvent::DeliveredToPeripheral { at, id, op } => {
                     let now = run.ms(at.as_micros());
                     let op_kind = op.clone();
-                    let before = device.flash().stats();
+                    // Whatever the engine did before this write was charged already (or
+                    // happened while idle, like the pre-erase).
+                    let _ = engine.take_flash_work();
                     let outcome = match op {
                         CentralOp::WriteRequest { handle, value } => deliver(
                             device, engine, handle, &value, now,
@@ -192,12 +194,12 @@ pub fn update_over_air(
                         }
                         CentralOp::Read { .. } => Outcome::Value(engine.control_value().to_vec()),
                     };
-                    let after = device.flash().stats();
-                    let flash = flash_time(&config.flash, before, after);
-                    let received = op_len(&op_kind);
-                    let cpu = config
-                        .cpu
-                        .write_time(received, after.bytes_read - before.bytes_read);
+                    // The engine's own account of its flash commands, charged by the one rule.
+                    let work = engine.take_flash_work();
+                    let flash = config
+                        .flash
+                        .ops_time(work.sector_erases, 0, work.page_programs);
+                    let cpu = config.cpu.write_time(op_len(&op_kind), work.bytes_read);
                     run.link
                         .peripheral_complete_work(id, cpu, flash, outcome)
                         .expect("one completion per delivery");
@@ -408,15 +410,6 @@ fn deliver(
     } else {
         engine.handle_data_write(flash, CLIENT, value, now)
     }
-}
-
-/// Flash time of the operations between two counter snapshots.
-fn flash_time(t: &FlashTiming, before: crate::FlashStats, after: crate::FlashStats) -> Duration {
-    t.ops_time(
-        after.sector_erase_cmds - before.sector_erase_cmds,
-        after.block_erase_cmds - before.block_erase_cmds,
-        after.page_programs - before.page_programs,
-    )
 }
 
 /// Bytes an operation carried to the device.

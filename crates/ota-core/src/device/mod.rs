@@ -33,6 +33,7 @@ pub mod trial;
 use embedded_storage::nor_flash::NorFlash;
 use heapless::Deque;
 
+use crate::esp::flash::{FlashWork, Metered};
 use crate::esp::image::ImageValidator;
 use crate::esp::{Chip, OtaImgState, OtaSlots, Partition, PartitionTable, SlotError};
 use crate::protocol::air::{self, Phy};
@@ -221,6 +222,8 @@ pub struct UpdateEngine {
     /// Whether otadata was made to not fall back onto the next update slot before the
     /// pre-erase first changed it.
     pre_erase_prepared: bool,
+    /// Flash work done and not yet taken ([`UpdateEngine::take_flash_work`]).
+    flash_work: FlashWork,
 }
 
 impl UpdateEngine {
@@ -255,6 +258,7 @@ impl UpdateEngine {
             control_len: 1,
             pre_erased: 0,
             pre_erase_prepared: false,
+            flash_work: FlashWork::default(),
         };
         engine.control_value[0] = legacy::NOP;
         Ok(engine)
@@ -429,6 +433,18 @@ impl UpdateEngine {
         data: &[u8],
         now: Instant,
     ) {
+        let mut metered = Metered::new(flash);
+        self.control_write(&mut metered, client, data, now);
+        self.flash_work += metered.work;
+    }
+
+    fn control_write<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        client: ClientId,
+        data: &[u8],
+        now: Instant,
+    ) {
         self.set_control_value(data);
         match data {
             [legacy::REQUEST] => self.legacy_request(flash, client, now),
@@ -455,7 +471,9 @@ impl UpdateEngine {
         now: Instant,
     ) -> Result<(), Reason> {
         let fast_client = self.is_fast_client(client);
-        let result = self.data_write(flash, client, data, now);
+        let mut metered = Metered::new(flash);
+        let result = self.data_write(&mut metered, client, data, now);
+        self.flash_work += metered.work;
         if let (Err(reason), true) = (result, fast_client) {
             // Fast clients write without response: tell them by notification.
             self.notify_error(client, 0, reason, 0);
@@ -508,6 +526,13 @@ impl UpdateEngine {
 
     /// Confirms the running trial image (the firmware's automatic policy, after its self-test).
     pub fn confirm<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
+        let mut metered = Metered::new(flash);
+        let result = self.confirm_on(&mut metered);
+        self.flash_work += metered.work;
+        result
+    }
+
+    fn confirm_on<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
         match self.running_state {
             Some(OtaImgState::PendingVerify) | Some(OtaImgState::New) => {
                 self.slots
@@ -535,6 +560,13 @@ impl UpdateEngine {
     /// session exists, or before otadata was made to not fall back onto the slot (as
     /// `esp_ota_begin` does before it erases).
     pub fn pre_erase_step<F: NorFlash>(&mut self, flash: &mut F) -> Result<PreErase, Reason> {
+        let mut metered = Metered::new(flash);
+        let result = self.pre_erase_on(&mut metered);
+        self.flash_work += metered.work;
+        result
+    }
+
+    fn pre_erase_on<F: NorFlash>(&mut self, flash: &mut F) -> Result<PreErase, Reason> {
         let on_trial = matches!(
             self.running_state,
             Some(OtaImgState::PendingVerify) | Some(OtaImgState::New)
@@ -573,6 +605,12 @@ impl UpdateEngine {
         } else {
             PreErase::Erased { offset: at }
         })
+    }
+
+    /// Returns the flash work the engine did since the last call, command by command: what a
+    /// device model charges time for. The shell on the chip can ignore it.
+    pub fn take_flash_work(&mut self) -> FlashWork {
+        core::mem::take(&mut self.flash_work)
     }
 
     /// Returns the bytes at the start of the next update slot known to be erased.

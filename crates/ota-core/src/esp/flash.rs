@@ -71,3 +71,75 @@ pub fn erase<F: NorFlash>(flash: &mut F, from: u32, to: u32) -> Result<(), Flash
         kind: e.kind(),
     })
 }
+
+/// Flash program page: one program command covers at most one page.
+pub const PAGE_SIZE: u32 = 256;
+
+/// The flash work of some engine calls, command by command as the engine issued them: what
+/// a device model charges time for (`ble_link_model::FlashTiming::ops_time`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FlashWork {
+    /// 4 KiB sector-erase commands.
+    pub sector_erases: u64,
+    /// Page-program commands (one per 256-byte page a write touches).
+    pub page_programs: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+}
+
+impl core::ops::AddAssign for FlashWork {
+    fn add_assign(&mut self, o: FlashWork) {
+        self.sector_erases += o.sector_erases;
+        self.page_programs += o.page_programs;
+        self.bytes_read += o.bytes_read;
+    }
+}
+
+/// A flash that counts the work done through it ([`FlashWork`]).
+pub struct Metered<'a, F> {
+    inner: &'a mut F,
+    /// What went through so far.
+    pub work: FlashWork,
+}
+
+impl<'a, F> Metered<'a, F> {
+    /// Counts what goes to `inner`.
+    pub fn new(inner: &'a mut F) -> Self {
+        Metered {
+            inner,
+            work: FlashWork::default(),
+        }
+    }
+}
+
+impl<F: NorFlash> embedded_storage::nor_flash::ErrorType for Metered<'_, F> {
+    type Error = F::Error;
+}
+
+impl<F: NorFlash> embedded_storage::nor_flash::ReadNorFlash for Metered<'_, F> {
+    const READ_SIZE: usize = F::READ_SIZE;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.work.bytes_read += bytes.len() as u64;
+        self.inner.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+}
+
+impl<F: NorFlash> NorFlash for Metered<'_, F> {
+    const WRITE_SIZE: usize = F::WRITE_SIZE;
+    const ERASE_SIZE: usize = F::ERASE_SIZE;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+        self.work.sector_erases += u64::from(to.saturating_sub(from).div_ceil(SECTOR_SIZE));
+        self.inner.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+        if !bytes.is_empty() {
+            let last = offset + bytes.len() as u32 - 1;
+            self.work.page_programs += u64::from(last / PAGE_SIZE - offset / PAGE_SIZE + 1);
+        }
+        self.inner.write(offset, bytes)
+    }
+}
