@@ -170,16 +170,10 @@ impl Link for SimLink {
     ) -> Result<Result<(), u8>> {
         let now = self.now();
         let flash = self.device.dev.flash_mut();
-        let r = match ch {
-            Characteristic::Control => {
-                self.engine.handle_control_write(flash, CLIENT, data, now);
-                Ok(())
-            }
-            Characteristic::Data => self
-                .engine
-                .handle_data_write(flash, CLIENT, data, now)
-                .map_err(|r| r.att_error()),
-        };
+        let r = self
+            .engine
+            .handle_write(flash, CLIENT, ch, data, now)
+            .map_err(|r| r.att_error());
         self.drain();
         Ok(r)
     }

@@ -61,6 +61,7 @@ use embedded_storage::nor_flash::NorFlash;
 use ota_core::device::trial::{TrialAction, TrialFailure, TrialPolicy};
 use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
 use ota_core::esp::Chip;
+use ota_core::protocol::Characteristic as OtaChar;
 use ota_core::protocol::air;
 use ota_core::protocol::fast::Response;
 use ota_core::protocol::{
@@ -292,18 +293,11 @@ pub fn now() -> Instant {
     Instant(embassy_time::Instant::now().as_millis())
 }
 
-/// The characteristic a write went to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Control,
-    Data,
-}
-
 /// An entry of the queue between the GATT event loop and the engine. Events keep their
 /// packet (and their reply) until the engine has handled them.
 enum Item<'s, 'v> {
     Write {
-        target: Target,
+        target: OtaChar,
         request: bool,
         event: WriteEvent<'s, 'v, OtaPacketPool>,
     },
@@ -748,9 +742,9 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                         if event.handle() == control.handle || event.handle() == data_handle =>
                     {
                         let target = if event.handle() == control.handle {
-                            Target::Control
+                            OtaChar::Control
                         } else {
-                            Target::Data
+                            OtaChar::Data
                         };
                         let request = matches!(event.payload().incoming(), AttClient::Request(_));
                         queue
@@ -879,14 +873,13 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                 }) => {
                     let verdict = event.with_data(|_, data| {
                         let mut flash = shared.flash.borrow_mut();
-                        let mut engine = shared.engine.borrow_mut();
-                        match target {
-                            Target::Control => {
-                                engine.handle_control_write(&mut **flash, client, data, t);
-                                Ok(())
-                            }
-                            Target::Data => engine.handle_data_write(&mut **flash, client, data, t),
-                        }
+                        shared.engine.borrow_mut().handle_write(
+                            &mut **flash,
+                            client,
+                            target,
+                            data,
+                            t,
+                        )
                     });
                     let reply = match verdict {
                         Err(reason) if request => {

@@ -403,13 +403,12 @@ fn deliver(
     value: &[u8],
     now: Instant,
 ) -> Result<(), ota_core::protocol::Reason> {
-    let flash = device.flash_mut();
-    if handle == CONTROL_HANDLE {
-        engine.handle_control_write(flash, CLIENT, value, now);
-        Ok(())
+    let characteristic = if handle == CONTROL_HANDLE {
+        Characteristic::Control
     } else {
-        engine.handle_data_write(flash, CLIENT, value, now)
-    }
+        Characteristic::Data
+    };
+    engine.handle_write(device.flash_mut(), CLIENT, characteristic, value, now)
 }
 
 /// Bytes an operation carried to the device.

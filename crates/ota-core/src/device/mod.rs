@@ -36,6 +36,7 @@ use heapless::Deque;
 use crate::esp::flash::{FlashWork, Metered};
 use crate::esp::image::ImageValidator;
 use crate::esp::{Chip, OtaImgState, OtaSlots, Partition, PartitionTable, SlotError};
+use crate::protocol::Characteristic;
 use crate::protocol::air::{self, Phy};
 use crate::protocol::fast::{
     self, Command, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
@@ -422,6 +423,26 @@ impl UpdateEngine {
             if t.protocol == Protocol::Legacy {
                 self.fail(Reason::NoSession);
             }
+        }
+    }
+
+    /// `client` wrote `data` to `characteristic`: the one entry point for the service's
+    /// writes. An `Err` is the reason to refuse a write request with
+    /// ([`Reason::att_error`]); a write command cannot carry one.
+    pub fn handle_write<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        client: ClientId,
+        characteristic: Characteristic,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), Reason> {
+        match characteristic {
+            Characteristic::Control => {
+                self.handle_control_write(flash, client, data, now);
+                Ok(())
+            }
+            Characteristic::Data => self.handle_data_write(flash, client, data, now),
         }
     }
 

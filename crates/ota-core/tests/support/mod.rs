@@ -11,7 +11,6 @@ use ota_core::client::{ClientEvent, Sender, Transmit};
 use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
 use ota_core::esp::partition::Md5Policy;
 use ota_core::esp::{Chip, Partition, PartitionTable};
-use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
 
 pub const FLASH_SIZE: usize = 4 << 20;
@@ -174,12 +173,8 @@ pub fn run(
             };
             sent_any = true;
             let bytes = buf[..len].to_vec();
-            let mut deliver = |engine: &mut UpdateEngine, bytes: &[u8]| match characteristic {
-                Characteristic::Control => {
-                    engine.handle_control_write(&mut flash, client, bytes, now);
-                    Ok(())
-                }
-                Characteristic::Data => engine.handle_data_write(&mut flash, client, bytes, now),
+            let mut deliver = |engine: &mut UpdateEngine, bytes: &[u8]| {
+                engine.handle_write(&mut flash, client, characteristic, bytes, now)
             };
             if with_response {
                 let r = deliver(engine, &bytes).map_err(|r| r.att_error());
