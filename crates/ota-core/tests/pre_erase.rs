@@ -220,3 +220,44 @@ fn the_engine_accounts_for_every_flash_command_it_issues() {
     );
     assert_eq!(engine.take_flash_work(), Default::default(), "taken once");
 }
+
+#[test]
+fn otadata_stops_falling_back_onto_the_slot_before_its_first_erase() {
+    // Running ota_1 (seq 2); the other otadata entry (seq 1) still selects ota_0, which holds
+    // the previous image. ESP-IDF's esp_ota_begin invalidates that entry before it erases
+    // ota_0, so a power cut never leaves the bootloader a half-erased slot to fall back on.
+    let mut dev = Device::new(Chip::Esp32c3);
+    let (ota_0, ota_1) = (dev.partition("ota_0"), dev.partition("ota_1"));
+    let slots = ota_core::esp::OtaSlots::new(dev.table.clone()).unwrap();
+    {
+        let mut f = MemFlash::new(&mut dev.flash);
+        slots
+            .set_boot_partition(&mut f, &ota_0, OtaImgState::Valid)
+            .unwrap();
+        slots
+            .set_boot_partition(&mut f, &ota_1, OtaImgState::Valid)
+            .unwrap();
+    }
+    dev.flash[ota_0.offset as usize..][..0x10000].fill(0x5A);
+    dev.running = ota_1;
+    let otadata = dev.table.otadata().unwrap().offset;
+    let mut engine = dev.engine();
+    let img = build_image(Chip::Esp32c3, "app", "3.0.0", 30_000, 4);
+    let mut flash = counting(&mut dev);
+    assert_eq!(
+        legacy_update(&mut engine, &mut flash, &img),
+        legacy::DONE_ACK
+    );
+    let first_slot_erase = flash
+        .erases
+        .iter()
+        .position(|(from, _)| *from >= ota_0.offset)
+        .expect("ota_0 was erased");
+    assert!(
+        flash.erases[..first_slot_erase]
+            .iter()
+            .any(|(from, _)| (otadata..otadata + 0x2000).contains(from)),
+        "the otadata entry selecting ota_0 was invalidated first: {:x?}",
+        flash.erases
+    );
+}

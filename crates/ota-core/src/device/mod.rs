@@ -603,14 +603,8 @@ impl UpdateEngine {
         }
         let at = target.offset + self.pre_erased;
         let sector = crate::esp::flash::SECTOR_SIZE;
-        let mut buf = [0u8; 256];
-        let mut blank = true;
-        let mut pos = 0;
-        while blank && pos < sector {
-            crate::esp::flash::read(flash, at + pos, &mut buf).map_err(|_| Reason::FlashError)?;
-            blank = buf.iter().all(|b| *b == 0xFF);
-            pos += buf.len() as u32;
-        }
+        let blank =
+            crate::esp::flash::is_blank(flash, at, at + sector).map_err(|_| Reason::FlashError)?;
         if !blank {
             if !self.pre_erase_prepared {
                 self.slots

@@ -25,7 +25,7 @@ pub(super) enum Protocol {
 }
 
 /// A NOR flash program page: bytes are held in RAM until whole pages can be programmed.
-pub(super) const PAGE_SIZE: usize = 256;
+const PAGE_SIZE: usize = flash::PAGE_SIZE as usize;
 /// The most pages a transfer holds in RAM before programming them (32 KiB).
 pub(super) const MAX_PROGRAM_BATCH_PAGES: usize = 128;
 
@@ -194,7 +194,7 @@ impl Transfer {
             self.flush_tail(flash, slots)?;
         } else if !flushed {
             // One flash outage per write at most: a batch, or one sector erase.
-            self.erase_ahead(flash)?;
+            self.erase_ahead(flash, slots)?;
         }
         self.last_progress = now;
         self.gap_reported = None;
@@ -286,7 +286,7 @@ impl Transfer {
     /// Erases at most one sector of what the next batch will cover, if the pre-erase did not:
     /// the erases spread over the writes that fill the batch, so no flash outage is longer
     /// than one sector erase.
-    fn erase_ahead<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
+    fn erase_ahead<F: NorFlash>(&mut self, flash: &mut F, slots: &OtaSlots) -> Result<(), Reason> {
         let image_end = match self.protocol {
             Protocol::Fast { size, .. } => size,
             Protocol::Legacy => self.validator.total_len().unwrap_or(self.target.size),
@@ -295,6 +295,8 @@ impl Transfer {
             .min(image_end as usize)
             .min(self.target.size as usize) as u32;
         if self.slot.erased < wanted && self.validator.header().is_some() {
+            // As before any change to the slot: otadata must not fall back onto it.
+            self.prepare_otadata(flash, slots)?;
             self.slot.erase_sector(flash)?;
         }
         Ok(())

@@ -75,6 +75,22 @@ pub fn erase<F: NorFlash>(flash: &mut F, from: u32, to: u32) -> Result<(), Flash
 /// Flash program page: one program command covers at most one page.
 pub const PAGE_SIZE: u32 = 256;
 
+/// Returns true if every byte of `from..to` reads 0xFF (erased), reading 256 bytes at a time
+/// and stopping at the first other byte.
+pub fn is_blank<F: NorFlash>(flash: &mut F, from: u32, to: u32) -> Result<bool, FlashError> {
+    let mut buf = [0u8; 256];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(buf.len());
+        read(flash, at, &mut buf[..n])?;
+        if buf[..n].iter().any(|b| *b != 0xFF) {
+            return Ok(false);
+        }
+        at += n as u32;
+    }
+    Ok(true)
+}
+
 /// The flash work of some engine calls, command by command as the engine issued them: what
 /// a device model charges time for (`ble_link_model::FlashTiming::ops_time`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

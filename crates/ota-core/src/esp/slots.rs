@@ -93,25 +93,10 @@ fn write_entry_with<F: NorFlash>(
     let end = at
         .checked_add(SECTOR_SIZE)
         .ok_or(out_of_bounds(FlashOp::Erase, at))?;
-    if always_erase || !is_blank(flash, at, end)? {
+    if always_erase || !flash::is_blank(flash, at, end)? {
         flash::erase(flash, at, end)?;
     }
     flash::write(flash, at, &entry.to_bytes())
-}
-
-/// Returns true if every byte of `from..to` reads 0xFF.
-fn is_blank<F: NorFlash>(flash: &mut F, from: u32, to: u32) -> Result<bool, FlashError> {
-    let mut buf = [0u8; 256];
-    let mut at = from;
-    while at < to {
-        let n = ((to - at) as usize).min(buf.len());
-        flash::read(flash, at, &mut buf[..n])?;
-        if buf[..n].iter().any(|b| *b != 0xFF) {
-            return Ok(false);
-        }
-        at += n as u32;
-    }
-    Ok(true)
 }
 
 fn out_of_bounds(op: FlashOp, addr: u32) -> FlashError {
