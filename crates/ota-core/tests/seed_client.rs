@@ -6,8 +6,9 @@ mod support;
 
 use ota_core::device::{ClientId, UpdateEngine};
 use ota_core::esp::Chip;
+use ota_core::protocol::air::packed_value_len;
 use ota_core::protocol::fast::{Command, Response};
-use ota_core::protocol::{DEVICE_ATT_MTU, Reason, legacy, max_value_len, packed_value_len};
+use ota_core::protocol::{DEVICE_ATT_MTU, Reason, legacy, max_value_len};
 use ota_core::time::Instant;
 use support::{Device, MemFlash, build_image};
 

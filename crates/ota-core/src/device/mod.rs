@@ -44,7 +44,6 @@ use crate::protocol::fast::{
 };
 use crate::protocol::{
     LL_DEFAULT_DATA_LEN, MAX_ATTRIBUTE_LEN, MAX_LEGACY_PACKET_SIZE, Reason, legacy, max_value_len,
-    packed_value_len,
 };
 use crate::time::Instant;
 
@@ -183,6 +182,43 @@ struct ClientLink {
     data_length: u16,
     /// PHY and connection interval (µs), once the shell knows them.
     timing: Option<(Phy, u32)>,
+    /// The value length writes should carry on this link, worked out when the link changes.
+    value_len: usize,
+}
+
+impl ClientLink {
+    fn new(id: ClientId) -> Self {
+        let mut link = ClientLink {
+            id,
+            mtu: 23,
+            data_length: LL_DEFAULT_DATA_LEN,
+            timing: None,
+            value_len: 0,
+        };
+        link.update_value_len();
+        link
+    }
+
+    /// The value that fills whole connection events at the link's ATT MTU, data length, PHY
+    /// and interval ([`air::best_value_len`], with the default end-of-event margin and room
+    /// for an ACK notification in each event), or whole link-layer PDUs while the PHY and
+    /// interval are unknown ([`air::packed_value_len`]).
+    fn update_value_len(&mut self) {
+        self.value_len = match self.timing {
+            Some((phy, interval_us)) => air::best_value_len(
+                self.mtu,
+                &air::EventTiming {
+                    phy,
+                    data_length: self.data_length,
+                    interval_us,
+                    end_margin_us: air::DEFAULT_EVENT_END_MARGIN_US,
+                    max_pairs: None,
+                    reply_payload: ACK_NOTIFICATION_PAYLOAD,
+                },
+            ),
+            None => air::packed_value_len(self.mtu, self.data_length),
+        };
+    }
 }
 const OUTBOX: usize = 8;
 
@@ -288,28 +324,14 @@ impl UpdateEngine {
         matches!(&self.session, Session::Receiving(t) if t.owner.is_some())
     }
 
-    /// Returns the chunk payload size announced to `client`: the chunk's value fills whole
-    /// connection events at its ATT MTU, data length, PHY and interval
-    /// ([`air::best_value_len`], with the default end-of-event margin), or whole link-layer
-    /// PDUs while the PHY and interval are unknown ([`packed_value_len`]).
+    /// Returns the chunk payload size announced to `client`: its link's value length (whole
+    /// connection events, or whole link-layer PDUs while the PHY and interval are unknown)
+    /// less the chunk's offset.
     pub fn chunk_size(&self, client: ClientId) -> u16 {
-        let link = self.link(client);
-        let value = match link.timing {
-            Some((phy, interval_us)) => air::best_value_len(
-                link.mtu,
-                &air::EventTiming {
-                    phy,
-                    data_length: link.data_length,
-                    interval_us,
-                    end_margin_us: air::DEFAULT_EVENT_END_MARGIN_US,
-                    max_pairs: None,
-                    // Room for an ACK notification in each event, so an ACK costs no chunk.
-                    reply_payload: ACK_NOTIFICATION_PAYLOAD,
-                },
-            ),
-            None => packed_value_len(link.mtu, link.data_length),
-        };
-        let by_link = value.saturating_sub(fast::CHUNK_HEADER_LEN) as u16;
+        let by_link = self
+            .link(client)
+            .value_len
+            .saturating_sub(fast::CHUNK_HEADER_LEN) as u16;
         by_link.min(self.config.max_chunk).max(1)
     }
 
@@ -378,12 +400,7 @@ impl UpdateEngine {
             if self.clients.is_full() {
                 self.clients.remove(0);
             }
-            let _ = self.clients.push(ClientLink {
-                id: client,
-                mtu: 23,
-                data_length: LL_DEFAULT_DATA_LEN,
-                timing: None,
-            });
+            let _ = self.clients.push(ClientLink::new(client));
         }
     }
 
@@ -392,6 +409,7 @@ impl UpdateEngine {
         self.handle_connected(client);
         if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
             link.mtu = mtu.max(23);
+            link.update_value_len();
         }
     }
 
@@ -401,6 +419,7 @@ impl UpdateEngine {
         self.handle_connected(client);
         if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
             link.data_length = rx_octets;
+            link.update_value_len();
         }
     }
 
@@ -409,6 +428,7 @@ impl UpdateEngine {
         self.handle_connected(client);
         if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
             link.timing = Some((phy, interval_us));
+            link.update_value_len();
         }
     }
 
@@ -681,12 +701,7 @@ impl UpdateEngine {
             .iter()
             .find(|c| c.id == client)
             .copied()
-            .unwrap_or(ClientLink {
-                id: client,
-                mtu: 23,
-                data_length: LL_DEFAULT_DATA_LEN,
-                timing: None,
-            })
+            .unwrap_or_else(|| ClientLink::new(client))
     }
 
     /// Returns true if `client` drives a fast session: only such a client learns of a refused
@@ -1094,9 +1109,9 @@ impl UpdateEngine {
     }
 }
 
-/// LL payload of an ACK notification: L2CAP and ATT headers and the 5-byte ACK.
+/// LL payload of an ACK notification: L2CAP and ATT headers and the ACK.
 const ACK_NOTIFICATION_PAYLOAD: u16 =
-    (crate::protocol::L2CAP_HEADER + crate::protocol::ATT_WRITE_HEADER + 5) as u16;
+    (crate::protocol::L2CAP_HEADER + crate::protocol::ATT_WRITE_HEADER + fast::ACK_LEN) as u16;
 
 /// Shortest possible app image: its 24-byte header.
 const MIN_IMAGE_LEN: u32 = 24;

@@ -2,7 +2,7 @@
 //! event. The device uses it to choose the value length it announces; the timing model
 //! (`ble-link-model`) is built on the same functions.
 
-use super::{ATT_WRITE_HEADER, L2CAP_HEADER, max_value_len};
+use super::{ATT_WRITE_HEADER, L2CAP_HEADER, LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN, max_value_len};
 
 /// Inter frame space between two packets of a connection event, in µs.
 ///
@@ -81,6 +81,23 @@ pub const fn airtime_us(phy: Phy, payload_len: u16) -> u32 {
 /// packet and the `T_IFS` before the next pair, in µs.
 pub const fn pair_us(phy: Phy, central_payload: u16, peripheral_payload: u16) -> u32 {
     airtime_us(phy, central_payload) + T_IFS_US + airtime_us(phy, peripheral_payload) + T_IFS_US
+}
+
+/// Returns the value length a write should carry at `att_mtu` over link-layer PDUs of
+/// `data_length` octets: the largest that fills whole PDUs (value + ATT header + L2CAP header
+/// a multiple of the data length), or the largest the MTU allows when not even one PDU fills.
+///
+/// A value one byte longer than a PDU boundary costs a whole extra PDU, and with it most of a
+/// packet slot in the connection event: at data length 251, 495 bytes take two PDUs where 512
+/// take three.
+pub fn packed_value_len(att_mtu: u16, data_length: u16) -> usize {
+    let max = max_value_len(att_mtu);
+    let pdu = data_length.clamp(LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN) as usize;
+    let overhead = ATT_WRITE_HEADER + L2CAP_HEADER;
+    match (max + overhead) / pdu {
+        0 => max,
+        whole => whole * pdu - overhead,
+    }
 }
 
 /// Returns the number of LL packets a write command or notification carrying `value_len`

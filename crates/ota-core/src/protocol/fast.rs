@@ -10,6 +10,8 @@ use super::Reason;
 pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of the offset that prefixes each data chunk.
 pub const CHUNK_HEADER_LEN: usize = 4;
+/// Length of an ACK (and of a REWIND): opcode and `next: u32`.
+pub const ACK_LEN: usize = 1 + 4;
 /// Length of a BEGIN command.
 pub const BEGIN_LEN: usize = 1 + 4 + 32 + 1;
 

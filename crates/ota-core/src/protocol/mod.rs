@@ -57,20 +57,3 @@ pub fn max_value_len(att_mtu: u16) -> usize {
         .saturating_sub(ATT_WRITE_HEADER)
         .min(MAX_ATTRIBUTE_LEN)
 }
-
-/// Returns the value length a write should carry at `att_mtu` over link-layer PDUs of
-/// `data_length` octets: the largest that fills whole PDUs (value + ATT header + L2CAP header
-/// a multiple of the data length), or the largest the MTU allows when not even one PDU fills.
-///
-/// A value one byte longer than a PDU boundary costs a whole extra PDU, and with it most of a
-/// packet slot in the connection event: at data length 251, 495 bytes take two PDUs where 512
-/// take three.
-pub fn packed_value_len(att_mtu: u16, data_length: u16) -> usize {
-    let max = max_value_len(att_mtu);
-    let pdu = data_length.clamp(LL_DEFAULT_DATA_LEN, LL_MAX_DATA_LEN) as usize;
-    let overhead = ATT_WRITE_HEADER + L2CAP_HEADER;
-    match (max + overhead) / pdu {
-        0 => max,
-        whole => whole * pdu - overhead,
-    }
-}
