@@ -21,24 +21,30 @@
 //!
 //! trouble-host queues received ATT PDUs per connection and silently drops a PDU when that
 //! queue or its packet pool is full. Flash work (a 4 KiB sector erase takes 45 ms typical, a
-//! 32 KiB batch of page programs 90 ms) must therefore never hold up the receive path, and a client must never have more in flight than
-//! the device can queue. Here the GATT event loop only sorts events: OTA writes and reads of
-//! OTA Control go, in order and still holding their packet, into a queue of
-//! [`QUEUE_DEPTH`] entries that a second loop feeds to the engine (one entry at a time,
-//! yielding in between, so the receive path runs between flash operations). The window the
-//! engine announces is [`RX_QUEUE_CHUNKS`] chunks, less than that queue, and the packet pool
-//! ([`pool`]) holds the whole queue plus room for replies and reassembly. A client that
-//! overruns the window anyway loses chunks in trouble-host's queue; the engine sees the gap
-//! and asks for the rest again (REWIND).
+//! 32 KiB batch of page programs 90 ms) must therefore never hold up the receive path, and a
+//! client must never have more in flight than the device can queue. Here the GATT event loop
+//! only sorts events: OTA writes and reads of OTA Control go, in order and still holding their
+//! packet, into a queue of [`QUEUE_DEPTH`] entries that a second loop feeds to the engine (one
+//! entry at a time, yielding in between, so the receive path runs between flash operations).
+//! The window the engine announces is [`RX_QUEUE_CHUNKS`] chunks, less than that queue, and the
+//! packet pool ([`pool`]) holds the whole queue plus room for replies and reassembly. A client
+//! that overruns the window anyway loses chunks in trouble-host's queue; the engine sees the
+//! gap and asks for the rest again (REWIND).
+//!
+//! Every flash command stops the BLE controller (esp-storage masks interrupts around it), so
+//! [`run`] erases the next update slot only while no central is connected, one sector at a time
+//! with a pause after each ([`pre_erase`] does it at boot, before BLE starts).
 //!
 //! # Link tuning
 //!
 //! After a central connects the device asks for a data length of 251 octets, where the chip
 //! has it the 2M PHY, and a short connection interval (a central connects to update, and the
 //! new interval takes a few connection events to apply); when an update ends it asks for a
-//! relaxed interval, and for the short one again when the next update starts. The ATT MTU is the client's to
-//! exchange, up to [`ATT_MTU`] = 498: a seed client's packet size (MTU - 3, unclamped) then
-//! stays within ATT's 512 bytes, and a full value fills exactly two 251-octet PDUs.
+//! relaxed interval, and for the short one again when the next update starts. The ATT MTU is
+//! the client's to exchange, up to [`ATT_MTU`] = 498: a seed client's packet size (MTU - 3,
+//! unclamped) then stays within ATT's 512 bytes, and a full value fills exactly two 251-octet
+//! PDUs. The PHY and interval the controller reports go to the engine, which sizes its chunks
+//! to fill whole connection events.
 #![no_std]
 #![warn(missing_docs)]
 
