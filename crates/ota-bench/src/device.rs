@@ -100,7 +100,8 @@ pub fn engine_update(
     const CLIENT: ClientId = ClientId(1);
     let now = Instant(0);
     engine.handle_connected(CLIENT);
-    engine.handle_mtu(CLIENT, 517);
+    // What a central asking for 517 is granted (trouble-host caps it at the pool's MTU).
+    engine.handle_mtu(CLIENT, ota_core::protocol::DEVICE_ATT_MTU);
     let mut buf = [0u8; 64];
     let n = Command::Begin {
         size: image.len() as u32,

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use ota_core::esp::Chip;
-use ota_core::esp::image::{ImageInfo, ImageValidator, Rev, Segment, parse_chip_revision};
+use ota_core::esp::image::{ImageInfo, ImageValidator, Rev, Segment};
 use serde::Serialize;
 
+use crate::cmd::sim::{parse_chip, parse_revision};
 use crate::exit::{CliError, ExitCode};
 
 /// Offline image commands.
@@ -86,24 +87,8 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
     } = cmd;
     let bytes =
         std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
-    let expected = match chip {
-        Some(name) => Some(Chip::from_name(&name).ok_or_else(|| {
-            CliError::new(
-                ExitCode::Usage,
-                format!("unknown chip `{name}` (try esp32c3, esp32c6, esp32, esp32s3, esp32h2)"),
-            )
-        })?),
-        None => None,
-    };
-    let revision = match chip_revision {
-        Some(text) => Some(parse_chip_revision(&text).ok_or_else(|| {
-            CliError::new(
-                ExitCode::Usage,
-                format!("`{text}` is not a chip revision: write it major.minor, like 0.4 or v1.1"),
-            )
-        })?),
-        None => None,
-    };
+    let expected = chip.as_deref().map(parse_chip).transpose()?;
+    let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
     let report = inspect(&bytes, expected, revision);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -103,6 +103,17 @@ pub fn parse_chip(name: &str) -> Result<Chip> {
     })
 }
 
+/// Parses a `--chip-revision` argument (`0.4`, `v1.1`) into `major * 100 + minor`.
+pub fn parse_revision(text: &str) -> Result<u16> {
+    parse_chip_revision(text).ok_or_else(|| {
+        CliError::new(
+            ExitCode::Usage,
+            format!("`{text}` is not a chip revision: write it major.minor, like 0.4 or v1.1"),
+        )
+        .into()
+    })
+}
+
 pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
     match cmd {
         SimCmd::Create {
@@ -115,17 +126,7 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
             chip_revision,
         } => {
             let chip = parse_chip(&chip)?;
-            let revision = match chip_revision {
-                Some(text) => Some(parse_chip_revision(&text).ok_or_else(|| {
-                    CliError::new(
-                        ExitCode::Usage,
-                        format!(
-                            "`{text}` is not a chip revision: write it major.minor, like 0.4 or v1.1"
-                        ),
-                    )
-                })?),
-                None => None,
-            };
+            let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
             let mut dev = match merged {
                 Some(m) => {
                     let bytes =
