@@ -11,8 +11,10 @@ pub enum ExitCode {
     Refused = 3,
     /// No device found, or no Bluetooth adapter.
     NoDevice = 4,
-    /// `image inspect`: the image is invalid.
+    /// The image file is not a valid app image (`image inspect`, `flash` before sending).
     InvalidImage = 5,
+    /// The virtual ESP32 is in use by another `ble-ota` process.
+    InUse = 6,
 }
 
 /// An error that decides the exit code; other errors exit with [`ExitCode::Failure`].
@@ -50,10 +52,19 @@ pub fn was_reported(err: &anyhow::Error) -> bool {
         .is_some_and(|e| e.reported)
 }
 
-/// Returns the exit code for an error chain.
+/// Returns the exit code for an error chain: the first [`CliError`]'s, else
+/// [`ExitCode::InUse`] for a locked virtual ESP32, else [`ExitCode::Failure`].
 pub fn code_of(err: &anyhow::Error) -> ExitCode {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<CliError>())
-        .map(|e| e.code)
-        .unwrap_or(ExitCode::Failure)
+    if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<CliError>()) {
+        return e.code;
+    }
+    let locked = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ResourceBusy)
+    });
+    if locked {
+        ExitCode::InUse
+    } else {
+        ExitCode::Failure
+    }
 }

@@ -6,6 +6,7 @@
 mod cmd;
 
 mod exit;
+mod input;
 mod progress;
 mod sim;
 mod target;

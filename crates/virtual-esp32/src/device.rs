@@ -30,16 +30,16 @@ const MAX_GUARD_REBOOTS: u32 = 18;
 #[non_exhaustive]
 pub enum DeviceError {
     /// The flash file could not be created, read or written.
-    #[error("flash file: {0}")]
+    #[error("flash file")]
     Io(#[from] std::io::Error),
     /// The partitions CSV was refused by `esp-idf-part`.
-    #[error("partitions CSV: {0}")]
+    #[error("partitions CSV")]
     PartitionCsv(#[from] esp_idf_part::Error),
     /// The binary partition table in flash is invalid.
-    #[error("partition table at {TABLE_OFFSET:#x}: {0}")]
+    #[error("partition table at {TABLE_OFFSET:#x}")]
     PartitionTable(#[from] PartitionError),
     /// The bootloader found nothing to boot.
-    #[error("boot failed: {0}")]
+    #[error("boot failed")]
     Boot(#[from] BootError),
     /// Reading or writing otadata failed.
     #[error(transparent)]
@@ -326,11 +326,8 @@ impl VirtualEsp32 {
         path: impl AsRef<Path>,
         spec: &DeviceSpec<'_>,
     ) -> Result<Self, DeviceError> {
-        let img = merged_image(spec)?;
-        let table = parse_table(&img, spec.flash_size)?;
-        let flash = Flash::create(path, img)?;
-        let dev = Self::assemble(flash, spec.chip, table);
-        dev.record_chip_revision()?;
+        let mut dev = Self::create_in_memory(spec)?;
+        dev.save_as(path)?;
         Ok(dev)
     }
 
@@ -368,6 +365,18 @@ impl VirtualEsp32 {
         chip: Option<Chip>,
         flash_size: Option<u32>,
     ) -> Result<Self, DeviceError> {
+        let mut dev = Self::merged_in_memory(bytes, chip, flash_size)?;
+        dev.save_as(path)?;
+        Ok(dev)
+    }
+
+    /// Like [`from_merged_image_with`](Self::from_merged_image_with), with the flash in RAM
+    /// only ([`save_as`](Self::save_as) writes it to a file later).
+    pub fn merged_in_memory(
+        bytes: &[u8],
+        chip: Option<Chip>,
+        flash_size: Option<u32>,
+    ) -> Result<Self, DeviceError> {
         let min = (bytes.len() as u32).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
         let probe = parse_table(bytes, flash_size.unwrap_or(u32::MAX))?;
         let chip = match chip {
@@ -386,9 +395,7 @@ impl VirtualEsp32 {
         let mut img = bytes.to_vec();
         img.resize(size as usize, 0xFF);
         let table = parse_table(&img, size)?;
-        let dev = Self::assemble(Flash::create(path, img)?, chip, table);
-        dev.record_chip_revision()?;
-        Ok(dev)
+        Ok(Self::assemble(Flash::in_memory(img), chip, table))
     }
 
     /// Wraps a flash (file-backed or in RAM) holding a merged image. `chip` as for
@@ -610,7 +617,7 @@ impl VirtualEsp32 {
             Some(r) => format!("{}\n", Rev(r)),
             None => "unknown\n".to_string(),
         };
-        std::fs::write(path, text).map_err(|e| DeviceError::Flash(FlashError::Io(e.kind())))
+        crate::flash::write_atomically(&path, text.as_bytes()).map_err(DeviceError::Io)
     }
 
     /// Returns the flash size in bytes.
@@ -635,18 +642,25 @@ impl VirtualEsp32 {
 
     /// Opens the device at `path` as it was left: still running the app recorded by the last
     /// [`boot`](Self::boot) through [`record_power_state`](Self::record_power_state), or
-    /// freshly booted with `config` when it was off.
+    /// freshly booted with `config` when it was off. The record names the app and the SHA-256
+    /// of its partition: if the partition no longer holds what booted (the file was replaced
+    /// or written by another tool), the record is stale and the device boots afresh.
     pub fn open_powered(
         path: impl AsRef<Path>,
         config: BootloaderConfig,
     ) -> Result<Self, DeviceError> {
         let mut dev = Self::open(path)?;
-        let label = dev
+        let record = dev
             .power_state_path()
             .and_then(|p| std::fs::read_to_string(p).ok());
-        match label.and_then(|l| dev.table.find(l.trim()).copied()) {
-            Some(p) if p.is_app() => dev.running = Some(p),
-            _ => {
+        let running = record.and_then(|r| {
+            let (label, digest) = r.trim().split_once(' ')?;
+            let p = *dev.table.find(label)?;
+            (p.is_app() && dev.partition_digest(&p) == digest).then_some(p)
+        });
+        match running {
+            Some(p) => dev.running = Some(p),
+            None => {
                 dev.boot(config)?;
                 dev.record_power_state()?;
             }
@@ -659,13 +673,39 @@ impl VirtualEsp32 {
         let Some(path) = self.power_state_path() else {
             return Ok(());
         };
-        let io = |e: std::io::Error| DeviceError::Flash(FlashError::Io(e.kind()));
         match self.running_partition() {
-            Some(p) => std::fs::write(path, p.name()).map_err(io),
+            Some(p) => {
+                let record = format!("{} {}\n", p.name(), self.partition_digest(p));
+                crate::flash::write_atomically(&path, record.as_bytes())?;
+                Ok(())
+            }
             None => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),
             },
         }
     }
+
+    /// Writes the device to the flash file at `path` (replaced atomically, and locked like
+    /// [`open`](Self::open)) with its chip revision and power state beside it; every later
+    /// flash operation goes to that file.
+    pub fn save_as(&mut self, path: impl AsRef<Path>) -> Result<(), DeviceError> {
+        self.flash.save_as(path)?;
+        self.record_chip_revision()?;
+        self.record_power_state()
+    }
+
+    /// SHA-256 of a partition's bytes, in hex: what [`record_power_state`] pins.
+    fn partition_digest(&self, p: &Partition) -> String {
+        use sha2::Digest;
+        let start = p.offset as usize;
+        let end = (start + p.size as usize).min(self.flash.bytes().len());
+        hex_digest(&sha2::Sha256::digest(
+            &self.flash.bytes()[start.min(end)..end],
+        ))
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -182,37 +182,76 @@ impl Flash {
         Flash::in_memory(vec![0xFF; size as usize])
     }
 
-    /// Creates (or truncates) the file at `path`, writes `contents` to it and syncs it.
+    /// Creates the file at `path` holding `contents` (see [`save_as`](Self::save_as): an
+    /// existing file is replaced whole or not at all).
     pub fn create(path: impl AsRef<Path>, contents: Vec<u8>) -> std::io::Result<Self> {
-        let path = path.as_ref();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        file.write_all(&contents)?;
-        file.sync_all()?;
         let mut flash = Flash::in_memory(contents);
-        flash.file = Some((file, path.to_path_buf()));
+        flash.save_as(path)?;
         Ok(flash)
     }
 
-    /// Opens an existing flash file (its length is the flash size).
+    /// Opens an existing flash file (its length is the flash size) and locks it for this
+    /// process: a second process gets an error of kind
+    /// [`ResourceBusy`](std::io::ErrorKind::ResourceBusy) until this flash is dropped.
     pub fn open(path: impl AsRef<Path>) -> std::io::Result<Self> {
         let path = path.as_ref();
         let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+        lock_exclusive(&file, path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
         let mut mem = Vec::new();
-        file.read_to_end(&mut mem)?;
-        if mem.len() > u32::MAX as usize {
+        (&mut file).take(MAX_FLASH_FILE + 1).read_to_end(&mut mem)?;
+        if mem.len() as u64 > MAX_FLASH_FILE {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                "flash file larger than 4 GiB",
+                format!(
+                    "{} is larger than any ESP32 flash ({} MiB)",
+                    path.display(),
+                    MAX_FLASH_FILE >> 20
+                ),
             ));
         }
         let mut flash = Flash::in_memory(mem);
         flash.file = Some((file, path.to_path_buf()));
         Ok(flash)
+    }
+
+    /// Writes the whole flash to the file at `path` and writes every later operation through
+    /// to it, holding the same lock as [`open`](Self::open). The file is replaced atomically
+    /// (a locked temporary file beside it, synced, then renamed over it), so a failure leaves
+    /// an existing file as it was; a file another process holds open is not replaced.
+    pub fn save_as(&mut self, path: impl AsRef<Path>) -> std::io::Result<()> {
+        let path = path.as_ref();
+        // Held until the rename: nobody opens the old file meanwhile.
+        let _old = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => {
+                lock_exclusive(&f, path)?;
+                Some(f)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let tmp = sibling(path, &format!(".tmp-{}", std::process::id()));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let written = lock_exclusive(&file, &tmp)
+            .and_then(|()| file.write_all(&self.mem))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.file = Some((file, path.to_path_buf()));
+        Ok(())
     }
 
     /// Returns the whole flash contents.
@@ -351,6 +390,45 @@ impl Flash {
             }
         }
     }
+}
+
+/// The largest flash file opened: 128 MiB, the largest flash ESP-IDF's partition tools know.
+const MAX_FLASH_FILE: u64 = 128 << 20;
+
+/// Returns `path` with `suffix` appended to its file name (a file beside it).
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
+}
+
+/// Takes the advisory lock that keeps two processes off one virtual ESP32. On a file system
+/// without locks the file is used unlocked.
+fn lock_exclusive(file: &File, path: &Path) -> std::io::Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::new(
+            std::io::ErrorKind::ResourceBusy,
+            format!(
+                "{} is in use by another ble-ota process (a `ble-ota device` serving it, or an update); wait for it to finish or stop it",
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Replaces the file at `path` with `contents` atomically (a temporary file renamed over it).
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = sibling(path, &format!(".tmp-{}", std::process::id()));
+    let written = std::fs::write(&tmp, contents).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 impl ErrorType for Flash {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ble_link_model::{LinkParams, Phy, Profile, QueuePolicy};
 use ota_core::client::{ClientError, ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
 use serde::Serialize;
@@ -13,6 +13,7 @@ use virtual_esp32::air::{AirConfig, AirOutcome};
 use crate::cmd::image::inspect;
 use crate::cmd::sim::BootView;
 use crate::exit::{CliError, ExitCode};
+use crate::input::{MAX_IMAGE_LEN, read_input};
 use crate::progress::{Bar, rate};
 use crate::sim::SimDevice;
 use crate::target::TargetArgs;
@@ -182,8 +183,7 @@ fn refused(e: ClientError) -> anyhow::Error {
 }
 
 pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()> {
-    let image = std::fs::read(&args.image)
-        .with_context(|| format!("cannot read {}", args.image.display()))?;
+    let image = read_input(&args.image, MAX_IMAGE_LEN)?;
     let report = inspect(&image, None, None);
     if !report.valid && !args.force {
         return Err(CliError::new(

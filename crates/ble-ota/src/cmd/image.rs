@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ota_core::esp::Chip;
 use ota_core::esp::image::{ImageInfo, ImageValidator, Rev, Segment};
 use serde::Serialize;
 
 use crate::cmd::sim::{parse_chip, parse_revision};
 use crate::exit::{CliError, ExitCode};
+use crate::input::{MAX_IMAGE_LEN, read_input};
 
 /// Offline image commands.
 #[derive(Debug, clap::Subcommand)]
@@ -85,8 +86,7 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
         chip,
         chip_revision,
     } = cmd;
-    let bytes =
-        std::fs::read(&image).with_context(|| format!("cannot read {}", image.display()))?;
+    let bytes = read_input(&image, MAX_IMAGE_LEN)?;
     let expected = chip.as_deref().map(parse_chip).transpose()?;
     let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
     let report = inspect(&bytes, expected, revision);

@@ -9,6 +9,7 @@ use serde::Serialize;
 use virtual_esp32::{BootReport, VirtualEsp32, app_image};
 
 use crate::exit::{CliError, ExitCode};
+use crate::input::{MAX_CSV_LEN, MAX_IMAGE_LEN, MAX_MERGED_LEN, read_input};
 use crate::sim::SimDevice;
 use crate::target::TargetArgs;
 
@@ -127,32 +128,40 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
         } => {
             let chip = parse_chip(&chip)?;
             let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
+            // Built, checked and booted in memory first: the file at `path` is replaced only
+            // by a device that boots, so a bad factory image leaves an existing one as it was.
             let mut dev = match merged {
                 Some(m) => {
-                    let bytes =
-                        std::fs::read(&m).with_context(|| format!("reading {}", m.display()))?;
-                    VirtualEsp32::from_merged_image(&path, &bytes)?
+                    let bytes = read_input(&m, MAX_MERGED_LEN)?;
+                    VirtualEsp32::merged_in_memory(&bytes, None, None)?
                 }
                 None => {
                     let csv = match partitions {
-                        Some(p) => std::fs::read_to_string(&p)
-                            .with_context(|| format!("reading {}", p.display()))?,
+                        Some(p) => String::from_utf8(read_input(&p, MAX_CSV_LEN)?)
+                            .map_err(|_| anyhow::anyhow!("{} is not a text file", p.display()))?,
                         None => DEFAULT_PARTITIONS.to_string(),
                     };
                     let image = match factory {
-                        Some(f) => {
-                            std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
-                        }
+                        Some(f) => read_input(&f, MAX_IMAGE_LEN)?,
                         None => app_image::build(chip, "factory-app", "1.0.0", 60_000, 1),
                     };
-                    VirtualEsp32::create(&path, &csv, &image, chip, flash_mb << 20)?
+                    VirtualEsp32::create_in_memory(&virtual_esp32::DeviceSpec {
+                        chip,
+                        flash_size: flash_mb << 20,
+                        partitions_csv: &csv,
+                        factory_image: &image,
+                        bootloader: None,
+                    })?
                 }
             };
             if revision.is_some() {
                 dev.set_chip_revision(revision)?;
             }
-            let report = dev.boot(target.bootloader())?;
-            dev.record_power_state()?;
+            let report = dev
+                .boot(target.bootloader())
+                .context("the new device does not boot; nothing was written")?;
+            dev.save_as(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
             if !json {
                 let rev = dev
                     .chip_revision()
