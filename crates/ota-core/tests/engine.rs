@@ -662,3 +662,109 @@ fn a_v1_device_refusing_the_reboot_flag_gets_begin_again_without_it() {
             .is_none_or(|e| !matches!(e, ota_core::client::ClientEvent::Failed(_)))
     );
 }
+
+#[test]
+fn abort_after_end_takes_the_selection_back_and_the_running_app_boots_again() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 3);
+    let mut engine = dev.engine();
+    let mut sender = fast(&img);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+        Fate::Deliver
+    });
+    assert!(out.activated(), "{:?}", out.failure());
+    assert_eq!(dev.boot_partition(), dev.partition("ota_0"));
+    let abort = {
+        let mut b = [0u8; 8];
+        let n = Command::Abort.encode(&mut b).unwrap();
+        b[..n].to_vec()
+    };
+    assert_eq!(command(&mut dev, &mut engine, 1, &abort), Response::AbortOk);
+    // The entry END wrote is ABORTED, which the bootloader never selects: factory boots.
+    assert_eq!(dev.boot_partition(), dev.partition("factory"));
+    let slots = ota_core::esp::OtaSlots::new(dev.table.clone()).unwrap();
+    let ota0 = dev.partition("ota_0");
+    assert_eq!(
+        slots
+            .state_of(&mut MemFlash::new(&mut dev.flash), &ota0)
+            .unwrap(),
+        Some(OtaImgState::Aborted)
+    );
+    // Nothing is selected any more; the same image can be sent again.
+    let mut sender = fast(&img);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+        Fate::Deliver
+    });
+    assert!(out.activated(), "{:?}", out.failure());
+    assert_eq!(dev.boot_partition(), dev.partition("ota_0"));
+}
+
+#[test]
+fn confirm_is_refused_whenever_no_image_is_on_trial() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let confirm = {
+        let mut b = [0u8; 8];
+        let n = Command::Confirm.encode(&mut b).unwrap();
+        b[..n].to_vec()
+    };
+    // The factory app.
+    let mut engine = dev.engine();
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &confirm)),
+        Reason::NothingToConfirm
+    );
+    // An OTA image that is already VALID: the same answer, as docs/protocol.md says.
+    let slots = ota_core::esp::OtaSlots::new(dev.table.clone()).unwrap();
+    let ota0 = dev.partition("ota_0");
+    slots
+        .set_boot_partition(
+            &mut MemFlash::new(&mut dev.flash),
+            &ota0,
+            OtaImgState::Valid,
+        )
+        .unwrap();
+    let mut engine = ota_core::device::UpdateEngine::new(
+        &mut MemFlash::new(&mut dev.flash),
+        ota_core::device::DeviceConfig::new(Chip::Esp32c3),
+        dev.table.clone(),
+        ota0,
+    )
+    .unwrap();
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 1, &confirm)),
+        Reason::NothingToConfirm
+    );
+}
+
+#[test]
+fn a_chunk_before_begin_gets_an_error_notification() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let before = dev.flash.clone();
+    let mut engine = dev.engine();
+    let info = {
+        let mut b = [0u8; 8];
+        let n = Command::Info.encode(&mut b).unwrap();
+        b[..n].to_vec()
+    };
+    assert!(matches!(
+        command(&mut dev, &mut engine, 1, &info),
+        Response::Info(_)
+    ));
+    let mut chunk = ota_core::protocol::fast::encode_chunk_header(0).to_vec();
+    chunk.extend_from_slice(&[0xE9; 200]);
+    let mut f = MemFlash::new(&mut dev.flash);
+    assert_eq!(
+        engine.handle_data_write(&mut f, ClientId(1), &chunk, Instant(0)),
+        Err(Reason::NoSession)
+    );
+    let mut buf = [0u8; 64];
+    let (c, n) = engine
+        .poll_notification(&mut buf)
+        .expect("an ERROR notification");
+    assert_eq!(c, ClientId(1));
+    assert_eq!(
+        refused(Response::decode(&buf[..n]).unwrap()),
+        Reason::NoSession
+    );
+    assert!(dev.flash == before);
+}

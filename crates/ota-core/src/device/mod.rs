@@ -184,6 +184,9 @@ struct ClientLink {
     timing: Option<(Phy, u32)>,
     /// The value length writes should carry on this link, worked out when the link changes.
     value_len: usize,
+    /// The client sent a fast-protocol command on this connection: it learns of refused data
+    /// writes by notification even without a session (a chunk before BEGIN).
+    speaks_fast: bool,
 }
 
 impl ClientLink {
@@ -194,6 +197,7 @@ impl ClientLink {
             data_length: LL_DEFAULT_DATA_LEN,
             timing: None,
             value_len: 0,
+            speaks_fast: false,
         };
         link.update_value_len();
         link
@@ -494,7 +498,12 @@ impl UpdateEngine {
                 // NOP and the device's own codes written back: the seed ignored them too.
             }
             _ => match Command::decode(data) {
-                Ok(cmd) => self.command(flash, client, cmd, now),
+                Ok(cmd) => {
+                    if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
+                        link.speaks_fast = true;
+                    }
+                    self.command(flash, client, cmd, now)
+                }
                 Err(e) => {
                     let opcode = data.first().copied().unwrap_or(0);
                     self.notify_error(client, opcode, e.reason(), data.len() as u32);
@@ -511,12 +520,15 @@ impl UpdateEngine {
         data: &[u8],
         now: Instant,
     ) -> Result<(), Reason> {
-        let fast_client = self.is_fast_client(client);
+        // Fast clients write without response: a refused write is told by notification, also
+        // with no session (a chunk before BEGIN) once the client has sent a fast command. The
+        // seed's client, which writes with response, gets the ATT error alone: a notification
+        // would read to it as the answer to its REQUEST.
+        let notify = self.is_fast_client(client) || self.link(client).speaks_fast;
         let mut metered = Metered::new(flash);
         let result = self.data_write(&mut metered, client, data, now);
         self.flash_work += metered.work;
-        if let (Err(reason), true) = (result, fast_client) {
-            // Fast clients write without response: tell them by notification.
+        if let (Err(reason), true) = (result, notify) {
             self.notify_error(client, 0, reason, 0);
         }
         result
@@ -583,7 +595,7 @@ impl UpdateEngine {
                 self.push_event(Event::Confirmed);
                 Ok(())
             }
-            Some(OtaImgState::Valid) | Some(OtaImgState::Undefined) => Ok(()),
+            // Already permanent (VALID, or UNDEFINED: never on trial), or the factory app.
             _ => Err(Reason::NothingToConfirm),
         }
     }
@@ -758,6 +770,25 @@ impl UpdateEngine {
         self.push(client, Outgoing::Fast(r));
     }
 
+    /// Takes back the selection END made (ABORT after END_OK): the otadata entry END wrote is
+    /// marked ABORTED, which ESP-IDF's bootloader never selects, with or without rollback
+    /// support, so the image that runs now boots again. Refused (the selection stays) if
+    /// otadata no longer selects `slot`.
+    fn deselect<F: NorFlash>(&mut self, flash: &mut F, slot: u8) -> Result<(), Reason> {
+        let selected = self
+            .slots
+            .boot_partition(flash)
+            .map_err(|_| Reason::FlashError)?;
+        if selected.ota_slot() != Some(slot) || selected.offset == self.running.offset {
+            return Err(Reason::RebootPending);
+        }
+        self.slots
+            .set_active_state(flash, OtaImgState::Aborted)
+            .map_err(|_| Reason::FlashError)?;
+        self.fail(Reason::NoSession);
+        Ok(())
+    }
+
     /// Ends the session without an image.
     fn fail(&mut self, reason: Reason) {
         self.session = Session::Idle;
@@ -888,7 +919,11 @@ impl UpdateEngine {
                     self.fail(Reason::NoSession);
                     Ok(Response::AbortOk)
                 }
-                _ => Ok(Response::AbortOk),
+                Session::Activated { slot, .. } => {
+                    let slot = *slot;
+                    self.deselect(flash, slot).map(|()| Response::AbortOk)
+                }
+                Session::Idle => Ok(Response::AbortOk),
             },
             Command::Status => match &mut self.session {
                 Session::Receiving(t) if t.owner == Some(client) => {
