@@ -7,6 +7,7 @@ mod cmd;
 
 mod exit;
 mod input;
+mod parse;
 mod progress;
 mod sim;
 mod target;
@@ -68,7 +69,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    restore_sigpipe();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(e),
+    };
     let json = cli.json;
     let target = cli.target;
     let result = match cli.command {
@@ -113,5 +118,37 @@ fn main() -> std::process::ExitCode {
             }
             std::process::ExitCode::from(code as u8)
         }
+    }
+}
+
+/// Reports a command-line error: as JSON when `--json` was given (the command could not be
+/// parsed, so the flag is looked for among the raw arguments), else as clap prints it. Help
+/// and version requests print normally and exit 0.
+fn argument_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if !json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let code = exit::ExitCode::Usage as u8;
+    let text = e.render().to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ");
+    let msg = serde_json::json!({ "error": message, "exit_code": code });
+    println!("{msg}");
+    std::process::ExitCode::from(code)
+}
+
+/// Output piped into a program that stops reading (`ble-ota image inspect X | head -3`) ends
+/// `ble-ota` quietly, as it does any Unix tool, instead of a panic in `println!`.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

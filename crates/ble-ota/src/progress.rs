@@ -12,6 +12,8 @@ pub struct Bar {
     bar: ProgressBar,
     /// Resumed at a non-zero offset at least once.
     pub resumed: bool,
+    /// Where this run started in the image: rates count bytes from there.
+    started_at: Option<u32>,
 }
 
 impl Bar {
@@ -50,6 +52,7 @@ impl Bar {
         Bar {
             bar,
             resumed: false,
+            started_at: None,
         }
     }
 
@@ -65,12 +68,27 @@ impl Bar {
     pub fn abandon(&self) {
         self.bar.abandon();
     }
+
+    /// An event of a modelled update at modelled time `t`: the bar moves and shows the
+    /// modelled rate of the bytes this run carried.
+    pub fn modelled_event(&mut self, event: &ClientEvent, t: Duration) {
+        self.event(event);
+        if let ClientEvent::Progress { acked, .. } = *event {
+            let sent = acked.saturating_sub(self.started_at.unwrap_or(0));
+            self.note(format!(
+                "{} (modelled, {:.1} s)",
+                rate(sent as u64, t),
+                t.as_secs_f64()
+            ));
+        }
+    }
 }
 
 impl Progress for Bar {
     fn event(&mut self, event: &ClientEvent) {
         match *event {
             ClientEvent::Started { offset, total, .. } => {
+                self.started_at.get_or_insert(offset);
                 self.bar.set_length(total as u64);
                 if offset > 0 {
                     self.resumed = true;

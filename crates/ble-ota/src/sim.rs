@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant as WallInstant};
 
 use anyhow::{Context, Result};
-use ota_core::client::{FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
 use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
@@ -14,8 +14,7 @@ use virtual_esp32::air::{AirConfig, AirReport, update_over_air};
 use virtual_esp32::{BootReport, BootloaderConfig, VirtualEsp32};
 
 use crate::exit::{CliError, ExitCode};
-use crate::progress::Bar;
-use crate::transport::{Link, Progress};
+use crate::transport::Link;
 
 /// The client id a direct connection uses.
 const CLIENT: ClientId = ClientId(1);
@@ -57,12 +56,21 @@ impl SimDevice {
             .running_partition()
             .context("the virtual ESP32 is off")?;
         let table = self.dev.partition_table().clone();
-        Ok(UpdateEngine::new(
-            self.dev.flash_mut(),
-            config,
-            table,
-            running,
-        )?)
+        UpdateEngine::new(self.dev.flash_mut(), config, table, running).map_err(|e| {
+            use ota_core::esp::SlotError;
+            match e {
+                // What a real device with this table answers: no OTA (REQUEST_NAK, NoOtaSlot).
+                SlotError::NoOtadata | SlotError::NoOtaSlots => CliError::new(
+                    ExitCode::Refused,
+                    format!(
+                        "the device refused: {} ({e})",
+                        ota_core::protocol::Reason::NoOtaSlot.hint()
+                    ),
+                )
+                .into(),
+                other => anyhow::Error::new(other).context("starting the device's OTA engine"),
+            }
+        })
     }
 
     /// Resets the device: the bootloader picks the app, the rollback guard runs.
@@ -72,15 +80,16 @@ impl SimDevice {
         Ok(report)
     }
 
-    /// Runs one update over the modelled link. `speed` paces the progress to the modelled time
-    /// (1.0: real time; 0: as fast as the host computes).
+    /// Runs one update over the modelled link, calling `on_event` with each client event and
+    /// the modelled time. `speed` paces it to the modelled time (1.0: real time; 0: as fast
+    /// as the host computes).
     pub fn update_over_air(
         &mut self,
         image: &[u8],
         legacy: bool,
         air: &AirConfig,
         speed: f64,
-        bar: &mut Bar,
+        on_event: &mut dyn FnMut(&ClientEvent, Duration),
     ) -> Result<AirReport> {
         let mut engine = self.engine(air.device_config(self.dev.chip()))?;
         // The firmware erased the update slot while it sat idle (`UpdateEngine::pre_erase_step`):
@@ -89,9 +98,15 @@ impl SimDevice {
             engine.pre_erase_step(self.dev.flash_mut())
         {}
         let mut sender = if legacy {
-            Sender::Legacy(LegacySender::new(image, air.link.att_mtu)?)
+            Sender::Legacy(
+                LegacySender::new(image, air.link.att_mtu)
+                    .map_err(crate::cmd::flash::cannot_send)?,
+            )
         } else {
-            Sender::Fast(FastSender::new(image, SenderConfig::default())?)
+            Sender::Fast(
+                FastSender::new(image, SenderConfig::default())
+                    .map_err(crate::cmd::flash::cannot_send)?,
+            )
         };
         let wall = WallInstant::now();
         let report = update_over_air(&mut self.dev, &mut engine, &mut sender, air, &mut |e, t| {
@@ -101,14 +116,7 @@ impl SimDevice {
                     std::thread::sleep(wait.min(Duration::from_millis(200)));
                 }
             }
-            bar.event(e);
-            if let ota_core::client::ClientEvent::Progress { acked, .. } = e {
-                bar.note(format!(
-                    "{} (modelled, {:.1} s)",
-                    crate::progress::rate(*acked as u64, t),
-                    t.as_secs_f64()
-                ));
-            }
+            on_event(e, t);
         });
         Ok(report)
     }

@@ -7,16 +7,16 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
     /// Use the virtual ESP32 stored in this flash file (see `ble-ota sim create`).
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "hci")]
     pub sim: Option<PathBuf>,
     /// Use an HCI controller: `tcp:HOST:PORT` (H4 over TCP) or `serial:/dev/ttyUSB0[@BAUD]`.
-    #[arg(long, value_name = "SPEC", global = true)]
+    #[arg(long, value_name = "SPEC", global = true, value_parser = crate::parse::hci_spec)]
     pub hci: Option<String>,
     /// Device name or address (system Bluetooth or HCI); default: the strongest OTA device.
     #[arg(long, global = true)]
     pub device: Option<String>,
     /// Seconds to scan for the device.
-    #[arg(long, default_value_t = 5.0, global = true)]
+    #[arg(long, default_value_t = 5.0, global = true, value_parser = crate::parse::scan_seconds)]
     pub scan_timeout: f64,
     /// The virtual ESP32's bootloader has rollback support (espflash's stock one has not).
     #[arg(long, global = true)]

@@ -181,11 +181,21 @@ fn image(dir: &Path, name: &str, version: &str, len: usize, seed: u64) -> (PathB
     (path, img)
 }
 
-/// The bytes of partition `label` in the flash file.
+/// The bytes of partition `label` in the flash file, read as a flash dump (the running
+/// `ble-ota device` holds the device itself).
 fn slot_bytes(sim: &Path, label: &str, len: usize) -> Vec<u8> {
+    use ota_core::esp::partition::{
+        Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET, PartitionTable,
+    };
     let flash = std::fs::read(sim).unwrap();
-    let dev = virtual_esp32::VirtualEsp32::open(sim).expect("flash file");
-    let p = *dev.partition_table().find(label).expect("slot");
+    let at = PARTITION_TABLE_OFFSET as usize;
+    let table = PartitionTable::parse(
+        &flash[at..at + PARTITION_TABLE_MAX_LEN],
+        Md5Policy::Optional,
+        Some(flash.len() as u32),
+    )
+    .expect("partition table");
+    let p = *table.find(label).expect("slot");
     flash[p.offset as usize..p.offset as usize + len].to_vec()
 }
 

@@ -768,3 +768,43 @@ fn a_chunk_before_begin_gets_an_error_notification() {
     );
     assert!(dev.flash == before);
 }
+
+#[test]
+fn a_used_up_otadata_sequence_is_its_own_reason_and_nothing_is_selected() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let slots = ota_core::esp::OtaSlots::new(dev.table.clone()).unwrap();
+    // ota_1 runs, VALID, at the highest sequence number an entry can hold: the next one would
+    // be 0xFFFFFFFF, which marks an empty entry.
+    let entry = ota_core::esp::otadata::OtaEntry::new(0xFFFF_FFFE, OtaImgState::Valid);
+    slots
+        .write_otadata_entry(&mut MemFlash::new(&mut dev.flash), 0, &entry)
+        .unwrap();
+    let ota1 = dev.partition("ota_1");
+    assert_eq!(dev.boot_partition(), ota1);
+    let otadata = dev.otadata().to_vec();
+    let mut engine = ota_core::device::UpdateEngine::new(
+        &mut MemFlash::new(&mut dev.flash),
+        ota_core::device::DeviceConfig::new(Chip::Esp32c3),
+        dev.table.clone(),
+        ota1,
+    )
+    .unwrap();
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 5);
+    let mut sender = fast(&img);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
+        Fate::Deliver
+    });
+    assert_eq!(
+        out.failure(),
+        Some(ClientError::Refused {
+            opcode: 0x12,
+            reason: Reason::OtadataExhausted
+        })
+    );
+    assert_eq!(dev.boot_partition(), ota1, "the running app still boots");
+    assert_eq!(
+        &dev.otadata()[..32],
+        &otadata[..32],
+        "its entry is untouched"
+    );
+}

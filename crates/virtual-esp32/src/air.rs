@@ -133,6 +133,8 @@ pub struct AirReport {
     pub disconnects: u32,
     /// Links lost because a flash outage reached the supervision timeout.
     pub supervision_drops: u32,
+    /// Data writes the client made (a write the link dropped before counts).
+    pub data_writes: u32,
     /// What the device engine asked its shell to do.
     pub device_events: Vec<Event>,
 }
@@ -154,6 +156,22 @@ pub fn update_over_air(
     progress: &mut dyn FnMut(&ClientEvent, Duration),
 ) -> AirReport {
     let image_len = sender.progress().1;
+    if matches!(sender, Sender::Fast(_))
+        && config.link.att_mtu < ota_core::protocol::fast::MIN_ATT_MTU
+    {
+        return AirReport {
+            outcome: AirOutcome::Failed(ClientError::MtuTooSmall {
+                mtu: config.link.att_mtu,
+            }),
+            modelled: Duration::ZERO,
+            image_len,
+            link: LinkStats::default(),
+            disconnects: 0,
+            supervision_drops: 0,
+            data_writes: 0,
+            device_events: Vec::new(),
+        };
+    }
     let mut run = Run {
         link: Link::new(config.link).expect("link parameters must be valid"),
         base_us: 0,
@@ -321,6 +339,7 @@ pub fn update_over_air(
         link: sum_stats(&run.stats),
         disconnects: run.disconnects,
         supervision_drops: run.supervision_drops,
+        data_writes: run.data_writes,
         device_events: run.device_events,
     }
 }

@@ -80,11 +80,16 @@ pub enum DeviceError {
     /// The table has no factory and no ota_0 partition for the first app.
     #[error("partition table has neither a factory nor an ota_0 app partition")]
     NoAppPartition,
-    /// No bootloader or app header in the flash names a known chip.
+    /// No bootloader or app header in a merged image names a known chip.
     #[error(
-        "cannot tell which chip this flash image is for (no bootloader or app header); give the chip explicitly"
+        "cannot tell which chip this flash image is for (no bootloader or app header names one): give the chip (`ble-ota sim create --merged FILE --chip esp32c3`)"
     )]
     UnknownChip,
+    /// A flash file opened as a device has no bootloader or app header naming a chip.
+    #[error(
+        "no bootloader or app header in this file names a chip: is it a flash file made by `ble-ota sim create`?"
+    )]
+    NotADevice,
     /// The rollback guard kept aborting images.
     #[error("the rollback guard aborted {0} images in a row; otadata is inconsistent")]
     RebootLoop(u32),
@@ -410,7 +415,7 @@ impl VirtualEsp32 {
         let table = parse_table(flash.bytes(), size)?;
         let chip = match chip {
             Some(c) => c,
-            None => detect_chip(flash.bytes(), &table).ok_or(DeviceError::UnknownChip)?,
+            None => detect_chip(flash.bytes(), &table).ok_or(DeviceError::NotADevice)?,
         };
         let mut dev = Self::assemble(flash, chip, table);
         if let Some(path) = dev.chip_revision_path()
@@ -528,6 +533,19 @@ impl VirtualEsp32 {
             rolled_back: Vec::new(),
             bootloader_runs: 1,
         })
+    }
+
+    /// Returns a copy of the device with its flash in RAM (no file, no lock): the same chip,
+    /// revision, table and running app, to try something on without touching the original.
+    pub fn snapshot(&self) -> VirtualEsp32 {
+        VirtualEsp32 {
+            flash: Flash::in_memory(self.flash.bytes().to_vec()),
+            chip: self.chip,
+            chip_revision: self.chip_revision,
+            table: self.table.clone(),
+            running: self.running,
+            last_boot: self.last_boot.clone(),
+        }
     }
 
     /// Cuts power now; the device is off until [`boot`](Self::boot).

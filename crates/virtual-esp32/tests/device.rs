@@ -338,7 +338,7 @@ fn from_flash_and_open_as() {
     blank[0x10000..0x20000].fill(0xFF);
     assert!(matches!(
         VirtualEsp32::from_flash(Flash::in_memory(blank.clone()), None),
-        Err(DeviceError::UnknownChip)
+        Err(DeviceError::NotADevice)
     ));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("blank.bin");
@@ -408,25 +408,26 @@ fn chip_revision_defaults_and_persists_with_the_device() {
         let side = dev.chip_revision_path().unwrap();
         assert_eq!(side, dir.path().join(format!("{chip}.bin.chip-revision")));
         assert_eq!(std::fs::read_to_string(&side).unwrap().trim(), text);
-        assert_eq!(
-            VirtualEsp32::open(&path).unwrap().chip_revision(),
-            Some(rev)
-        );
+        // One process at a time holds the file: close, then open again.
+        let reopen = |dev: VirtualEsp32| {
+            drop(dev);
+            VirtualEsp32::open(&path).unwrap()
+        };
+        dev = reopen(dev);
+        assert_eq!(dev.chip_revision(), Some(rev));
         // Another die: recorded, and read back by the next open.
         dev.set_chip_revision(Some(101)).unwrap();
         assert_eq!(std::fs::read_to_string(&side).unwrap().trim(), "v1.1");
-        assert_eq!(
-            VirtualEsp32::open(&path).unwrap().chip_revision(),
-            Some(101)
-        );
+        dev = reopen(dev);
+        assert_eq!(dev.chip_revision(), Some(101));
         dev.set_chip_revision(None).unwrap();
-        assert_eq!(VirtualEsp32::open(&path).unwrap().chip_revision(), None);
+        dev = reopen(dev);
+        assert_eq!(dev.chip_revision(), None);
         // Without the file: the chip's default. A file that holds no revision is an error.
         std::fs::remove_file(&side).unwrap();
-        assert_eq!(
-            VirtualEsp32::open(&path).unwrap().chip_revision(),
-            Some(rev)
-        );
+        dev = reopen(dev);
+        assert_eq!(dev.chip_revision(), Some(rev));
+        drop(dev);
         std::fs::write(&side, "rev 4").unwrap();
         assert!(matches!(
             VirtualEsp32::open(&path),

@@ -20,9 +20,10 @@ use crate::transport::command;
 /// Options of `demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Where to keep the virtual ESP32's flash file.
-    #[arg(long, default_value = "target/demo")]
-    pub dir: PathBuf,
+    /// Where to keep the virtual ESP32's flash file (default: a temporary folder, removed at
+    /// the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
     /// Pace the progress bars to the modelled time times this factor (0: no pacing).
     #[arg(long, default_value_t = 4.0)]
     pub speed: f64,
@@ -71,7 +72,9 @@ fn update(
     speed: f64,
 ) -> Result<AirReport> {
     let mut bar = Bar::modelled(if legacy { "legacy" } else { "fast" }, false);
-    let r = dev.update_over_air(image, legacy, air, speed, &mut bar)?;
+    let r = dev.update_over_air(image, legacy, air, speed, &mut |e, t| {
+        bar.modelled_event(e, t)
+    })?;
     match r.outcome {
         AirOutcome::Activated { .. } => {
             bar.finish(format!("{} modelled", rate(r.image_len as u64, r.modelled)))
@@ -84,9 +87,22 @@ fn update(
 pub fn run(args: DemoArgs) -> Result<()> {
     let link = crate::cmd::flash::profile(&args.profile)?;
     let air = AirConfig::new(link);
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let path = args.dir.join("esp32c3.bin");
+    // Nothing is left in the current folder unless asked for.
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.as_path()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("ble-ota-demo-")
+                .tempdir()
+                .context("creating a temporary folder for the demo")?;
+            temp.path()
+        }
+    };
+    let path = dir.join("esp32c3.bin");
     let stock = virtual_esp32::BootloaderConfig { rollback: false };
 
     step(
@@ -99,8 +115,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
     created.record_power_state()?;
     drop(created);
     println!(
-        "   flash file: {} (espflash --merge layout; `esptool image-info` reads its slots)",
-        path.display()
+        "   flash file: {} (espflash --merge layout; `esptool image-info` reads its slots){}",
+        path.display(),
+        if args.dir.is_some() {
+            ""
+        } else {
+            "; removed at the end (--dir DIR keeps it)"
+        }
     );
 
     let v2 = app_image::build(CHIP, "demo-app", "2.0.0", 400_000, 2);
@@ -267,8 +288,7 @@ fn timing_table() -> Result<()> {
                 bootloader: Default::default(),
             };
             dev.dev.boot(dev.bootloader)?;
-            let mut bar = Bar::modelled("", true);
-            let r = dev.update_over_air(&image, legacy, &air, 0.0, &mut bar)?;
+            let r = dev.update_over_air(&image, legacy, &air, 0.0, &mut |_, _| {})?;
             ensure!(
                 matches!(r.outcome, AirOutcome::Activated { .. }),
                 "{}: {:?}",

@@ -33,20 +33,21 @@ pub struct FlashArgs {
     /// Send the image even if it fails the local checks (to see the device refuse it).
     #[arg(long)]
     pub force: bool,
-    /// ATT MTU for the legacy packet size when the transport cannot tell it.
-    #[arg(long, default_value_t = 247)]
-    pub mtu: u16,
+    /// ATT MTU for the legacy packet size when the transport cannot tell it [default: 247].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(23..=517))]
+    pub mtu: Option<u16>,
     /// Virtual ESP32: the modelled BLE link (a profile, then any overrides).
     #[command(flatten)]
     pub link: LinkArgs,
-    /// Virtual ESP32: pace the progress to the modelled time (1 = real time, 0 = no pacing).
-    #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
+    /// Virtual ESP32: pace the progress to the modelled time (1 = real time, 0 = no pacing)
+    /// [default: 1].
+    #[arg(long, value_parser = crate::parse::speed)]
+    pub speed: Option<f64>,
     /// Virtual ESP32: cut power during the N-th flash write or erase of the update.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub power_cut_at: Option<u64>,
     /// Drop the link before the N-th data write (repeatable; the fast protocol resumes).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub disconnect_at: Vec<u32>,
 }
 
@@ -54,46 +55,65 @@ pub struct FlashArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Modelled link (virtual ESP32)")]
 pub struct LinkArgs {
-    /// Link profile: desktop, android, ios, esp32-classic.
-    #[arg(long, default_value = "desktop")]
-    pub profile: String,
-    /// ATT MTU (23-517).
+    /// Link profile: desktop, android, ios, esp32-classic [default: desktop].
     #[arg(long)]
+    pub profile: Option<String>,
+    /// ATT MTU (23-517).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(23..=517))]
     pub att_mtu: Option<u16>,
     /// Connection interval in ms (multiple of 1.25, 7.5-4000).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::interval_ms)]
     pub interval_ms: Option<f64>,
     /// PHY: 1m or 2m.
     #[arg(long)]
     pub phy: Option<String>,
     /// Largest link-layer payload: 27 (no data length extension) to 251.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(27..=251))]
     pub data_length: Option<u16>,
     /// Packets the central sends per connection event (phones limit it).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub packets_per_event: Option<u16>,
     /// The device's receive queue, in ATT writes (its announced window follows it).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub rx_queue: Option<u16>,
     /// When the device's queue is full: stall (link-layer flow control) or drop (as trouble-host).
     #[arg(long)]
     pub queue_full: Option<String>,
     /// Flash timing: 4 KiB sector erase, in ms.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::flash_ms)]
     pub sector_erase_ms: Option<f64>,
     /// Flash timing: 64 KiB block erase, in ms.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::flash_ms)]
     pub block_erase_ms: Option<f64>,
     /// Flash timing: 256-byte page program, in ms.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::parse::flash_ms)]
     pub page_program_ms: Option<f64>,
 }
 
 impl LinkArgs {
+    /// Returns the first option set on the command line, for "applies only to ..." messages.
+    pub fn first_set(&self) -> Option<&'static str> {
+        [
+            (self.profile.is_some(), "--profile"),
+            (self.att_mtu.is_some(), "--att-mtu"),
+            (self.interval_ms.is_some(), "--interval-ms"),
+            (self.phy.is_some(), "--phy"),
+            (self.data_length.is_some(), "--data-length"),
+            (self.packets_per_event.is_some(), "--packets-per-event"),
+            (self.rx_queue.is_some(), "--rx-queue"),
+            (self.queue_full.is_some(), "--queue-full"),
+            (self.sector_erase_ms.is_some(), "--sector-erase-ms"),
+            (self.block_erase_ms.is_some(), "--block-erase-ms"),
+            (self.page_program_ms.is_some(), "--page-program-ms"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+
     /// Returns the modelled session configuration these options describe.
     pub fn air_config(&self) -> Result<AirConfig> {
         let usage = |m: String| -> anyhow::Error { CliError::new(ExitCode::Usage, m).into() };
-        let mut link = profile(&self.profile)?;
+        let mut link = profile(self.profile.as_deref().unwrap_or("desktop"))?;
         if let Some(m) = self.att_mtu {
             link.att_mtu = m;
         }
@@ -151,7 +171,12 @@ impl LinkArgs {
 pub struct FlashReport {
     pub outcome: &'static str,
     pub protocol: &'static str,
+    /// The image's size.
     pub bytes: u32,
+    /// Where this run started in the image (non-zero when it resumed an earlier one).
+    pub resumed_from: u32,
+    /// Image bytes this run carried (`bytes - resumed_from`): what the rate is over.
+    pub sent_bytes: u32,
     pub slot: Option<u8>,
     pub reason: Option<String>,
     pub seconds: f64,
@@ -171,6 +196,15 @@ pub fn profile(name: &str) -> Result<LinkParams> {
     })
 }
 
+/// A sender that cannot start: an empty image is an invalid image (exit 5).
+pub fn cannot_send(e: ClientError) -> anyhow::Error {
+    let code = match e {
+        ClientError::BadImage(_) => ExitCode::InvalidImage,
+        _ => ExitCode::Failure,
+    };
+    CliError::new(code, e.to_string()).into()
+}
+
 fn refused(e: ClientError) -> anyhow::Error {
     let code = match e {
         ClientError::Refused { .. }
@@ -182,7 +216,58 @@ fn refused(e: ClientError) -> anyhow::Error {
     CliError::new(code, format!("update failed: {e}")).into()
 }
 
+/// Refuses options that cannot apply to this target and protocol, before anything happens.
+fn check_options(args: &FlashArgs, target: &TargetArgs) -> Result<()> {
+    let usage = |m: String| -> Result<()> { Err(CliError::new(ExitCode::Usage, m).into()) };
+    let sim = target.sim.is_some();
+    if !sim {
+        let model_only = args
+            .link
+            .first_set()
+            .or(args.speed.map(|_| "--speed"))
+            .or(args.power_cut_at.map(|_| "--power-cut-at"));
+        if let Some(name) = model_only {
+            return usage(format!(
+                "{name} applies to the virtual ESP32's modelled link only: add --sim PATH, or leave it out"
+            ));
+        }
+    }
+    if args.mtu.is_some() {
+        if sim {
+            return usage(
+                "--mtu is for transports that cannot tell the MTU; the virtual ESP32's link takes --att-mtu".into(),
+            );
+        }
+        if !args.legacy {
+            return usage(
+                "--mtu sets the seed's packet size and applies to --legacy only; the fast protocol takes its chunk size from the device".into(),
+            );
+        }
+    }
+    if args.legacy && !args.disconnect_at.is_empty() {
+        return usage(
+            "--disconnect-at: the seed's protocol cannot resume after a dropped link; use the fast protocol (leave out --legacy)".into(),
+        );
+    }
+    if args.legacy && args.no_reboot {
+        return usage(
+            "--no-reboot: the seed's protocol always reboots after DONE; use the fast protocol (leave out --legacy)".into(),
+        );
+    }
+    if sim && !args.legacy {
+        let mtu = args.link.air_config()?.link.att_mtu;
+        if mtu < ota_core::protocol::fast::MIN_ATT_MTU {
+            return usage(format!(
+                "--att-mtu {mtu}: the fast protocol's BEGIN needs an ATT MTU of at least {}; this MTU needs --legacy",
+                ota_core::protocol::fast::MIN_ATT_MTU
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()> {
+    check_options(&args, target)?;
     let image = read_input(&args.image, MAX_IMAGE_LEN)?;
     let report = inspect(&image, None, None);
     if !report.valid && !args.force {
@@ -219,7 +304,7 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
     } else {
         bar.finish(format!(
             "{} in {:.1} s{}",
-            rate(out.bytes as u64, Duration::from_secs_f64(out.seconds)),
+            rate(out.sent_bytes as u64, Duration::from_secs_f64(out.seconds)),
             out.seconds,
             if out.modelled { " (modelled)" } else { "" }
         ));
@@ -247,10 +332,25 @@ fn flash_sim(
     let mut dev = SimDevice::open(path, target.bootloader())?;
     let mut air = args.link.air_config()?;
     air.disconnect_at = args.disconnect_at.clone();
+    if args.power_cut_at.is_some() || !args.disconnect_at.is_empty() {
+        check_fault_positions(args, &dev, image, &air)?;
+    }
     if let Some(n) = args.power_cut_at {
         dev.dev.flash_mut().arm(FaultPlan::cut_at(n));
     }
-    let r = dev.update_over_air(image, args.legacy, &air, args.speed, bar)?;
+    let mut resumed_from = None;
+    let r = dev.update_over_air(
+        image,
+        args.legacy,
+        &air,
+        args.speed.unwrap_or(1.0),
+        &mut |e, t| {
+            if let ClientEvent::Started { offset, .. } = e {
+                resumed_from.get_or_insert(*offset);
+            }
+            bar.modelled_event(e, t)
+        },
+    )?;
     dev.dev.flash_mut().disarm();
     let slot = match r.outcome {
         AirOutcome::Activated { slot } => slot,
@@ -263,10 +363,22 @@ fn flash_sim(
             )
             .into());
         }
+        AirOutcome::Stalled if r.supervision_drops > 0 => {
+            return Err(CliError::new(
+                ExitCode::Failure,
+                format!(
+                    "the link dropped {} times: each modelled flash operation outlasts the link's supervision timeout: use shorter flash timings (--page-program-ms, --sector-erase-ms)",
+                    r.supervision_drops
+                ),
+            )
+            .into());
+        }
         AirOutcome::Stalled => {
             anyhow::bail!("the modelled update stalled; this is a bug, please report it")
         }
     };
+    let resumed_from = resumed_from.unwrap_or(0);
+    let sent = image.len() as u32 - resumed_from.min(image.len() as u32);
     let booted = if args.no_reboot {
         None
     } else {
@@ -276,14 +388,49 @@ fn flash_sim(
         outcome: "activated",
         protocol: "",
         bytes: image.len() as u32,
+        resumed_from,
+        sent_bytes: sent,
         slot,
         reason: None,
         seconds: r.modelled.as_secs_f64(),
         modelled: true,
-        throughput_bytes_per_s: r.throughput(),
+        throughput_bytes_per_s: sent as f64 / r.modelled.as_secs_f64().max(1e-9),
         disconnects: r.disconnects,
         booted,
     })
+}
+
+/// Refuses `--power-cut-at` or `--disconnect-at` positions the update never reaches: the same
+/// update is run first on a copy of the device in RAM (the model is deterministic), counting
+/// its flash operations and data writes.
+fn check_fault_positions(
+    args: &FlashArgs,
+    dev: &SimDevice,
+    image: &[u8],
+    air: &virtual_esp32::air::AirConfig,
+) -> Result<()> {
+    let mut trial = SimDevice {
+        dev: dev.dev.snapshot(),
+        bootloader: dev.bootloader,
+    };
+    trial.dev.flash_mut().reset_stats();
+    let r = trial.update_over_air(image, args.legacy, air, 0.0, &mut |_, _| {})?;
+    let ops = trial.dev.flash().mutating_ops();
+    let usage = |m: String| -> Result<()> { Err(CliError::new(ExitCode::Usage, m).into()) };
+    if let Some(n) = args.power_cut_at
+        && n > ops
+    {
+        return usage(format!(
+            "--power-cut-at {n}: this update makes only {ops} flash writes and erases; pick 1 to {ops}"
+        ));
+    }
+    if let Some(&n) = args.disconnect_at.iter().find(|&&n| n > r.data_writes) {
+        return usage(format!(
+            "--disconnect-at {n}: this update makes only {} data writes; pick 1 to {}",
+            r.data_writes, r.data_writes
+        ));
+    }
+    Ok(())
 }
 
 async fn flash_ble(
@@ -319,22 +466,26 @@ pub async fn send<L: crate::transport::Link>(
     bar: &mut Bar,
 ) -> Result<FlashReport> {
     let mut sender = if args.legacy {
-        Sender::Legacy(LegacySender::new(
-            image,
-            link.att_mtu().unwrap_or(args.mtu),
-        )?)
+        Sender::Legacy(
+            LegacySender::new(image, link.att_mtu().or(args.mtu).unwrap_or(247))
+                .map_err(cannot_send)?,
+        )
     } else {
-        Sender::Fast(FastSender::new(
-            image,
-            SenderConfig {
-                att_mtu: link.att_mtu(),
-                reboot: !args.no_reboot,
-                ..Default::default()
-            },
-        )?)
+        Sender::Fast(
+            FastSender::new(
+                image,
+                SenderConfig {
+                    att_mtu: link.att_mtu(),
+                    reboot: !args.no_reboot,
+                    ..Default::default()
+                },
+            )
+            .map_err(cannot_send)?,
+        )
     };
     let start = std::time::Instant::now();
     let mut outcome = Outcome::default();
+    let image_len = image.len() as u32;
     let disconnects = {
         let mut watch = Watch {
             bar,
@@ -346,15 +497,19 @@ pub async fn send<L: crate::transport::Link>(
         return Err(refused(e));
     }
     let seconds = start.elapsed().as_secs_f64();
+    let resumed_from = outcome.resumed_from.unwrap_or(0).min(image_len);
+    let sent = image_len - resumed_from;
     Ok(FlashReport {
         outcome: "activated",
         protocol: "",
-        bytes: image.len() as u32,
+        bytes: image_len,
+        resumed_from,
+        sent_bytes: sent,
         slot: outcome.slot,
         reason: None,
         seconds,
         modelled: false,
-        throughput_bytes_per_s: image.len() as f64 / seconds.max(1e-9),
+        throughput_bytes_per_s: sent as f64 / seconds.max(1e-9),
         disconnects,
         booted: None,
     })
@@ -364,6 +519,8 @@ pub async fn send<L: crate::transport::Link>(
 struct Outcome {
     slot: Option<u8>,
     failed: Option<ClientError>,
+    /// Offset of the first Started: where this run began.
+    resumed_from: Option<u32>,
 }
 
 struct Watch<'a> {
@@ -376,8 +533,128 @@ impl Progress for Watch<'_> {
         match e {
             ClientEvent::Activated { slot } => self.outcome.slot = *slot,
             ClientEvent::Failed(err) => self.outcome.failed = Some(*err),
+            ClientEvent::Started { offset, .. } => {
+                self.outcome.resumed_from.get_or_insert(*offset);
+            }
             _ => {}
         }
         self.bar.event(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{SimDevice, SimLink};
+    use crate::transport::Link;
+    use ota_core::protocol::Characteristic;
+
+    /// A link that fails for good after `writes_left` writes, as when the user's first run
+    /// was cut short (the device keeps the session).
+    struct CutShort<'a> {
+        inner: &'a mut SimLink,
+        writes_left: u32,
+    }
+
+    impl Link for CutShort<'_> {
+        fn att_mtu(&self) -> Option<u16> {
+            self.inner.att_mtu()
+        }
+        async fn write(
+            &mut self,
+            ch: Characteristic,
+            data: &[u8],
+            r: bool,
+        ) -> Result<Result<(), u8>> {
+            if self.writes_left == 0 {
+                anyhow::bail!("link lost");
+            }
+            self.writes_left -= 1;
+            self.inner.write(ch, data, r).await
+        }
+        async fn read_control(&mut self) -> Result<Vec<u8>> {
+            self.inner.read_control().await
+        }
+        async fn notification(&mut self, t: Duration) -> Result<Option<Vec<u8>>> {
+            self.inner.notification(t).await
+        }
+        async fn is_connected(&mut self) -> bool {
+            self.writes_left > 0
+        }
+        async fn reconnect(&mut self) -> Result<()> {
+            anyhow::bail!("the device is out of reach")
+        }
+    }
+
+    fn args(image: &std::path::Path) -> FlashArgs {
+        FlashArgs {
+            image: image.to_path_buf(),
+            legacy: false,
+            no_reboot: true,
+            force: false,
+            mtu: None,
+            link: LinkArgs {
+                profile: None,
+                att_mtu: None,
+                interval_ms: None,
+                phy: None,
+                data_length: None,
+                packets_per_event: None,
+                rx_queue: None,
+                queue_full: None,
+                sector_erase_ms: None,
+                block_erase_ms: None,
+                page_program_ms: None,
+            },
+            speed: None,
+            power_cut_at: None,
+            disconnect_at: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_reports_the_bytes_it_sent_and_their_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.bin");
+        let factory =
+            virtual_esp32::app_image::build(ota_core::esp::Chip::Esp32c3, "f", "1.0.0", 30_000, 1);
+        virtual_esp32::VirtualEsp32::create(
+            &path,
+            crate::cmd::sim::DEFAULT_PARTITIONS,
+            &factory,
+            ota_core::esp::Chip::Esp32c3,
+            4 << 20,
+        )
+        .unwrap();
+        let image = virtual_esp32::app_image::build(
+            ota_core::esp::Chip::Esp32c3,
+            "app",
+            "2.0.0",
+            200_000,
+            2,
+        );
+        let image_path = dir.path().join("app.bin");
+        let args = args(&image_path);
+        let mut link =
+            SimLink::connect(SimDevice::open(&path, Default::default()).unwrap()).unwrap();
+        let rt = crate::runtime().unwrap();
+        // The first run is cut off after 400 writes: the device keeps what it acknowledged.
+        let first = rt.block_on(async {
+            let mut cut = CutShort {
+                inner: &mut link,
+                writes_left: 400,
+            };
+            send(&mut cut, &args, &image, &mut Bar::new("", true)).await
+        });
+        assert!(first.is_err(), "the cut-off run fails");
+        // The second run resumes: it reports what it sent, not the whole image.
+        let second = rt
+            .block_on(send(&mut link, &args, &image, &mut Bar::new("", true)))
+            .unwrap();
+        assert_eq!(second.bytes, image.len() as u32);
+        assert!(second.resumed_from > 50_000, "{second:?}");
+        assert_eq!(second.sent_bytes, second.bytes - second.resumed_from);
+        let rate = second.sent_bytes as f64 / second.seconds;
+        assert!((second.throughput_bytes_per_s - rate).abs() < 1e-6 * rate);
     }
 }

@@ -22,9 +22,10 @@ pub enum SimCmd {
     Create {
         /// The flash file to create (overwritten).
         path: PathBuf,
-        /// Chip: esp32c3, esp32c6, esp32, esp32s3, esp32h2, ...
-        #[arg(long, default_value = "esp32c3")]
-        chip: String,
+        /// Chip: esp32c3, esp32c6, esp32, esp32s3, esp32h2, ... [default: esp32c3; with
+        /// --merged: the one its headers name]
+        #[arg(long)]
+        chip: Option<String>,
         /// Partitions CSV (default: factory, ota_0, ota_1 of 1 MB on 4 MB flash).
         #[arg(long)]
         partitions: Option<PathBuf>,
@@ -35,7 +36,7 @@ pub enum SimCmd {
         #[arg(long, conflicts_with_all = ["partitions", "factory"])]
         merged: Option<PathBuf>,
         /// Flash size in MiB.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = crate::parse::flash_mb)]
         flash_mb: u32,
         /// Chip revision (`0.4`, `v1.1`: major.minor; default: v0.4 for the ESP32-C3, v0.1 for
         /// the C6). Recorded beside the flash file; the bootloader skips and the OTA engine
@@ -126,14 +127,15 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
             flash_mb,
             chip_revision,
         } => {
-            let chip = parse_chip(&chip)?;
+            let named = chip.as_deref().map(parse_chip).transpose()?;
+            let chip = named.unwrap_or(Chip::Esp32c3);
             let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
             // Built, checked and booted in memory first: the file at `path` is replaced only
             // by a device that boots, so a bad factory image leaves an existing one as it was.
             let mut dev = match merged {
                 Some(m) => {
                     let bytes = read_input(&m, MAX_MERGED_LEN)?;
-                    VirtualEsp32::merged_in_memory(&bytes, None, None)?
+                    VirtualEsp32::merged_in_memory(&bytes, named, None)?
                 }
                 None => {
                     let csv = match partitions {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use bt_hci_serial::SerialTransport;
 use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
@@ -42,8 +42,15 @@ impl HciSpec {
     /// Parses `tcp:HOST:PORT`, `serial:PATH[@BAUD]` or a bare `/dev/...` path.
     pub fn parse(spec: &str) -> Result<HciSpec> {
         if let Some(addr) = spec.strip_prefix("tcp:") {
-            if !addr.contains(':') {
-                bail!("`--hci tcp:HOST:PORT` needs a port (got `{spec}`)");
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(CliError::new(
+                    ExitCode::Usage,
+                    format!("`--hci tcp:HOST:PORT` needs a host and a port number (got `{spec}`)"),
+                )
+                .into());
             }
             return Ok(HciSpec::Tcp(addr.to_string()));
         }
@@ -60,7 +67,12 @@ impl HciSpec {
         let (path, baud) = match path.rsplit_once('@') {
             Some((p, b)) => (
                 p,
-                b.parse().with_context(|| format!("bad baud rate `{b}`"))?,
+                b.parse().map_err(|_| {
+                    CliError::new(
+                        ExitCode::Usage,
+                        format!("bad baud rate `{b}` in --hci `{spec}`"),
+                    )
+                })?,
             ),
             None => (path, 1_000_000),
         };

@@ -110,8 +110,17 @@ pub enum ClientError {
     #[error("device stopped acknowledging data; move closer or retry")]
     Stalled,
     /// The image is empty or larger than 4 GiB.
-    #[error("image size {0} is not supported")]
+    #[error("an image of {0} bytes cannot be sent (empty, or 4 GiB and more): pass the app's .bin")]
     BadImage(usize),
+    /// The ATT MTU is too small for the fast protocol's BEGIN.
+    #[error(
+        "ATT MTU {mtu} cannot carry the fast protocol's BEGIN (it needs {}): use the seed's protocol (--legacy)",
+        crate::protocol::fast::MIN_ATT_MTU
+    )]
+    MtuTooSmall {
+        /// The link's ATT MTU.
+        mtu: u16,
+    },
 }
 
 /// Client-side knobs.
@@ -421,6 +430,11 @@ impl<'a> FastSender<'a> {
     pub fn new(image: &'a [u8], config: SenderConfig) -> Result<Self, ClientError> {
         if image.is_empty() || image.len() > u32::MAX as usize {
             return Err(ClientError::BadImage(image.len()));
+        }
+        if let Some(mtu) = config.att_mtu
+            && mtu < crate::protocol::fast::MIN_ATT_MTU
+        {
+            return Err(ClientError::MtuTooSmall { mtu });
         }
         Ok(FastSender {
             image,

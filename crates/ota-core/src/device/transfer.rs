@@ -233,7 +233,10 @@ impl Transfer {
         }
         slots
             .set_boot_partition(flash, &target, OtaImgState::New)
-            .map_err(|_| Reason::FlashError)?;
+            .map_err(|e| match e {
+                crate::esp::SlotError::SeqExhausted => Reason::OtadataExhausted,
+                _ => Reason::FlashError,
+            })?;
         Ok((target.ota_slot().unwrap_or(SLOT_OTHER), next, digest))
     }
 

@@ -14,6 +14,9 @@ pub const CHUNK_HEADER_LEN: usize = 4;
 pub const ACK_LEN: usize = 1 + 4;
 /// Length of a BEGIN command.
 pub const BEGIN_LEN: usize = 1 + 4 + 32 + 1;
+/// The smallest ATT MTU whose write carries BEGIN (`BEGIN_LEN` + 3 bytes of ATT header): below
+/// it only the legacy protocol works.
+pub const MIN_ATT_MTU: u16 = BEGIN_LEN as u16 + 3;
 
 /// Command opcodes, written to OTA Control.
 pub mod op {

@@ -86,6 +86,9 @@ reasons! {
     /// The device's chip revision lies outside the image's `min_chip_rev_full` ..=
     /// `max_chip_rev_full`.
     ChipRevision = 0x18, "image built for other chip revisions than this device's: rebuild with a minimum (and maximum) chip revision that includes it (`ble-ota image inspect --chip-revision X.Y` shows the range)";
+    /// otadata's sequence number cannot grow any further (0xFFFFFFFE reached: a forged or
+    /// corrupt entry, as no device makes four billion updates); nothing was selected.
+    OtadataExhausted = 0x19, "otadata's sequence number is used up (a corrupt or forged entry): erase otadata over USB (`espflash erase-region 0xd000 0x2000` for the default table), then update again";
 }
 
 /// First ATT application error code (Core Spec Vol 3 Part F 3.4.1.1); a refused write request
