@@ -9,6 +9,7 @@ every service, characteristic and descriptor, and then, for every attribute hand
 - Read Blob Requests at offsets 0, 1, 2, the value's length, the length + 1, and 600;
 - a Write Request and a Write Command of one byte 0x00 (a NOP on OTA Control);
 
+then asks OTA Control's CCCD for indications (which it must refuse) and notifications,
 then floods: --flood Write Commands to every attribute back to back, and as many Read
 Requests of OTA Control. Finally it reads OTA Control once more to prove the device still
 serves. Every request must get an answer (a value or an ATT error) within the GATT timeout.
@@ -16,7 +17,8 @@ serves. Every request must get an answer (a value or an ATT error) within the GA
     python e2e/gatt_probe.py --hci tcp-client:127.0.0.1:PORT
 
 Prints one JSON line: {"mtu": M, "control_handle": H, "attributes": [{"handle": H, "uuid": U,
-"read": R, "blob": {"0": R, ...}, "write": W}, ...], "flood": N, "alive": true,
+"read": R, "blob": {"0": R, ...}, "write": W}, ...], "control_cccd": {"indicate": W,
+"notify": W}, "flood": N, "alive": true,
 "control_after": "00"}, where R is {"value": HEX} or {"error": CODE} and W {"ok": true} or
 {"error": CODE}. Exit codes: 0 done,
 1 failure (a request went unanswered, the link dropped), 4 no device.
@@ -31,6 +33,7 @@ import logging
 import sys
 
 from bumble import att
+from bumble.gatt import GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR as GATT_CCCD_UUID
 from bumble.device import Peer
 from bumble.transport import open_transport
 from ota_scan import OTA_CONTROL_UUID, connect_ota_device, host
@@ -107,6 +110,28 @@ async def run(args: argparse.Namespace) -> int:
             )
             attributes.append(entry)
 
+        # OTA Control's CCCD: notifications may be switched on, indications may not.
+        cccd = {}
+        for service in peer.services:
+            for characteristic in service.characteristics:
+                if characteristic.uuid != OTA_CONTROL_UUID:
+                    continue
+                for descriptor in characteristic.descriptors:
+                    if descriptor.type == GATT_CCCD_UUID:
+                        for name, value in (("indicate", b"\x02\x00"), ("notify", b"\x01\x00")):
+                            response = await client.send_request(
+                                att.ATT_Write_Request(
+                                    attribute_handle=descriptor.handle, attribute_value=value
+                                )
+                            )
+                            if response is None:
+                                raise RuntimeError("CCCD write unanswered")
+                            cccd[name] = (
+                                {"error": int(response.error_code)}
+                                if response.op_code == att.Opcode.ATT_ERROR_RESPONSE
+                                else {"ok": True}
+                            )
+
         # The flood: write commands to every handle back to back, then reads of OTA Control.
         for _ in range(args.flood):
             for handle, _uuid in handles:
@@ -128,6 +153,7 @@ async def run(args: argparse.Namespace) -> int:
                     "mtu": mtu,
                     "control_handle": control_handle,
                     "attributes": attributes,
+                    "control_cccd": cccd,
                     "flood": args.flood,
                     "alive": "value" in after,
                     "control_after": after.get("value"),

@@ -76,7 +76,14 @@ fn main() -> std::process::ExitCode {
     };
     let json = cli.json;
     let target = cli.target;
+    let one_device = matches!(
+        cli.command,
+        Command::Info | Command::Confirm | Command::Reboot | Command::Flash(_)
+    );
     let result = match cli.command {
+        _ if one_device && target.sim.is_some() && target.hci.is_some() => {
+            target.one_device()
+        }
         Command::Demo(_) if json => Err(exit::CliError::new(
             exit::ExitCode::Usage,
             "`demo` tells a story for people and has no JSON output; script the same steps with `ble-ota --json sim ...` and `ble-ota --json --sim FILE flash ...`",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
     /// Use the virtual ESP32 stored in this flash file (see `ble-ota sim create`).
-    #[arg(long, value_name = "PATH", global = true, conflicts_with = "hci")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub sim: Option<PathBuf>,
     /// Use an HCI controller: `tcp:HOST:PORT` (H4 over TCP) or `serial:/dev/ttyUSB0[@BAUD]`.
     #[arg(long, value_name = "SPEC", global = true, value_parser = crate::parse::hci_spec)]
@@ -24,6 +24,19 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// Refuses `--sim` with `--hci`: a command that talks to a device talks to one (only
+    /// `ble-ota device` takes both: it serves the virtual ESP32 on the HCI controller).
+    pub fn one_device(&self) -> anyhow::Result<()> {
+        if self.sim.is_some() && self.hci.is_some() {
+            return Err(crate::exit::CliError::new(
+                crate::exit::ExitCode::Usage,
+                "--sim and --hci name two devices: give one (both together only for `ble-ota device`)",
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     pub fn bootloader(&self) -> virtual_esp32::BootloaderConfig {
         virtual_esp32::BootloaderConfig {
             rollback: self.rollback_bootloader,

@@ -780,6 +780,13 @@ fn every_attribute_read_read_blobbed_written_and_flooded() {
             assert_eq!(a["blob"]["600"]["error"], INVALID_OFFSET);
         }
     }
+    // OTA Control notifies only: indications are refused, notifications taken.
+    const CCCD_IMPROPERLY_CONFIGURED: u64 = 0xFD;
+    assert_eq!(
+        probe["control_cccd"]["indicate"]["error"], CCCD_IMPROPERLY_CONFIGURED,
+        "{probe}"
+    );
+    assert_eq!(probe["control_cccd"]["notify"]["ok"], true, "{probe}");
     assert_eq!(probe["alive"], true);
     assert_eq!(probe["control_after"], "00");
     // The device survived all of it and serves the next central.
@@ -832,5 +839,38 @@ fn virtual_controllers_and_seed_client_smoke() {
         out.status.success(),
         "smoke_peripheral_central.py: {}",
         text(&out)
+    );
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat` (clock ticks of 10 ms,
+/// the `USER_HZ` of every Linux ABI).
+#[cfg(target_os = "linux")]
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn an_idle_device_does_not_spin() {
+    let _serial = serial();
+    let rig = Rig::start(&[]);
+    let pid = rig.dev.child.id();
+    let before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_time(pid) - before;
+    // Advertising with nobody connected is a few HCI events a second; a polling loop is 3 s.
+    assert!(
+        used < Duration::from_millis(500),
+        "an advertising device used {used:?} of CPU in 3 s"
     );
 }

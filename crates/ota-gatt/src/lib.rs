@@ -764,6 +764,19 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     GattEvent::Read(event) if event.handle() == control.handle => {
                         queue.send(Item::ReadControl(event)).await;
                     }
+                    // OTA Control notifies and never indicates: a request for indications (bit
+                    // 1 of its CCCD) is refused with "CCCD Improperly Configured" (0xFD, Core
+                    // Spec Supplement Part B 1.2), so no client waits for confirmations.
+                    GattEvent::Write(event)
+                        if Some(event.handle()) == control.cccd_handle
+                            && matches!(event.payload().incoming(), AttClient::Request(_))
+                            && event.with_data(|_, v| v.first().is_some_and(|b| b & 0x02 != 0)) =>
+                    {
+                        match event.reject(AttErrorCode::CCCD_IMPROPERLY_CONFIGURED) {
+                            Ok(reply) => reply.send().await,
+                            Err(_e) => warning!("[ota-gatt] cannot answer: {:?}", _e),
+                        }
+                    }
                     // A write command gets no answer, even when refused (Core Spec Vol 3
                     // Part F 3.4.5.3). trouble-host 0.8 answers one to a handle that is not
                     // writable with an Error Response, which a client takes as the answer to

@@ -239,11 +239,10 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
         return Err(CliError::new(ExitCode::Usage, "--name: at most 22 bytes").into());
     }
     let spec = HciSpec::parse(spec)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut dev = SimDevice::open(path, target.bootloader())?;
+    let path = path.to_path_buf();
+    let bootloader = target.bootloader();
+    crate::transport::run_ble_host(async move {
+        let mut dev = SimDevice::open(&path, bootloader)?;
         let chip = dev.dev.chip();
         // A stable static random address per device name.
         let mut address = [0u8; 6];
@@ -264,12 +263,16 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                 emit(
                     json_out,
                     json!({"event": "boot", "slot": v.slot, "project": v.project_name, "version": v.version, "state": v.state}),
-                    format!("running {} {} from {} ({})", v.project_name, v.version, v.slot, v.state),
+                    format!(
+                        "running {} {} from {} ({})",
+                        v.project_name, v.version, v.slot, v.state
+                    ),
                 );
             }
             let mut engine = dev.engine(ota_gatt::device_config(chip))?;
             // The firmware's boot: a trial image runs the confirm policy.
-            let mut trial = TrialPolicy::new(args.trial_config(), engine.is_trial(), ota_gatt::now());
+            let mut trial =
+                TrialPolicy::new(args.trial_config(), engine.is_trial(), ota_gatt::now());
             let self_test = async { !args.self_test_fails };
             let controller = open_controller(&spec).await?;
             let flash = dev.dev.flash_mut();
@@ -279,11 +282,21 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                     timing: FlashTiming::TYPICAL_4MB_SPI_NOR,
                 };
                 let (engine, trial) = (&mut engine, &mut trial);
-                boot_and_serve(controller, &mut paced, engine, trial, self_test, &config, json_out)
-                    .await
+                boot_and_serve(
+                    controller, &mut paced, engine, trial, self_test, &config, json_out,
+                )
+                .await
             } else {
-                boot_and_serve(controller, flash, &mut engine, &mut trial, self_test, &config, json_out)
-                    .await
+                boot_and_serve(
+                    controller,
+                    flash,
+                    &mut engine,
+                    &mut trial,
+                    self_test,
+                    &config,
+                    json_out,
+                )
+                .await
             };
             match result {
                 Ok(Exit::Reboot) => {}
@@ -303,11 +316,14 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                     emit(
                         json_out,
                         json!({"event": "boot", "slot": v.slot, "project": v.project_name, "version": v.version, "state": v.state}),
-                        format!("running {} {} from {} ({})", v.project_name, v.version, v.slot, v.state),
+                        format!(
+                            "running {} {} from {} ({})",
+                            v.project_name, v.version, v.slot, v.state
+                        ),
                     );
                 }
                 return Ok(());
             }
         }
-    })
+    })?
 }

@@ -202,11 +202,8 @@ pub async fn connect_hci_with(
     std::thread::Builder::new()
         .name("hci-central".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            rt.block_on(ctx.run(cmd_rx, ready_tx));
+            // On failure `ready_tx` is dropped unanswered: the caller reports the host stopped.
+            let _ = super::run_ble_host(ctx.run(cmd_rx, ready_tx));
         })?;
     let mtu = match ready_rx.await {
         Ok(Ok(mtu)) => mtu,

@@ -11,6 +11,27 @@ use ota_core::client::{ClientEvent, Sender, SenderConfig};
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
 
+/// Runs a BLE host future (trouble-host) to completion on a single-threaded runtime, polled as
+/// a spawned local task.
+///
+/// Not with `Runtime::block_on` directly: trouble-host keeps wakers in embassy's
+/// `WakerRegistration`, which wakes the stored waker whenever a new one does not `will_wake`
+/// the same task. A clone of tokio's `block_on` waker does not compare equal to the original
+/// (its vtable pointer differs), so every poll woke the next one and an idle `ble-ota device`
+/// spun a core at 100%. A task's waker compares equal to its clones.
+pub fn run_ble_host<F>(fut: F) -> Result<F::Output>
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let out = local.block_on(&rt, async { tokio::task::spawn_local(fut).await })?;
+    Ok(out)
+}
+
 /// One connected device, as the driver needs it.
 pub trait Link {
     /// ATT MTU, when the transport knows it for sure.
