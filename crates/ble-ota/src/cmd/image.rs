@@ -69,6 +69,9 @@ pub struct Report {
     pub ignored_trailing_bytes: u32,
     pub valid: bool,
     pub problems: Vec<String>,
+    /// Set when the image is invalid: `ble-ota`'s exit code, as in every failing `--json` output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,7 +92,10 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
     let bytes = read_input(&image, MAX_IMAGE_LEN)?;
     let expected = chip.as_deref().map(parse_chip).transpose()?;
     let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
-    let report = inspect(&bytes, expected, revision);
+    let mut report = inspect(&bytes, expected, revision);
+    if !report.valid {
+        report.exit_code = Some(ExitCode::InvalidImage as u8);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -158,6 +164,7 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>, revision: Option<u16>) -> Repor
         elf_sha256: None,
         image_len: 0,
         ignored_trailing_bytes: 0,
+        exit_code: None,
         valid: false,
         problems,
     };
