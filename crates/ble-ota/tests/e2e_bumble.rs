@@ -874,3 +874,24 @@ fn an_idle_device_does_not_spin() {
         "an advertising device used {used:?} of CPU in 3 s"
     );
 }
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn a_disconnect_the_update_never_reaches_is_an_error() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim: _sim,
+        dev: _dev,
+    } = Rig::start(&[]);
+    let (path, _img) = image(dir.path(), "app.bin", "2.0.0", 30_000, 41);
+    let out = flash_hci(ports[1], &path, &["--disconnect-at", "100000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("never happened"),
+        "{v}"
+    );
+}

@@ -447,7 +447,8 @@ async fn flash_ble(
         )
         .await?;
         link.disconnect_at = args.disconnect_at.clone();
-        return send(&mut link, args, image, bar).await;
+        let report = send(&mut link, args, image, bar).await?;
+        return drops_reached(args, &link).map(|()| report);
     }
     let mut link = ble::BleLink::connect(
         target.device.as_deref(),
@@ -455,7 +456,24 @@ async fn flash_ble(
     )
     .await?;
     link.disconnect_at = args.disconnect_at.clone();
-    send(&mut link, args, image, bar).await
+    let report = send(&mut link, args, image, bar).await?;
+    drops_reached(args, &link).map(|()| report)
+}
+
+/// Over a real link the number of data writes is known only afterwards: a `--disconnect-at`
+/// the update never reached is an error then, never silently ignored.
+fn drops_reached<L: crate::transport::Link>(args: &FlashArgs, link: &L) -> Result<()> {
+    let made = link.data_writes().unwrap_or(u32::MAX);
+    match args.disconnect_at.iter().find(|&&n| n > made) {
+        Some(n) => Err(CliError::new(
+            ExitCode::Usage,
+            format!(
+                "--disconnect-at {n}: the update made only {made} data writes, so that drop never happened (the image was sent and selected without it); pick 1 to {made}"
+            ),
+        )
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Pushes `image` over any link with the chosen protocol.

@@ -219,6 +219,10 @@ impl Link for BleLink {
         self.peripheral.is_connected().await.unwrap_or(false)
     }
 
+    fn data_writes(&self) -> Option<u32> {
+        Some(self.data_writes)
+    }
+
     async fn reconnect(&mut self) -> Result<()> {
         let fresh = BleLink::open(self.peripheral.clone()).await?;
         *self = fresh;

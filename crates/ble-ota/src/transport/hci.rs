@@ -314,6 +314,10 @@ impl super::Link for HciLink {
         self.connected.load(Ordering::SeqCst)
     }
 
+    fn data_writes(&self) -> Option<u32> {
+        Some(self.data_writes)
+    }
+
     async fn reconnect(&mut self) -> Result<()> {
         // Notifications of the old connection mean nothing any more.
         while self.notes.try_recv().is_ok() {}

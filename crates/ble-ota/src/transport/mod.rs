@@ -52,6 +52,11 @@ pub trait Link {
     async fn is_connected(&mut self) -> bool;
     /// Connects again after the link dropped.
     async fn reconnect(&mut self) -> Result<()>;
+    /// Data writes made so far, for transports that drop the link on request
+    /// (`--disconnect-at`).
+    fn data_writes(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Receives progress from [`drive`].
