@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+use common::write_image;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../ota-core/tests/fixtures");
 
 fn ble_ota(args: &[&str]) -> Output {
@@ -27,19 +30,6 @@ fn json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     serde_json::from_str(&ok(&all)).expect("valid JSON")
-}
-
-fn write_image(dir: &Path, name: &str, version: &str, len: usize) -> String {
-    let img = virtual_esp32::app_image::build(
-        ota_core::esp::Chip::Esp32c3,
-        "cli-app",
-        version,
-        len,
-        len as u64,
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, img).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 #[test]

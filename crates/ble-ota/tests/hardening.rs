@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::write_image as image;
+
 /// What one run of the binary gave.
 struct Run {
     code: i32,
@@ -39,19 +42,6 @@ fn expect(code: i32, args: &[&str]) -> Run {
         r.code, r.stdout, r.stderr
     );
     r
-}
-
-fn image(dir: &Path, name: &str, version: &str, len: usize) -> String {
-    let img = virtual_esp32::app_image::build(
-        ota_core::esp::Chip::Esp32c3,
-        "hardening-app",
-        version,
-        len,
-        len as u64,
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, img).unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 fn device(dir: &Path) -> String {
@@ -109,7 +99,7 @@ fn a_failed_sim_create_leaves_the_old_device_as_it_was() {
     assert!(r.stderr.contains("nothing was written"), "{}", r.stderr);
     assert_eq!(std::fs::read(&dev).unwrap(), before);
     let info = expect(0, &["--json", "--sim", &dev, "info"]).json();
-    assert_eq!(info["app_name"], "hardening-app", "{info}");
+    assert_eq!(info["app_name"], "cli-app", "{info}");
     expect(0, &["sim", "boot", &dev]);
 }
 

@@ -164,6 +164,19 @@ fn refused(r: Response) -> Reason {
     }
 }
 
+fn encoded(cmd: Command) -> Vec<u8> {
+    let mut b = [0u8; 64];
+    let n = cmd.encode(&mut b).unwrap();
+    b[..n].to_vec()
+}
+
+/// A whole fast update of `img` with every write delivered; asserts it activated.
+fn update(dev: &mut Device, engine: &mut ota_core::device::UpdateEngine, img: &[u8]) {
+    let mut sender = fast(img);
+    let out = run(dev, engine, &mut sender, MTU, 50_000, |_| Fate::Deliver);
+    assert!(out.activated(), "{:?}", out.failure());
+}
+
 #[test]
 fn wrong_chip_is_refused_before_any_flash_write() {
     let mut dev = Device::new(Chip::Esp32c3);
@@ -668,17 +681,9 @@ fn abort_after_end_takes_the_selection_back_and_the_running_app_boots_again() {
     let mut dev = Device::new(Chip::Esp32c3);
     let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 3);
     let mut engine = dev.engine();
-    let mut sender = fast(&img);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
-        Fate::Deliver
-    });
-    assert!(out.activated(), "{:?}", out.failure());
+    update(&mut dev, &mut engine, &img);
     assert_eq!(dev.boot_partition(), dev.partition("ota_0"));
-    let abort = {
-        let mut b = [0u8; 8];
-        let n = Command::Abort.encode(&mut b).unwrap();
-        b[..n].to_vec()
-    };
+    let abort = encoded(Command::Abort);
     assert_eq!(command(&mut dev, &mut engine, 1, &abort), Response::AbortOk);
     // The entry END wrote is ABORTED, which the bootloader never selects: factory boots.
     assert_eq!(dev.boot_partition(), dev.partition("factory"));
@@ -691,22 +696,14 @@ fn abort_after_end_takes_the_selection_back_and_the_running_app_boots_again() {
         Some(OtaImgState::Aborted)
     );
     // Nothing is selected any more; the same image can be sent again.
-    let mut sender = fast(&img);
-    let out = run(&mut dev, &mut engine, &mut sender, MTU, 50_000, |_| {
-        Fate::Deliver
-    });
-    assert!(out.activated(), "{:?}", out.failure());
+    update(&mut dev, &mut engine, &img);
     assert_eq!(dev.boot_partition(), dev.partition("ota_0"));
 }
 
 #[test]
 fn confirm_is_refused_whenever_no_image_is_on_trial() {
     let mut dev = Device::new(Chip::Esp32c3);
-    let confirm = {
-        let mut b = [0u8; 8];
-        let n = Command::Confirm.encode(&mut b).unwrap();
-        b[..n].to_vec()
-    };
+    let confirm = encoded(Command::Confirm);
     // The factory app.
     let mut engine = dev.engine();
     assert_eq!(
@@ -741,11 +738,7 @@ fn a_chunk_before_begin_gets_an_error_notification() {
     let mut dev = Device::new(Chip::Esp32c3);
     let before = dev.flash.clone();
     let mut engine = dev.engine();
-    let info = {
-        let mut b = [0u8; 8];
-        let n = Command::Info.encode(&mut b).unwrap();
-        b[..n].to_vec()
-    };
+    let info = encoded(Command::Info);
     assert!(matches!(
         command(&mut dev, &mut engine, 1, &info),
         Response::Info(_)
