@@ -47,6 +47,8 @@ pub async fn run(
         Note::PreErased { erased_sectors } => {
             info!("ota: next update slot erased ahead ({erased_sectors} sectors)")
         }
+        // The chip already spent its flash time; only a simulator paces itself by it.
+        Note::FlashWork(_) => {}
         other => debug!("ota: {other:?}"),
     };
     let exit = ota_gatt::run(

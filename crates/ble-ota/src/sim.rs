@@ -7,7 +7,7 @@ use std::time::{Duration, Instant as WallInstant};
 
 use anyhow::{Context, Result};
 use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
-use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
+use ota_core::device::{ClientId, DeviceConfig, Event, Input, PreErase, Shell, UpdateEngine};
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
 use virtual_esp32::air::{AirConfig, AirReport, update_over_air};
@@ -134,40 +134,65 @@ pub struct SimLink {
 
 impl SimLink {
     pub fn connect(mut device: SimDevice) -> Result<SimLink> {
-        let mut engine = device.engine(DeviceConfig::new(device.dev.chip()))?;
-        engine.handle_connected(CLIENT);
-        // A direct connection as a current phone or laptop makes it: MTU 247, data length 251.
-        engine.handle_mtu(CLIENT, 247);
-        engine.handle_data_length(CLIENT, ota_core::protocol::LL_MAX_DATA_LEN);
-        Ok(SimLink {
+        let engine = device.engine(DeviceConfig::new(device.dev.chip()))?;
+        let mut link = SimLink {
             device,
             engine,
             notes: VecDeque::new(),
             start: WallInstant::now(),
             reboot_requested: false,
-        })
+        };
+        // A direct connection as a current phone or laptop makes it: MTU 247, data length 251.
+        let _ = link.serve(Input::Connected(CLIENT));
+        let _ = link.serve(Input::Link {
+            client: CLIENT,
+            mtu: SIM_LINK_MTU,
+            data_length: ota_core::protocol::LL_MAX_DATA_LEN,
+            timing: None,
+        });
+        Ok(link)
     }
 
     fn now(&self) -> Instant {
         Instant(self.start.elapsed().as_millis() as u64)
     }
 
-    fn drain(&mut self) {
-        let mut buf = [0u8; 600];
-        while let Some((_, n)) = self.engine.poll_notification(&mut buf) {
-            self.notes.push_back(buf[..n].to_vec());
-        }
-        while let Some(e) = self.engine.poll_event() {
-            if e == Event::RebootRequested {
-                self.reboot_requested = true;
-            }
+    /// Serves one input through the device driver.
+    fn serve(&mut self, input: Input<'_>) -> Result<(), ota_core::protocol::Reason> {
+        let now = self.now();
+        let mut shell = SimShell {
+            notes: &mut self.notes,
+            reboot: &mut self.reboot_requested,
+        };
+        self.engine
+            .serve(self.device.dev.flash_mut(), input, now, &mut shell)
+    }
+}
+
+/// The direct link's side of the driver: notifications queue for the client, a reboot
+/// request is remembered. Flash work costs nothing on this link.
+struct SimShell<'a> {
+    notes: &'a mut VecDeque<Vec<u8>>,
+    reboot: &'a mut bool,
+}
+
+impl Shell for SimShell<'_> {
+    fn notify(&mut self, _client: ClientId, value: &[u8]) {
+        self.notes.push_back(value.to_vec());
+    }
+    fn event(&mut self, event: Event) {
+        if event == Event::RebootRequested {
+            *self.reboot = true;
         }
     }
 }
 
+/// The ATT MTU of a direct connection.
+const SIM_LINK_MTU: u16 = 247;
+
 impl Link for SimLink {
     fn att_mtu(&self) -> Option<u16> {
-        Some(247)
+        Some(SIM_LINK_MTU)
     }
 
     async fn write(
@@ -176,14 +201,12 @@ impl Link for SimLink {
         data: &[u8],
         _with_response: bool,
     ) -> Result<Result<(), u8>> {
-        let now = self.now();
-        let flash = self.device.dev.flash_mut();
-        let r = self
-            .engine
-            .handle_write(flash, CLIENT, ch, data, now)
-            .map_err(|r| r.att_error());
-        self.drain();
-        Ok(r)
+        let input = Input::Write {
+            client: CLIENT,
+            characteristic: ch,
+            data,
+        };
+        Ok(self.serve(input).map_err(|r| r.att_error()))
     }
 
     async fn read_control(&mut self) -> Result<Vec<u8>> {
@@ -192,9 +215,7 @@ impl Link for SimLink {
 
     async fn notification(&mut self, _timeout: Duration) -> Result<Option<Vec<u8>>> {
         if self.notes.is_empty() {
-            let now = self.now();
-            self.engine.handle_tick(now);
-            self.drain();
+            let _ = self.serve(Input::Tick);
         }
         Ok(self.notes.pop_front())
     }

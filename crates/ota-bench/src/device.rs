@@ -1,9 +1,10 @@
 //! The benchmark's device and images: a virtual ESP32-C3 with two 2 MB OTA slots, and app
 //! images of an exact size.
 
-use ota_core::device::{ClientId, DeviceConfig, UpdateEngine};
+use ota_core::device::{ClientId, DeviceConfig, Event, Input, Shell, UpdateEngine};
 use ota_core::esp::Chip;
 use ota_core::esp::boot::BootloaderConfig;
+use ota_core::protocol::Characteristic;
 use ota_core::protocol::fast::{self, Command};
 use ota_core::time::Instant;
 use virtual_esp32::{DeviceSpec, VirtualEsp32, app_image};
@@ -99,9 +100,19 @@ pub fn engine_update(
 ) {
     const CLIENT: ClientId = ClientId(1);
     let now = Instant(0);
-    engine.handle_connected(CLIENT);
+    let mut shell = Answers { activated: false };
+    let mut serve = |engine: &mut UpdateEngine, dev: &mut VirtualEsp32, input: Input<'_>| {
+        engine.serve(dev.flash_mut(), input, now, &mut shell)
+    };
     // What a central asking for 517 is granted (trouble-host caps it at the pool's MTU).
-    engine.handle_mtu(CLIENT, ota_core::protocol::DEVICE_ATT_MTU);
+    let _ = serve(engine, dev, Input::Connected(CLIENT));
+    let link = Input::Link {
+        client: CLIENT,
+        mtu: ota_core::protocol::DEVICE_ATT_MTU,
+        data_length: ota_core::protocol::LL_MAX_DATA_LEN,
+        timing: None,
+    };
+    let _ = serve(engine, dev, link);
     let mut buf = [0u8; 64];
     let n = Command::Begin {
         size: image.len() as u32,
@@ -110,24 +121,39 @@ pub fn engine_update(
     }
     .encode(&mut buf)
     .expect("BEGIN fits 64 bytes");
-    engine.handle_control_write(dev.flash_mut(), CLIENT, &buf[..n], now);
-    let mut note = [0u8; 600];
-    while engine.poll_notification(&mut note).is_some() {}
+    fn control(data: &[u8]) -> Input<'_> {
+        Input::Write {
+            client: CLIENT,
+            characteristic: Characteristic::Control,
+            data,
+        }
+    }
+    let _ = serve(engine, dev, control(&buf[..n]));
     let mut write = Vec::with_capacity(chunk + fast::CHUNK_HEADER_LEN);
     for (i, part) in image.chunks(chunk).enumerate() {
         write.clear();
         write.extend_from_slice(&fast::encode_chunk_header((i * chunk) as u32));
         write.extend_from_slice(part);
-        engine
-            .handle_data_write(dev.flash_mut(), CLIENT, &write, now)
-            .expect("in-order chunks are accepted");
-        while engine.poll_notification(&mut note).is_some() {}
+        let data = Input::Write {
+            client: CLIENT,
+            characteristic: Characteristic::Data,
+            data: &write,
+        };
+        serve(engine, dev, data).expect("in-order chunks are accepted");
     }
     let n = Command::End.encode(&mut buf).expect("END fits");
-    engine.handle_control_write(dev.flash_mut(), CLIENT, &buf[..n], now);
-    let mut activated = false;
-    while let Some((_, len)) = engine.poll_notification(&mut note) {
-        activated |= note[..len].first() == Some(&(fast::op::END | fast::op::RESPONSE_FLAG));
+    let _ = serve(engine, dev, control(&buf[..n]));
+    assert!(shell.activated, "the engine did not activate the image");
+}
+
+/// The benchmark's side of the device driver: it only listens for END_OK.
+struct Answers {
+    activated: bool,
+}
+
+impl Shell for Answers {
+    fn notify(&mut self, _client: ClientId, value: &[u8]) {
+        self.activated |= value.first() == Some(&(fast::op::END | fast::op::RESPONSE_FLAG));
     }
-    assert!(activated, "the engine did not activate the image");
+    fn event(&mut self, _event: Event) {}
 }

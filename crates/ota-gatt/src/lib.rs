@@ -65,8 +65,9 @@ use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Timer, with_timeout};
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::device::trial::{TrialAction, TrialFailure, TrialPolicy};
-use ota_core::device::{ClientId, DeviceConfig, Event, PreErase, UpdateEngine};
+use ota_core::device::{ClientId, DeviceConfig, Event, Input, PreErase, Shell, UpdateEngine};
 use ota_core::esp::Chip;
+use ota_core::esp::flash::FlashWork;
 use ota_core::protocol::Characteristic as OtaChar;
 use ota_core::protocol::air;
 use ota_core::protocol::fast::Response;
@@ -247,6 +248,9 @@ pub enum Note {
         /// Sectors this boot had to erase (the others read blank).
         erased_sectors: u32,
     },
+    /// The flash commands the engine just issued (the chip spent their time already; a
+    /// simulator paces itself by them, with `ble_link_model::FlashTiming::ops_time`).
+    FlashWork(FlashWork),
 }
 
 /// Why [`run`] stopped other than for a reboot.
@@ -356,27 +360,88 @@ struct Shared<'a, F> {
     idle_wake: Signal<NoopRawMutex, ()>,
 }
 
+/// Notifications the driver hands over while a write is served, sent once the write is
+/// answered (sending awaits the link; serving must not).
+const NOTE_QUEUE: usize = 8;
+/// The longest notification the engine sends.
+const NOTE_LEN: usize = Response::MAX_LEN;
+
+/// The GATT server's side of the device driver ([`UpdateEngine::serve`]): flash work goes
+/// to the observer, notifications queue for sending, events go to [`Shared::handle_event`].
+struct GattShell<'s, 'a, F> {
+    shared: &'s Shared<'a, F>,
+    notes: heapless09::Deque<heapless09::Vec<u8, NOTE_LEN>, NOTE_QUEUE>,
+}
+
+impl<F: NorFlash> GattShell<'_, '_, F> {
+    /// Serves one input on the shared flash and engine.
+    fn serve(&mut self, input: Input<'_>) -> Result<(), ota_core::protocol::Reason> {
+        let shared = self.shared;
+        let mut flash = shared.flash.borrow_mut();
+        let mut engine = shared.engine.borrow_mut();
+        engine.serve(&mut **flash, input, now(), self)
+    }
+}
+
+impl<F: NorFlash> Shell for GattShell<'_, '_, F> {
+    fn flash_work(&mut self, work: FlashWork) {
+        if work != FlashWork::default() {
+            note(&self.shared.observer, Note::FlashWork(work));
+        }
+    }
+    fn notify(&mut self, _client: ClientId, value: &[u8]) {
+        if self.notes.is_full() {
+            // The engine's own outbox keeps the newest as well.
+            self.notes.pop_front();
+        }
+        if let Ok(v) = heapless09::Vec::from_slice(value) {
+            let _ = self.notes.push_back(v);
+        }
+    }
+    fn event(&mut self, event: Event) {
+        self.shared.handle_event(event);
+    }
+}
+
+/// The trial task's and the idle pre-erase's side of the driver: flash work to the observer,
+/// events to [`Shared::handle_event`]; they serve no client, so there is nothing to notify.
+struct TaskShell<'s, 'a, F>(&'s Shared<'a, F>);
+
+impl<F: NorFlash> Shell for TaskShell<'_, '_, F> {
+    fn flash_work(&mut self, work: FlashWork) {
+        if work != FlashWork::default() {
+            note(&self.0.observer, Note::FlashWork(work));
+        }
+    }
+    fn notify(&mut self, _client: ClientId, _value: &[u8]) {}
+    fn event(&mut self, event: Event) {
+        self.0.handle_event(event);
+    }
+}
+
 impl<F: NorFlash> Shared<'_, F> {
-    /// Hands the engine's events on: to the shell's observer, the trial policy, the link
-    /// tuning and the reboot flag.
-    fn drain_events(&self) {
-        loop {
-            let Some(e) = self.engine.borrow_mut().poll_event() else {
-                return;
-            };
-            note(&self.observer, Note::Engine(e));
-            match e {
-                Event::RebootRequested => self.reboot.set(true),
-                Event::UpdateStarted { .. } => self.busy.signal(true),
-                Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
-                    self.busy.signal(false);
-                    self.idle_wake.signal(());
-                }
-                Event::Confirmed => {
-                    self.trial.borrow_mut().handle_confirmed();
-                    self.trial_wake.signal(());
-                    self.idle_wake.signal(());
-                }
+    /// Hands the engine's flash work and events on after a call outside [`UpdateEngine::serve`]
+    /// (pre-erase, confirm).
+    fn hand_over(&self) {
+        let mut engine = self.engine.borrow_mut();
+        engine.hand_over(&mut TaskShell(self));
+    }
+
+    /// Hands an engine event on: to the shell's observer, the trial policy, the link tuning
+    /// and the reboot flag.
+    fn handle_event(&self, e: Event) {
+        note(&self.observer, Note::Engine(e));
+        match e {
+            Event::RebootRequested => self.reboot.set(true),
+            Event::UpdateStarted { .. } => self.busy.signal(true),
+            Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
+                self.busy.signal(false);
+                self.idle_wake.signal(());
+            }
+            Event::Confirmed => {
+                self.trial.borrow_mut().handle_confirmed();
+                self.trial_wake.signal(());
+                self.idle_wake.signal(());
             }
         }
     }
@@ -621,6 +686,7 @@ async fn erase_while_idle<F: NorFlash>(shared: &Shared<'_, F>) -> core::convert:
             let mut flash = shared.flash.borrow_mut();
             shared.engine.borrow_mut().pre_erase_step(&mut **flash)
         };
+        shared.hand_over();
         match step {
             Ok(PreErase::Erased { .. }) => {
                 erased += 1;
@@ -672,7 +738,7 @@ async fn supervise_trial<F: NorFlash>(
                         shared.trial.borrow_mut().handle_confirm_failed();
                     }
                     // The engine's `Confirmed` event reaches the policy here.
-                    shared.drain_events();
+                    shared.hand_over();
                 }
                 TrialAction::RollBack(why) => {
                     warning!("[ota-gatt] trial failed: {}: rolling back", why.describe());
@@ -840,12 +906,13 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
         }
     };
 
-    // The engine: one queue entry at a time, yielding in between.
+    // The engine, through the device driver: one queue entry at a time, yielding in between.
     let work = async {
-        let mut mtu = 0u16;
-        let mut data_length = 0u16;
-        let mut timing: Option<(air::Phy, u32)> = None;
-        let mut buf = [0u8; Response::MAX_LEN + 8];
+        let mut link = (0u16, 0u16, None);
+        let mut shell = GattShell {
+            shared,
+            notes: heapless09::Deque::new(),
+        };
         loop {
             let timeout = shared.engine.borrow().poll_timeout();
             let item = match timeout {
@@ -858,47 +925,40 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                 }
                 None => Some(queue.receive().await),
             };
-            let current = conn.raw().att_mtu();
-            if current != mtu {
-                mtu = current;
-                shared.engine.borrow_mut().handle_mtu(client, mtu);
-                note(observer, Note::Mtu(mtu));
-            }
-            if rx_octets.get() != data_length {
-                data_length = rx_octets.get();
-                shared
-                    .engine
-                    .borrow_mut()
-                    .handle_data_length(client, data_length);
-            }
-            let now_timing = rx_phy.get().zip(interval_us.get());
-            if now_timing != timing {
-                timing = now_timing;
-                if let Some((phy, interval)) = timing {
-                    shared
-                        .engine
-                        .borrow_mut()
-                        .handle_link_timing(client, phy, interval);
+            let current = (
+                conn.raw().att_mtu(),
+                rx_octets.get(),
+                rx_phy.get().zip(interval_us.get()),
+            );
+            if current != link {
+                if current.0 != link.0 {
+                    note(observer, Note::Mtu(current.0));
                 }
+                link = current;
+                let input = Input::Link {
+                    client,
+                    mtu: link.0,
+                    data_length: link.1,
+                    timing: link.2,
+                };
+                let _ = shell.serve(input);
             }
-            let t = now();
             let mut ended = false;
             match item {
-                None => shared.engine.borrow_mut().handle_tick(t),
+                None => {
+                    let _ = shell.serve(Input::Tick);
+                }
                 Some(Item::Write {
                     target,
                     request,
                     event,
                 }) => {
                     let verdict = event.with_data(|_, data| {
-                        let mut flash = shared.flash.borrow_mut();
-                        shared.engine.borrow_mut().handle_write(
-                            &mut **flash,
+                        shell.serve(Input::Write {
                             client,
-                            target,
+                            characteristic: target,
                             data,
-                            t,
-                        )
+                        })
                     });
                     let reply = match verdict {
                         Err(reason) if request => {
@@ -930,22 +990,18 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
                     }
                 }
                 Some(Item::Disconnected) => {
-                    shared.engine.borrow_mut().handle_disconnected(client);
+                    let _ = shell.serve(Input::Disconnected(client));
                     ended = true;
                 }
             }
-            loop {
-                let Some((_, n)) = shared.engine.borrow_mut().poll_notification(&mut buf) else {
-                    break;
-                };
-                if let Ok(Response::Rewind { next }) = Response::decode(&buf[..n]) {
+            while let Some(value) = shell.notes.pop_front() {
+                if let Ok(Response::Rewind { next }) = Response::decode(&value) {
                     note(observer, Note::Gap { next });
                 }
-                if !ended && control.notify_raw(conn, &buf[..n], false).await.is_err() {
+                if !ended && control.notify_raw(conn, &value, false).await.is_err() {
                     warning!("[ota-gatt] notification failed");
                 }
             }
-            shared.drain_events();
             if ended {
                 return Served::Disconnected;
             }

@@ -15,8 +15,9 @@ use ble_link_model::{
     SubmitError,
 };
 use ota_core::client::{ClientError, ClientEvent, Sender};
-use ota_core::device::{ClientId, DeviceConfig, Event, UpdateEngine};
-use ota_core::protocol::{Characteristic, DEVICE_ATT_MTU};
+use ota_core::device::{ClientId, DeviceConfig, Event, Input, Shell, UpdateEngine};
+use ota_core::esp::flash::FlashWork;
+use ota_core::protocol::{Characteristic, DEVICE_ATT_MTU, Reason};
 use ota_core::time::Instant;
 
 use crate::VirtualEsp32;
@@ -183,12 +184,11 @@ pub fn update_over_air(
         supervision_drops: 0,
         stats: Vec::new(),
     };
-    engine.handle_connected(CLIENT);
-    engine.handle_mtu(CLIENT, config.link.att_mtu);
-    engine.handle_data_length(CLIENT, config.link.max_ll_payload);
-    engine.handle_link_timing(CLIENT, config.link.phy, config.link.conn_interval_us());
+    // What the device did before this session (the pre-erase while it sat idle) is not part
+    // of it.
+    let _ = engine.take_flash_work();
+    run.connect(device, engine, config);
     let mut buf = vec![0u8; 600];
-    let mut note = vec![0u8; 600];
     let mut final_outcome = AirOutcome::Stalled;
     let outcome = loop {
         // 1. React to what the link delivered.
@@ -197,36 +197,36 @@ pub fn update_over_air(
             match ev {
                 LinkEvent::DeliveredToPeripheral { at, id, op } => {
                     let now = run.ms(at.as_micros());
-                    let op_kind = op.clone();
-                    // Whatever the engine did before this write was charged already (or
-                    // happened while idle, like the pre-erase).
-                    let _ = engine.take_flash_work();
-                    let outcome = match op {
-                        CentralOp::WriteRequest { handle, value } => deliver(
-                            device, engine, handle, &value, now,
-                        )
-                        .map_or_else(|r| Outcome::Reject(r.att_error()), |()| Outcome::Accept),
-                        CentralOp::WriteCommand { handle, value } => {
-                            let _ = deliver(device, engine, handle, &value, now);
-                            Outcome::Accept
+                    let (outcome, work) = match &op {
+                        CentralOp::WriteRequest { handle, value }
+                        | CentralOp::WriteCommand { handle, value } => {
+                            let input = Input::Write {
+                                client: CLIENT,
+                                characteristic: characteristic(*handle),
+                                data: value,
+                            };
+                            let (verdict, work) = run.serve(device, engine, input, now);
+                            let outcome = match (verdict, &op) {
+                                (Err(r), CentralOp::WriteRequest { .. }) => {
+                                    Outcome::Reject(r.att_error())
+                                }
+                                _ => Outcome::Accept,
+                            };
+                            (outcome, work)
                         }
-                        CentralOp::Read { .. } => Outcome::Value(engine.control_value().to_vec()),
+                        CentralOp::Read { .. } => (
+                            Outcome::Value(engine.control_value().to_vec()),
+                            FlashWork::default(),
+                        ),
                     };
                     // The engine's own account of its flash commands, charged by the one rule.
-                    let work = engine.take_flash_work();
                     let flash = config
                         .flash
                         .ops_time(work.sector_erases, 0, work.page_programs);
-                    let cpu = config.cpu.write_time(op_len(&op_kind), work.bytes_read);
+                    let cpu = config.cpu.write_time(op_len(&op), work.bytes_read);
                     run.link
                         .peripheral_complete_work(id, cpu, flash, outcome)
                         .expect("one completion per delivery");
-                    while let Some((_, n)) = engine.poll_notification(&mut note) {
-                        run.notes.push_back(note[..n].to_vec());
-                    }
-                    while let Some(e) = engine.poll_event() {
-                        run.device_events.push(e);
-                    }
                 }
                 LinkEvent::DeliveredToCentral {
                     at,
@@ -260,7 +260,7 @@ pub fn update_over_air(
             // The device went silent past the supervision timeout: both sides see the link
             // drop; the client finds the device again and resumes.
             run.supervision_drops += 1;
-            run.reconnect(engine, sender, config);
+            run.reconnect(device, engine, sender, config);
             if run.supervision_drops > MAX_SUPERVISION_DROPS {
                 break AirOutcome::Stalled;
             }
@@ -290,7 +290,7 @@ pub fn update_over_air(
                             run.data_writes += 1;
                             if config.disconnect_at.contains(&run.data_writes) {
                                 run.disconnects += 1;
-                                run.reconnect(engine, sender, config);
+                                run.reconnect(device, engine, sender, config);
                                 reconnected = true;
                                 break;
                             }
@@ -320,8 +320,8 @@ pub fn update_over_air(
             .map(|t| (t.0 * 1000).saturating_sub(run.base_us));
         match (link_next, timer_next) {
             (None, None) => break AirOutcome::Stalled,
-            (Some(l), Some(t)) if t < l => run.fire_timers(engine, sender, t),
-            (None, Some(t)) => run.fire_timers(engine, sender, t),
+            (Some(l), Some(t)) if t < l => run.fire_timers(device, engine, sender, t),
+            (None, Some(t)) => run.fire_timers(device, engine, sender, t),
             _ => {
                 run.link.advance_to_next();
             }
@@ -382,52 +382,103 @@ impl Run {
         }
     }
 
-    fn fire_timers(&mut self, engine: &mut UpdateEngine, sender: &mut Sender<'_>, at_link_us: u64) {
+    /// Serves one input through the device driver; returns the verdict and the flash work it
+    /// cost. Notifications queue for the device's TX buffer, events are recorded.
+    fn serve(
+        &mut self,
+        device: &mut VirtualEsp32,
+        engine: &mut UpdateEngine,
+        input: Input<'_>,
+        now: Instant,
+    ) -> (Result<(), Reason>, FlashWork) {
+        let mut shell = AirShell {
+            work: FlashWork::default(),
+            notes: &mut self.notes,
+            events: &mut self.device_events,
+        };
+        let verdict = engine.serve(device.flash_mut(), input, now, &mut shell);
+        (verdict, shell.work)
+    }
+
+    fn fire_timers(
+        &mut self,
+        device: &mut VirtualEsp32,
+        engine: &mut UpdateEngine,
+        sender: &mut Sender<'_>,
+        at_link_us: u64,
+    ) {
         self.link
             .advance_to(ble_link_model::Instant::from_micros(at_link_us));
         let now = self.ms(self.link.now().as_micros());
-        engine.handle_tick(now);
+        let (_, work) = self.serve(device, engine, Input::Tick, now);
+        debug_assert_eq!(work, FlashWork::default(), "a tick touches no flash");
         sender.handle_timeout(now);
-        let mut note = [0u8; 600];
-        while let Some((_, n)) = engine.poll_notification(&mut note) {
-            self.notes.push_back(note[..n].to_vec());
-        }
+    }
+
+    /// The client connects: the link's parameters, as the device's controller reports them.
+    fn connect(
+        &mut self,
+        device: &mut VirtualEsp32,
+        engine: &mut UpdateEngine,
+        config: &AirConfig,
+    ) {
+        let now = self.ms(self.link.now().as_micros());
+        let link = Input::Link {
+            client: CLIENT,
+            mtu: config.link.att_mtu,
+            data_length: config.link.max_ll_payload,
+            timing: Some((config.link.phy, config.link.conn_interval_us())),
+        };
+        let _ = self.serve(device, engine, Input::Connected(CLIENT), now);
+        let _ = self.serve(device, engine, link, now);
     }
 
     fn reconnect(
         &mut self,
+        device: &mut VirtualEsp32,
         engine: &mut UpdateEngine,
         sender: &mut Sender<'_>,
         config: &AirConfig,
     ) {
+        let now = self.ms(self.link.now().as_micros());
+        let _ = self.serve(device, engine, Input::Disconnected(CLIENT), now);
         self.stats.push(self.link.stats());
         self.base_us += self.link.now().as_micros() + config.reconnect_delay.as_micros() as u64;
         self.link = Link::new(config.link).expect("link parameters must be valid");
         self.notes.clear();
         self.waiting = None;
-        engine.handle_disconnected(CLIENT);
         sender.handle_disconnected();
-        engine.handle_connected(CLIENT);
-        engine.handle_mtu(CLIENT, config.link.att_mtu);
-        engine.handle_data_length(CLIENT, config.link.max_ll_payload);
-        engine.handle_link_timing(CLIENT, config.link.phy, config.link.conn_interval_us());
+        self.connect(device, engine, config);
     }
 }
 
-/// Hands one GATT write to the engine.
-fn deliver(
-    device: &mut VirtualEsp32,
-    engine: &mut UpdateEngine,
-    handle: u16,
-    value: &[u8],
-    now: Instant,
-) -> Result<(), ota_core::protocol::Reason> {
-    let characteristic = if handle == CONTROL_HANDLE {
+/// The modelled device's side of the driver: flash work summed for the link model to charge,
+/// notifications queued for the TX buffer, events recorded.
+struct AirShell<'a> {
+    work: FlashWork,
+    notes: &'a mut std::collections::VecDeque<Vec<u8>>,
+    events: &'a mut Vec<Event>,
+}
+
+impl Shell for AirShell<'_> {
+    fn flash_work(&mut self, work: FlashWork) {
+        self.work += work;
+    }
+    fn notify(&mut self, _client: ClientId, value: &[u8]) {
+        self.notes.push_back(value.to_vec());
+    }
+    fn event(&mut self, event: Event) {
+        self.events.push(event);
+    }
+}
+
+/// The characteristic a modelled handle stands for.
+fn characteristic(handle: u16) -> Characteristic {
+    if handle == CONTROL_HANDLE {
         Characteristic::Control
     } else {
         Characteristic::Data
-    };
-    engine.handle_write(device.flash_mut(), CLIENT, characteristic, value, now)
+    }
 }
 
 /// Bytes an operation carried to the device.

@@ -9,9 +9,10 @@ use std::io::Write as _;
 
 use anyhow::{Context, Result};
 use ble_link_model::FlashTiming;
-use embedded_storage::nor_flash::{ErrorType, NorFlash, ReadNorFlash};
+use embedded_storage::nor_flash::NorFlash;
 use ota_core::device::UpdateEngine;
 use ota_core::device::trial::{ConfirmPolicy, TrialConfig, TrialPolicy};
+use ota_core::esp::flash::FlashWork;
 use ota_gatt::{Exit, GattConfig, LinkTuning, Note, OtaController, Phy, RunError};
 use serde_json::json;
 
@@ -144,52 +145,18 @@ fn report(json_out: bool, n: Note) {
             json!({"event": "disconnected", "reason": reason}),
             format!("disconnected (reason {reason:#04x})"),
         ),
+        // Flash work paces the device (`--flash-timing`); it is not news.
+        Note::FlashWork(_) => return,
     };
     emit(json_out, v, t);
 }
 
-/// A flash that takes as long as a real one, blocking the thread as the chip's flash does.
-struct Paced<'a, F> {
-    inner: &'a mut F,
-    timing: FlashTiming,
-}
-
-impl<F: ErrorType> ErrorType for Paced<'_, F> {
-    type Error = F::Error;
-}
-
-impl<F: ReadNorFlash> ReadNorFlash for Paced<'_, F> {
-    const READ_SIZE: usize = F::READ_SIZE;
-    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        self.inner.read(offset, bytes)
-    }
-    fn capacity(&self) -> usize {
-        self.inner.capacity()
-    }
-}
-
-impl<F: NorFlash> NorFlash for Paced<'_, F> {
-    const WRITE_SIZE: usize = F::WRITE_SIZE;
-    const ERASE_SIZE: usize = F::ERASE_SIZE;
-    fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
-        // The engine erases 4 KiB sectors, one command each.
-        let sectors = self
-            .timing
-            .sectors_touched(u64::from(from), u64::from(to - from));
-        std::thread::sleep(self.timing.ops_time(sectors, 0, 0));
-        self.inner.erase(from, to)
-    }
-    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
-        std::thread::sleep(
-            self.timing
-                .program_time(u64::from(offset), bytes.len() as u64),
-        );
-        self.inner.write(offset, bytes)
-    }
-}
-
 /// One boot of the firmware's OTA side on `flash`: the pre-erase before BLE starts, then
-/// `ota_gatt::run` until it asks for a reset.
+/// `ota_gatt::run` until it asks for a reset. With `pace`, the device takes as long as a
+/// real flash for the engine's erases and programs, blocking the thread as the chip's flash
+/// blocks its CPU: the engine's own account of each input's flash work, charged by the one
+/// rule ([`FlashTiming::ops_time`]).
+#[allow(clippy::too_many_arguments)]
 async fn boot_and_serve<C: OtaController, F: NorFlash>(
     controller: C,
     flash: &mut F,
@@ -198,15 +165,25 @@ async fn boot_and_serve<C: OtaController, F: NorFlash>(
     self_test: impl Future<Output = bool>,
     config: &GattConfig<'_>,
     json_out: bool,
+    pace: Option<FlashTiming>,
 ) -> Result<Exit, RunError> {
+    let take_time = |work: FlashWork| {
+        if let Some(t) = pace {
+            std::thread::sleep(t.ops_time(work.sector_erases, 0, work.page_programs));
+        }
+    };
     let erased = ota_gatt::pre_erase(flash, engine).await;
+    take_time(engine.take_flash_work());
     report(
         json_out,
         Note::PreErased {
             erased_sectors: erased,
         },
     );
-    let mut observer = |n: Note| report(json_out, n);
+    let mut observer = |n: Note| match n {
+        Note::FlashWork(work) => take_time(work),
+        n => report(json_out, n),
+    };
     ota_gatt::run(
         controller,
         flash,
@@ -275,29 +252,21 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                 TrialPolicy::new(args.trial_config(), engine.is_trial(), ota_gatt::now());
             let self_test = async { !args.self_test_fails };
             let controller = open_controller(&spec).await?;
+            let pace = args
+                .flash_timing
+                .then_some(FlashTiming::TYPICAL_4MB_SPI_NOR);
             let flash = dev.dev.flash_mut();
-            let result = if args.flash_timing {
-                let mut paced = Paced {
-                    inner: flash,
-                    timing: FlashTiming::TYPICAL_4MB_SPI_NOR,
-                };
-                let (engine, trial) = (&mut engine, &mut trial);
-                boot_and_serve(
-                    controller, &mut paced, engine, trial, self_test, &config, json_out,
-                )
-                .await
-            } else {
-                boot_and_serve(
-                    controller,
-                    flash,
-                    &mut engine,
-                    &mut trial,
-                    self_test,
-                    &config,
-                    json_out,
-                )
-                .await
-            };
+            let result = boot_and_serve(
+                controller,
+                flash,
+                &mut engine,
+                &mut trial,
+                self_test,
+                &config,
+                json_out,
+                pace,
+            )
+            .await;
             match result {
                 Ok(Exit::Reboot) => {}
                 Ok(Exit::RollBack(why)) => emit(

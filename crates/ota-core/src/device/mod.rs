@@ -2,15 +2,13 @@
 //!
 //! # Run loop
 //!
-//! The shell (firmware, virtual ESP32) owns the radio, the clock and the flash. It feeds the
-//! engine what happened and then drains its outputs:
-//!
-//! 1. Call one `handle_*` method: a client connected or changed its MTU, wrote OTA Control or
-//!    OTA Data, disconnected, or time passed ([`UpdateEngine::handle_tick`]).
-//! 2. Drain [`UpdateEngine::poll_notification`] and send each one as a notification on OTA
-//!    Control to the client it names.
-//! 3. Drain [`UpdateEngine::poll_event`] and act on it (reboot, stop a trial watchdog).
-//! 4. Call `handle_tick` again at [`UpdateEngine::poll_timeout`] at the latest.
+//! The shell (firmware, virtual ESP32) owns the radio, the clock and the flash. Every shell
+//! runs the same [driver]: it turns what happened on its link into an [`Input`] (a client
+//! connected, its link changed, it wrote OTA Control or OTA Data, it left, time passed) and
+//! calls [`UpdateEngine::serve`], which hands the engine's flash work, notifications and
+//! events to the shell's [`Shell`]. It calls `serve` with [`Input::Tick`] again at
+//! [`UpdateEngine::poll_timeout`] at the latest. (The `handle_*` and `poll_*` methods `serve`
+//! is made of stay public for tests that drive the engine step by step.)
 //!
 //! A refused write request is answered with the ATT error `reason.att_error()`
 //! ([`Reason::att_error`]); a write command cannot carry an error, so the engine also notifies
@@ -27,8 +25,11 @@
 //! and writes otadata exactly as ESP-IDF does. A power cut at any point leaves the running app
 //! selected, or the new one complete and verified.
 
+pub mod driver;
 mod transfer;
 pub mod trial;
+
+pub use driver::{Input, Shell};
 
 use embedded_storage::nor_flash::NorFlash;
 use heapless::Deque;
