@@ -118,6 +118,7 @@ pub fn engine_update(
         size: image.len() as u32,
         sha256,
         flags: 0,
+        stream: None,
     }
     .encode(&mut buf)
     .expect("BEGIN fits 64 bytes");

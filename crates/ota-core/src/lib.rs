@@ -1,6 +1,7 @@
 //! Every rule of an ESP32 over-the-air update over BLE, with no I/O.
 //!
-//! This crate is `no_std` and allocates nothing. It never touches a radio, a clock or a flash
+//! This crate is `no_std` and allocates nothing (but for `client::compress`, the host's
+//! compressor, behind the `compress` feature). It never touches a radio, a clock or a flash
 //! chip itself: the firmware, the host CLI and the virtual ESP32 feed it what happened (a GATT
 //! write arrived, the link dropped, time passed) and carry out what it asks (send this
 //! notification, reboot). Flash is reached only through the `embedded_storage::nor_flash`
@@ -15,6 +16,9 @@
 #![no_std]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "compress")]
+extern crate alloc;
 
 pub mod client;
 pub mod device;

@@ -151,6 +151,7 @@ fn begin(img: &[u8]) -> Vec<u8> {
         size: img.len() as u32,
         sha256: sha2::Sha256::digest(img).into(),
         flags: 0,
+        stream: None,
     };
     let mut b = [0u8; 64];
     let n = cmd.encode(&mut b).unwrap();
@@ -357,7 +358,7 @@ fn oversized_image_and_garbage_commands_are_refused_with_flash_untouched() {
         Reason::NoSession
     );
     let mut unsupported = begin(&[0u8; 64]);
-    unsupported[37] = 0x01;
+    unsupported[37] = 0x08; // a flag no version knows
     assert_eq!(
         refused(command(&mut dev, &mut engine, 1, &unsupported)),
         Reason::Unsupported
@@ -800,4 +801,177 @@ fn a_used_up_otadata_sequence_is_its_own_reason_and_nothing_is_selected() {
         &otadata[..32],
         "its entry is untouched"
     );
+}
+
+fn compressed<'a>(img: &'a [u8], stream: &'a [u8]) -> Sender<'a> {
+    match fast(img) {
+        Sender::Fast(s) => Sender::Fast(s.with_stream(stream).unwrap()),
+        Sender::Legacy(_) => unreachable!(),
+    }
+}
+
+fn started_offsets(out: &support::Outcome) -> Vec<(u32, u32)> {
+    out.events
+        .iter()
+        .filter_map(|e| match e {
+            ota_core::client::ClientEvent::Started { offset, total, .. } => Some((*offset, *total)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_compressed_image_lands_byte_for_byte_and_sends_fewer_bytes() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let factory = dev.slot_bytes(&dev.partition("factory")).to_vec();
+    // Half of it compresses well (as code and strings do), half does not.
+    let filler: Vec<u8> = (0..150_000)
+        .map(|i: usize| {
+            if i < 75_000 {
+                b"the same words again and again "[i % 31]
+            } else {
+                (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4]
+            }
+        })
+        .collect();
+    let img = support::build_image_with_filler(Chip::Esp32c3, "app", "2.0.0", filler);
+    let stream = ota_core::client::compress(&img);
+    assert!(
+        stream.len() < img.len() * 3 / 4,
+        "{} of {}",
+        stream.len(),
+        img.len()
+    );
+    let mut engine = dev.engine();
+    let mut sender = compressed(&img, &stream);
+    let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+        Fate::Deliver
+    });
+    assert!(out.activated(), "{:?}", out.failure());
+    assert_eq!(
+        started_offsets(&out),
+        [(0, stream.len() as u32)],
+        "offsets count stream bytes"
+    );
+    assert_landed(&mut dev, &factory, "ota_0", &img);
+}
+
+#[test]
+fn a_compressed_update_resumes_mid_stream_with_the_inflater_kept() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let factory = dev.slot_bytes(&dev.partition("factory")).to_vec();
+    // Words picked at random from a small vocabulary: it compresses about as code does.
+    let words: [&[u8]; 8] = [
+        b"load ", b"store ", b"jal ", b"addi ", b"bne ", b"lw ", b"sw ", b"ret ",
+    ];
+    let mut filler = Vec::new();
+    let mut x = 7u32;
+    while filler.len() < 200_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        filler.extend_from_slice(words[(x >> 16) as usize % 8]);
+    }
+    filler.truncate(200_000);
+    let img = support::build_image_with_filler(Chip::Esp32c3, "app", "3.0.0", filler);
+    let stream = ota_core::client::compress(&img);
+    let mut engine = dev.engine();
+    let mut sender = compressed(&img, &stream);
+    let out = run(
+        &mut dev,
+        &mut engine,
+        &mut sender,
+        MTU,
+        100_000,
+        |n| match n {
+            40 | 90 => Fate::Disconnect,
+            60 => Fate::Drop,
+            _ => Fate::Deliver,
+        },
+    );
+    assert!(out.activated(), "{:?}", out.failure());
+    let starts = started_offsets(&out);
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert!(
+        starts[1].0 > 0 && starts[2].0 > starts[1].0,
+        "resumed at {starts:?}"
+    );
+    assert_landed(&mut dev, &factory, "ota_0", &img);
+}
+
+#[test]
+fn a_stream_that_does_not_inflate_to_the_image_is_refused_and_nothing_is_selected() {
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 30_000, 8);
+    let good = ota_core::client::compress(&img);
+    let mut bad_streams = Vec::new();
+    // Cut short, and with bytes after its end.
+    bad_streams.push(good[..good.len() - 3].to_vec());
+    let mut longer = good.clone();
+    longer.extend_from_slice(&[0, 1, 2]);
+    bad_streams.push(longer);
+    // The stream of another image of the same size.
+    bad_streams.push(ota_core::client::compress(&build_image(
+        Chip::Esp32c3,
+        "app",
+        "2.0.1",
+        30_000,
+        9,
+    )));
+    // Garbage that is no deflate at all.
+    bad_streams.push(vec![0xFF; 500]);
+    for stream in &bad_streams {
+        let mut dev = Device::new(Chip::Esp32c3);
+        let otadata = dev.otadata().to_vec();
+        let mut engine = dev.engine();
+        let mut sender = compressed(&img, stream);
+        let out = run(&mut dev, &mut engine, &mut sender, MTU, 100_000, |_| {
+            Fate::Deliver
+        });
+        let Some(ClientError::Refused { reason, .. }) = out.failure() else {
+            panic!("refused: {:?}", out.failure())
+        };
+        assert!(
+            matches!(reason, Reason::BadStream | Reason::SessionHashMismatch),
+            "{reason:?}"
+        );
+        assert_eq!(dev.otadata(), &otadata[..], "nothing selected");
+        assert_eq!(dev.boot_partition(), dev.partition("factory"));
+    }
+}
+
+#[test]
+fn a_device_without_compression_gets_the_image_as_it_is() {
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 30_000, 8);
+    let stream = ota_core::client::compress(&img);
+    let mut sender = compressed(&img, &stream);
+    let mut buf = [0u8; 600];
+    let tx = sender.poll_transmit(Instant(0), &mut buf).unwrap();
+    let Ok(Command::Begin {
+        stream: Some(s), ..
+    }) = Command::decode(&buf[..tx.len])
+    else {
+        panic!("a compressed BEGIN first")
+    };
+    assert_eq!(s.len, stream.len() as u32);
+    sender.handle_write_result(Instant(1), Ok(()));
+    // What a protocol v2 device answers to the longer BEGIN.
+    let mut note = [0u8; 64];
+    let n = Response::Error {
+        opcode: ota_core::protocol::fast::op::BEGIN,
+        reason: Reason::BadLength,
+        detail: 46,
+    }
+    .encode(&mut note)
+    .unwrap();
+    sender.handle_notification(Instant(2), &note[..n]);
+    let tx = sender.poll_transmit(Instant(3), &mut buf).unwrap();
+    let Ok(Command::Begin {
+        stream: None, size, ..
+    }) = Command::decode(&buf[..tx.len])
+    else {
+        panic!("BEGIN again, uncompressed")
+    };
+    assert_eq!(size, img.len() as u32);
+    let Sender::Fast(f) = &sender else {
+        unreachable!()
+    };
+    assert!(!f.is_compressed());
 }

@@ -77,7 +77,7 @@ proptest! {
         let begin = {
             use sha2::Digest;
             let mut b = [0u8; 64];
-            let n = Command::Begin { size: img.len() as u32, sha256: sha2::Sha256::digest(&img).into(), flags: 0 }.encode(&mut b).unwrap();
+            let n = Command::Begin { size: img.len() as u32, sha256: sha2::Sha256::digest(&img).into(), flags: 0 , stream: None}.encode(&mut b).unwrap();
             b[..n].to_vec()
         };
         let mut engine = dev.engine();

@@ -20,6 +20,7 @@ fn begin(img: &[u8]) -> Vec<u8> {
         size: img.len() as u32,
         sha256: sha2::Sha256::digest(img).into(),
         flags: 0,
+        stream: None,
     }
     .encode(&mut cmd)
     .unwrap();

@@ -57,6 +57,7 @@ fn command_layouts() {
         size: 0x0001_0203,
         sha256: [0xAB; 32],
         flags: 0,
+        stream: None,
     };
     let bytes = enc_cmd(&begin);
     assert_eq!(bytes.len(), 38);
@@ -148,6 +149,7 @@ fn info() -> Info {
             sha256: [1; 32],
             offset: 480,
         }),
+        features: ota_core::protocol::fast::features::COMPRESSED,
     }
 }
 
@@ -165,10 +167,68 @@ fn info_round_trips_and_states_its_length() {
 }
 
 #[test]
+fn info_from_a_v2_device_without_features_and_from_a_later_one_with_more_both_decode() {
+    let v3 = enc(&Response::Info(info()));
+    let with_len = |mut b: Vec<u8>| {
+        let n = b.len() as u16;
+        b[1..3].copy_from_slice(&n.to_le_bytes());
+        b
+    };
+    // v2: no features byte.
+    let v2 = with_len(v3[..v3.len() - 1].to_vec());
+    let Ok(Response::Info(old)) = Response::decode(&v2) else {
+        panic!("a v2 INFO decodes")
+    };
+    assert_eq!(old.features, 0);
+    assert_eq!(old.resumable, info().resumable);
+    // A later version appends a field: skipped.
+    let mut later = v3.clone();
+    later.extend_from_slice(&[7, 7]);
+    let later = with_len(later);
+    assert_eq!(Response::decode(&later), Ok(Response::Info(info())));
+}
+
+#[test]
+fn begin_carries_the_stream_exactly_when_compressed() {
+    use ota_core::protocol::fast::{BEGIN_COMPRESSED_LEN, BEGIN_LEN, Stream, begin_flags};
+    let plain = Command::Begin {
+        size: 1000,
+        sha256: [3; 32],
+        flags: begin_flags::REBOOT_AFTER_END,
+        stream: None,
+    };
+    let stream = Stream::of(b"deflate stream");
+    let compressed = Command::Begin {
+        size: 1000,
+        sha256: [3; 32],
+        flags: begin_flags::REBOOT_AFTER_END | begin_flags::COMPRESSED,
+        stream: Some(stream),
+    };
+    let (p, c) = (enc_cmd(&plain), enc_cmd(&compressed));
+    assert_eq!((p.len(), c.len()), (BEGIN_LEN, BEGIN_COMPRESSED_LEN));
+    assert_eq!(Command::decode(&p), Ok(plain));
+    assert_eq!(Command::decode(&c), Ok(compressed));
+    assert_eq!(&c[38..42], &14u32.to_le_bytes());
+    // zlib's crc32 of the same bytes.
+    assert_eq!(
+        stream.crc32, 0x4f40_a8c4,
+        "Python's zlib.crc32(b'deflate stream')"
+    );
+    // The flag without the stream, or the stream without the flag: malformed.
+    let mut flag_only = p.clone();
+    flag_only[37] |= begin_flags::COMPRESSED;
+    assert!(Command::decode(&flag_only).is_err());
+    let mut stream_only = c.clone();
+    stream_only[37] &= !begin_flags::COMPRESSED;
+    assert!(Command::decode(&stream_only).is_err());
+}
+
+#[test]
 fn info_with_unknown_slot_flag_bits_is_refused() {
     // Found by the `wire` fuzz target: decode(encode(x)) must be x.
     let mut bytes = enc(&Response::Info(info()));
-    let flags_at = bytes.len() - 41 - 1; // last slot's flags, before the resumable session
+    // The last slot's flags, before the resumable session and the features byte.
+    let flags_at = bytes.len() - 1 - 41 - 1;
     bytes[flags_at] |= 0x40;
     assert!(Response::decode(&bytes).is_err());
 }

@@ -12,6 +12,12 @@
 //!    next connection), [`Sender::handle_timeout`] at [`Sender::poll_timeout`].
 //! 3. Drain [`Sender::poll_event`] for progress and the outcome.
 
+#[cfg(feature = "compress")]
+mod compress;
+
+#[cfg(feature = "compress")]
+pub use compress::{RESTART_INTERVAL, compress};
+
 use heapless::Deque;
 use sha2::{Digest, Sha256};
 
@@ -405,6 +411,8 @@ enum FastState {
 pub struct FastSender<'a> {
     image: &'a [u8],
     sha256: [u8; 32],
+    /// The image as a raw deflate stream, sent instead of the image while the device takes it.
+    stream: Option<(&'a [u8], fast::Stream)>,
     config: SenderConfig,
     state: FastState,
     chunk: u16,
@@ -439,6 +447,7 @@ impl<'a> FastSender<'a> {
         Ok(FastSender {
             image,
             sha256: Sha256::digest(image).into(),
+            stream: None,
             config,
             state: FastState::SendBegin,
             chunk: 1,
@@ -457,6 +466,28 @@ impl<'a> FastSender<'a> {
         })
     }
 
+    /// Sends the image as `stream`, its raw deflate (RFC 1951) compression, to a device that
+    /// takes compressed images (protocol v3); a device that does not gets the image as it is.
+    /// The device checks that the stream inflates to the image (its size and SHA-256).
+    pub fn with_stream(mut self, stream: &'a [u8]) -> Result<Self, ClientError> {
+        if stream.is_empty() || stream.len() > u32::MAX as usize {
+            return Err(ClientError::BadImage(stream.len()));
+        }
+        self.stream = Some((stream, fast::Stream::of(stream)));
+        Ok(self)
+    }
+
+    /// Returns true while the image goes as a compressed stream (false once a device refused
+    /// it).
+    pub fn is_compressed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Returns the image's size.
+    pub fn image_len(&self) -> u32 {
+        self.image.len() as u32
+    }
+
     /// Returns the image's SHA-256 (the session's identity).
     pub fn sha256(&self) -> &[u8; 32] {
         &self.sha256
@@ -467,8 +498,14 @@ impl<'a> FastSender<'a> {
         self.rewinds
     }
 
+    /// The bytes the chunks carry: the stream, or the image.
+    fn wire(&self) -> &'a [u8] {
+        self.stream.map_or(self.image, |(s, _)| s)
+    }
+
+    /// Bytes on the wire, which offsets, ACKs and progress count.
     fn total(&self) -> u32 {
-        self.image.len() as u32
+        self.wire().len() as u32
     }
 
     fn emit(&mut self, e: ClientEvent) {
@@ -499,13 +536,14 @@ impl<'a> FastSender<'a> {
                 FastState::SendBegin => {
                     self.state = FastState::AwaitBegin;
                     let cmd = Command::Begin {
-                        size: self.total(),
+                        size: self.image_len(),
                         sha256: self.sha256,
                         flags: if self.reboot_after_end {
                             fast::begin_flags::REBOOT_AFTER_END
                         } else {
                             0
                         },
+                        stream: self.stream.map(|(_, s)| s),
                     };
                     return self.control(cmd, now, buf);
                 }
@@ -548,7 +586,7 @@ impl<'a> FastSender<'a> {
         let start = self.next as usize;
         buf[..fast::CHUNK_HEADER_LEN].copy_from_slice(&fast::encode_chunk_header(self.next));
         buf[fast::CHUNK_HEADER_LEN..fast::CHUNK_HEADER_LEN + n]
-            .copy_from_slice(&self.image[start..start + n]);
+            .copy_from_slice(&self.wire()[start..start + n]);
         if self.next == self.acked {
             // The stall clock runs from the moment data is outstanding.
             self.last_progress = now;
@@ -653,6 +691,16 @@ impl<'a> FastSender<'a> {
                 } else {
                     self.state = FastState::Done;
                 }
+            }
+            Response::Error {
+                opcode: fast::op::BEGIN,
+                reason: Reason::Unsupported | Reason::BadLength,
+                ..
+            } if self.state == FastState::AwaitBegin && self.stream.is_some() => {
+                // A device without compressed images (protocol v2 and older refuse the longer
+                // BEGIN): begin again with the image as it is.
+                self.stream = None;
+                self.state = FastState::SendBegin;
             }
             Response::Error {
                 opcode: fast::op::BEGIN,

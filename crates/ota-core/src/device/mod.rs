@@ -26,6 +26,7 @@
 //! selected, or the new one complete and verified.
 
 pub mod driver;
+mod inflate;
 mod transfer;
 pub mod trial;
 
@@ -239,6 +240,7 @@ enum Session {
         slot: u8,
         size: u32,
         sha256: [u8; 32],
+        stream: Option<fast::Stream>,
     },
 }
 
@@ -266,6 +268,8 @@ pub struct UpdateEngine {
     pre_erase_prepared: bool,
     /// Flash work done and not yet taken ([`UpdateEngine::take_flash_work`]).
     flash_work: FlashWork,
+    /// The inflater of a compressed session (its state and 32 KiB window), allocated once.
+    inflater: inflate::Inflater,
 }
 
 impl UpdateEngine {
@@ -301,6 +305,7 @@ impl UpdateEngine {
             pre_erased: 0,
             pre_erase_prepared: false,
             flash_work: FlashWork::default(),
+            inflater: inflate::Inflater::default(),
         };
         engine.control_value[0] = legacy::NOP;
         Ok(engine)
@@ -372,7 +377,7 @@ impl UpdateEngine {
             .unwrap_or(0);
         let resumable = match &self.session {
             Session::Receiving(t) => match t.protocol {
-                Protocol::Fast { size, sha256 } => Some(Resumable {
+                Protocol::Fast { size, sha256, .. } => Some(Resumable {
                     size,
                     sha256,
                     offset: t.next,
@@ -392,6 +397,7 @@ impl UpdateEngine {
             window: self.window(client),
             slots,
             resumable,
+            features: fast::features::COMPRESSED,
         })
     }
 
@@ -900,7 +906,15 @@ impl UpdateEngine {
                 size,
                 sha256,
                 flags,
-            } => self.begin(flash, client, size, sha256, flags, now),
+                stream,
+            } => {
+                let protocol = Protocol::Fast {
+                    size,
+                    sha256,
+                    stream,
+                };
+                self.begin(flash, client, protocol, flags, now)
+            }
             Command::End => self.end(flash, client),
             Command::Reboot => match &self.session {
                 Session::Receiving(t) if t.owner.is_some() && t.owner != Some(client) => {
@@ -931,7 +945,9 @@ impl UpdateEngine {
                     t.last_acked = t.next;
                     Ok(Response::Ack { next: t.next })
                 }
-                Session::Activated { size, .. } => Ok(Response::Ack { next: *size }),
+                Session::Activated { size, stream, .. } => Ok(Response::Ack {
+                    next: stream.map_or(*size, |s| s.len),
+                }),
                 _ => Err(Reason::NoSession),
             },
         };
@@ -945,11 +961,18 @@ impl UpdateEngine {
         &mut self,
         flash: &mut F,
         client: ClientId,
-        size: u32,
-        sha256: [u8; 32],
+        protocol: Protocol,
         flags: u8,
         now: Instant,
     ) -> Result<Response, Reason> {
+        let Protocol::Fast {
+            size,
+            sha256,
+            stream,
+        } = protocol
+        else {
+            return Err(Reason::UnknownCommand);
+        };
         if flags & !begin_flags::KNOWN != 0 {
             return Err(Reason::Unsupported);
         }
@@ -963,17 +986,17 @@ impl UpdateEngine {
                 slot,
                 size: s,
                 sha256: h,
-            } if *s == size && *h == sha256 => {
+                stream: st,
+            } if *s == size && *h == sha256 && *st == stream => {
                 return Ok(Response::BeginOk {
-                    resume_offset: size,
+                    resume_offset: stream.map_or(size, |s| s.len),
                     chunk_size,
                     window,
                     slot: *slot,
                 });
             }
             Session::Receiving(t)
-                if t.protocol == (Protocol::Fast { size, sha256 })
-                    && (t.owner.is_none() || t.owner == Some(client)) =>
+                if t.protocol == protocol && (t.owner.is_none() || t.owner == Some(client)) =>
             {
                 t.owner = Some(client);
                 t.gap_reported = None;
@@ -993,7 +1016,7 @@ impl UpdateEngine {
         }
         self.refresh_running_state(flash);
         self.check_can_start(client)?;
-        let mut t = self.new_transfer(Protocol::Fast { size, sha256 }, client, now)?;
+        let mut t = self.new_transfer(protocol, client, now)?;
         t.ack_step = ack_step;
         t.reboot_after_end = flags & begin_flags::REBOOT_AFTER_END != 0;
         if size > t.target.size {
@@ -1002,7 +1025,12 @@ impl UpdateEngine {
         if size < MIN_IMAGE_LEN {
             return Err(Reason::Truncated);
         }
+        if stream.is_some_and(|s| s.len == 0) {
+            return Err(Reason::BadStream);
+        }
         let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
+        // A new stream: the inflater starts over (a resumed session keeps it as it is).
+        self.inflater.reset();
         self.session = Session::Receiving(t);
         self.pre_erased = 0;
         self.push_event(Event::UpdateStarted { slot });
@@ -1018,8 +1046,8 @@ impl UpdateEngine {
         match &self.session {
             Session::Activated { slot, .. } => return Ok(Response::EndOk { slot: *slot }),
             Session::Receiving(t) if t.owner == Some(client) => {
-                if let Protocol::Fast { size, .. } = t.protocol
-                    && t.next < size
+                if let Some(wire_len) = t.protocol.wire_len()
+                    && t.next < wire_len
                 {
                     return Err(Reason::Incomplete);
                 }
@@ -1041,10 +1069,19 @@ impl UpdateEngine {
         let Session::Receiving(t) = core::mem::replace(&mut self.session, Session::Idle) else {
             return Err(Reason::NoSession);
         };
+        let stream = match t.protocol {
+            Protocol::Fast { stream, .. } => stream,
+            Protocol::Legacy => None,
+        };
         let result = t.finish(flash, &self.slots);
         match result {
             Ok((slot, size, sha256)) => {
-                self.session = Session::Activated { slot, size, sha256 };
+                self.session = Session::Activated {
+                    slot,
+                    size,
+                    sha256,
+                    stream,
+                };
                 self.push_event(Event::UpdateActivated { slot });
                 Ok(slot)
             }
@@ -1112,14 +1149,15 @@ impl UpdateEngine {
                     Err(Reason::ChunkTooLarge)
                 } else {
                     let at = t.next;
-                    t.accept(flash, &self.slots, at, data, now).map(|_| None)
+                    t.accept(flash, &self.slots, &mut self.inflater, at, data, now)
+                        .map(|_| None)
                 }
             }
             Protocol::Fast { .. } => match fast::decode_chunk(data) {
                 Err(_) => Err(Reason::BadLength),
                 Ok((_, payload)) if payload.len() > chunk_limit => Err(Reason::ChunkTooLarge),
                 Ok((offset, payload)) => t
-                    .accept(flash, &self.slots, offset, payload, now)
+                    .accept(flash, &self.slots, &mut self.inflater, offset, payload, now)
                     .map(|outcome| outcome.ack(t, now)),
             },
         };

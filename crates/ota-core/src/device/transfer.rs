@@ -8,11 +8,12 @@ use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
 use super::ClientId;
+use super::inflate::Inflater;
 use crate::esp::flash::{self, SECTOR_SIZE};
 use crate::esp::image::ImageValidator;
 use crate::esp::{OtaImgState, OtaSlots, Partition};
 use crate::protocol::Reason;
-use crate::protocol::fast::{Response, SLOT_OTHER};
+use crate::protocol::fast::{Response, SLOT_OTHER, Stream};
 use crate::time::Instant;
 
 /// Which protocol drives the transfer.
@@ -20,8 +21,23 @@ use crate::time::Instant;
 pub(super) enum Protocol {
     /// The seed's: in-order write requests, size unknown until DONE.
     Legacy,
-    /// The fast one: size and SHA-256 announced in BEGIN, which identify the session.
-    Fast { size: u32, sha256: [u8; 32] },
+    /// The fast one: size and SHA-256 announced in BEGIN, which identify the session (with
+    /// the stream, for a compressed image).
+    Fast {
+        size: u32,
+        sha256: [u8; 32],
+        stream: Option<Stream>,
+    },
+}
+
+impl Protocol {
+    /// The bytes the chunks carry, when announced: the stream's, or the image's.
+    pub fn wire_len(&self) -> Option<u32> {
+        match self {
+            Protocol::Fast { size, stream, .. } => Some(stream.map_or(*size, |s| s.len)),
+            Protocol::Legacy => None,
+        }
+    }
 }
 
 /// A NOR flash program page: bytes are held in RAM until whole pages can be programmed.
@@ -37,8 +53,11 @@ pub(super) struct Transfer {
     pub target: Partition,
     /// The running app: otadata entries selecting it are never invalidated.
     running: Partition,
-    /// Next expected offset: every byte before it was validated and hashed.
+    /// Next expected offset on the wire (in the stream, for a compressed image): every byte
+    /// before it was taken.
     pub next: u32,
+    /// Image bytes validated and hashed (`next` but for a compressed image).
+    image_next: u32,
     pub last_acked: u32,
     /// An ACK goes out every this many bytes (what BEGIN_OK announced, fixed for the session).
     pub ack_step: u32,
@@ -86,7 +105,7 @@ impl Accepted {
     pub fn ack(self, t: &mut Transfer, now: Instant) -> Option<Response> {
         match self {
             Accepted::InOrder => {
-                let complete = matches!(t.protocol, Protocol::Fast { size, .. } if size == t.next);
+                let complete = t.protocol.wire_len() == Some(t.next);
                 if t.next - t.last_acked >= t.ack_step || complete {
                     t.last_acked = t.next;
                     Some(Response::Ack { next: t.next })
@@ -123,6 +142,7 @@ impl Transfer {
             target,
             running,
             next: 0,
+            image_next: 0,
             last_acked: 0,
             ack_step: u32::MAX,
             reboot_after_end: false,
@@ -144,20 +164,19 @@ impl Transfer {
         }
     }
 
-    /// Takes `payload`, which the client placed at `offset`.
+    /// Takes `payload`, which the client placed at `offset` (in the stream, for a compressed
+    /// image, which `inflater` inflates).
     pub fn accept<F: NorFlash>(
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
+        inflater: &mut Inflater,
         offset: u32,
         payload: &[u8],
         now: Instant,
     ) -> Result<Accepted, Reason> {
         let end = offset as u64 + payload.len() as u64;
-        let limit = match self.protocol {
-            Protocol::Fast { size, .. } => size,
-            Protocol::Legacy => self.target.size,
-        };
+        let limit = self.protocol.wire_len().unwrap_or(self.target.size);
         if end > limit as u64 {
             return Err(match self.protocol {
                 Protocol::Fast { .. } => Reason::BadOffset,
@@ -171,22 +190,29 @@ impl Transfer {
             return Ok(Accepted::Duplicate);
         }
         let fresh = &payload[(self.next - offset) as usize..];
-        self.validator.feed(fresh).map_err(Reason::from)?;
-        // One hash pass serves both the session (the whole file, against BEGIN's SHA-256) and
-        // the image check (the image up to its checksum byte, against the appended SHA-256):
-        // the hasher's state is snapshot where the image's hashed part ends.
-        match self.validator.hashed_len() {
-            Some(end) if self.image_digest.is_none() && end <= self.next + fresh.len() as u32 => {
-                let (head, tail) = fresh.split_at((end - self.next) as usize);
-                self.hasher.update(head);
-                self.image_digest = Some(self.hasher.clone().finalize().into());
-                self.hasher.update(tail);
+        let last = self.protocol.wire_len() == Some(self.next + fresh.len() as u32);
+        let mut flushed = false;
+        if let Protocol::Fast {
+            size,
+            stream: Some(_),
+            ..
+        } = self.protocol
+        {
+            inflater.feed(fresh, last, &mut |bytes| {
+                if self.image_next as u64 + bytes.len() as u64 > size as u64 {
+                    return Err(Reason::BadStream);
+                }
+                flushed |= self.take_image(flash, slots, bytes)?;
+                Ok(())
+            })?;
+            if last && (!inflater.is_done() || self.image_next != size) {
+                return Err(Reason::BadStream);
             }
-            _ => self.hasher.update(fresh),
+        } else {
+            flushed = self.take_image(flash, slots, fresh)?;
         }
-        let flushed = self.program(flash, slots, fresh)?;
         self.next += fresh.len() as u32;
-        if matches!(self.protocol, Protocol::Fast { size, .. } if self.next == size) {
+        if last {
             // The last byte: program the tail now, so END's flash work is otadata alone.
             if self.validator.header().is_none() {
                 return Err(Reason::BadImageFormat);
@@ -199,6 +225,34 @@ impl Transfer {
         self.last_progress = now;
         self.gap_reported = None;
         Ok(Accepted::InOrder)
+    }
+
+    /// Validates, hashes and programs the next image bytes. Returns true if a batch went to
+    /// flash.
+    fn take_image<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+        fresh: &[u8],
+    ) -> Result<bool, Reason> {
+        self.validator.feed(fresh).map_err(Reason::from)?;
+        // One hash pass serves both the session (the whole file, against BEGIN's SHA-256) and
+        // the image check (the image up to its checksum byte, against the appended SHA-256):
+        // the hasher's state is snapshot where the image's hashed part ends.
+        match self.validator.hashed_len() {
+            Some(end)
+                if self.image_digest.is_none() && end <= self.image_next + fresh.len() as u32 =>
+            {
+                let (head, tail) = fresh.split_at((end - self.image_next) as usize);
+                self.hasher.update(head);
+                self.image_digest = Some(self.hasher.clone().finalize().into());
+                self.hasher.update(tail);
+            }
+            _ => self.hasher.update(fresh),
+        }
+        let flushed = self.program(flash, slots, fresh)?;
+        self.image_next += fresh.len() as u32;
+        Ok(flushed)
     }
 
     /// Ends the transfer: the image must be complete and valid, the bytes must match the
@@ -214,8 +268,8 @@ impl Transfer {
             .finish_with_digest(self.image_digest)
             .map_err(Reason::from)?;
         let digest: [u8; 32] = core::mem::take(&mut self.hasher).finalize().into();
-        if let Protocol::Fast { size, sha256 } = self.protocol {
-            if self.next != size {
+        if let Protocol::Fast { size, sha256, .. } = self.protocol {
+            if self.protocol.wire_len() != Some(self.next) || self.image_next != size {
                 return Err(Reason::Incomplete);
             }
             if digest != sha256 {
@@ -223,7 +277,7 @@ impl Transfer {
             }
         }
         self.flush_tail(flash, slots)?;
-        let (target, next) = (self.target, self.next);
+        let (target, next) = (self.target, self.image_next);
         // What the slot holds, read back as each batch was programmed, must hash to what
         // arrived. Only the image's bytes count (the padding of the last page does not).
         self.slot.read_back_to(flash, next)?;
@@ -247,7 +301,8 @@ impl Transfer {
         }
         if !self.pending.is_empty() {
             self.prepare_otadata(flash, slots)?;
-            self.slot.program_pages(flash, &self.pending, self.next)?;
+            self.slot
+                .program_pages(flash, &self.pending, self.image_next)?;
             self.pending.clear();
         }
         Ok(())

@@ -7,13 +7,15 @@
 use super::Reason;
 
 /// Version of the fast protocol reported by INFO.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Bytes of the offset that prefixes each data chunk.
 pub const CHUNK_HEADER_LEN: usize = 4;
 /// Length of an ACK (and of a REWIND): opcode and `next: u32`.
 pub const ACK_LEN: usize = 1 + 4;
 /// Length of a BEGIN command.
 pub const BEGIN_LEN: usize = 1 + 4 + 32 + 1;
+/// Length of a BEGIN for a compressed image: the stream's length and CRC-32 follow.
+pub const BEGIN_COMPRESSED_LEN: usize = BEGIN_LEN + 4 + 4;
 /// The smallest ATT MTU whose write carries BEGIN (`BEGIN_LEN` + 3 bytes of ATT header): below
 /// it only the legacy protocol works.
 pub const MIN_ATT_MTU: u16 = BEGIN_LEN as u16 + 3;
@@ -44,9 +46,12 @@ pub mod op {
     pub const ERROR: u8 = 0xEE;
 }
 
-/// BEGIN flag bits. Reserved for later work; a device refuses bits it does not know.
+/// BEGIN flag bits; a device refuses bits it does not know.
 pub mod begin_flags {
-    /// The image is compressed (not supported yet).
+    /// The image comes as a raw deflate stream (RFC 1951; protocol v3): BEGIN then also
+    /// carries the stream's length and CRC-32 ([`super::Stream`]), and chunk, ACK and REWIND
+    /// offsets count stream bytes. A v2 device refuses the longer BEGIN (`BadLength`); the
+    /// client then sends the image as it is.
     pub const COMPRESSED: u8 = 0x01;
     /// A signed manifest follows BEGIN (not supported yet).
     pub const SIGNED_MANIFEST: u8 = 0x02;
@@ -55,7 +60,7 @@ pub mod begin_flags {
     /// the client then begins again without it.
     pub const REBOOT_AFTER_END: u8 = 0x04;
     /// Bits this version understands.
-    pub const KNOWN: u8 = REBOOT_AFTER_END;
+    pub const KNOWN: u8 = REBOOT_AFTER_END | COMPRESSED;
 }
 
 /// A command the client writes to OTA Control.
@@ -64,7 +69,8 @@ pub mod begin_flags {
 pub enum Command {
     /// INFO.
     Info,
-    /// BEGIN: the image's size and SHA-256 identify the session.
+    /// BEGIN: the image's size and SHA-256 (and for a compressed image its stream) identify
+    /// the session.
     Begin {
         /// Image length in bytes.
         size: u32,
@@ -72,6 +78,9 @@ pub enum Command {
         sha256: [u8; 32],
         /// [`begin_flags`].
         flags: u8,
+        /// The compressed stream; present exactly when `flags` has
+        /// [`begin_flags::COMPRESSED`].
+        stream: Option<Stream>,
     },
     /// END.
     End,
@@ -163,17 +172,28 @@ impl Command {
             op::ABORT => bare(Command::Abort),
             op::STATUS => bare(Command::Status),
             op::BEGIN => {
-                if bytes.len() != BEGIN_LEN {
-                    return Err(DecodeError::BadLength {
-                        opcode,
-                        len: bytes.len(),
-                    });
+                let bad = || DecodeError::BadLength {
+                    opcode,
+                    len: bytes.len(),
+                };
+                if bytes.len() != BEGIN_LEN && bytes.len() != BEGIN_COMPRESSED_LEN {
+                    return Err(bad());
                 }
                 let mut r = Reader(rest);
+                let (size, sha256, flags) = (r.u32(), r.array(), r.u8());
+                let compressed = flags & begin_flags::COMPRESSED != 0;
+                if compressed != (bytes.len() == BEGIN_COMPRESSED_LEN) {
+                    return Err(bad());
+                }
+                let stream = compressed.then(|| Stream {
+                    len: r.u32(),
+                    crc32: r.u32(),
+                });
                 Ok(Command::Begin {
-                    size: r.u32(),
-                    sha256: r.array(),
-                    flags: r.u8(),
+                    size,
+                    sha256,
+                    flags,
+                    stream,
                 })
             }
             other => Err(DecodeError::UnknownOpcode(other)),
@@ -188,14 +208,50 @@ impl Command {
             size,
             sha256,
             flags,
+            stream,
         } = self
         {
             w.u32(*size);
             w.bytes(sha256);
-            w.u8(*flags);
+            match stream {
+                Some(s) => {
+                    w.u8(*flags | begin_flags::COMPRESSED);
+                    w.u32(s.len);
+                    w.u32(s.crc32);
+                }
+                None => w.u8(*flags & !begin_flags::COMPRESSED),
+            }
         }
         w.finish()
     }
+}
+
+/// A compressed image as BEGIN announces it: a raw deflate stream (RFC 1951, no zlib or gzip
+/// wrapper) that inflates to the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Stream {
+    /// Stream length in bytes: what the chunks carry.
+    pub len: u32,
+    /// CRC-32 (ISO-HDLC, as zlib's `crc32`) of the stream: with the image's size and SHA-256
+    /// it identifies the session, so a resume continues the same stream.
+    pub crc32: u32,
+}
+
+impl Stream {
+    /// Describes `stream`.
+    pub fn of(stream: &[u8]) -> Stream {
+        Stream {
+            len: stream.len() as u32,
+            crc32: crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(stream),
+        }
+    }
+}
+
+/// Features a device announces in INFO (protocol v3).
+pub mod features {
+    /// BEGIN with [`super::begin_flags::COMPRESSED`]: raw deflate streams.
+    pub const COMPRESSED: u8 = 0x01;
 }
 
 /// The head of a data chunk written to OTA Data: `[offset: u32][bytes]`.
@@ -337,6 +393,8 @@ pub struct Info {
     pub slots: heapless::Vec<SlotInfo, 17>,
     /// A session that BEGIN with the same size and hash resumes.
     pub resumable: Option<Resumable>,
+    /// [`features`] bits (protocol v3; 0 from an older device).
+    pub features: u8,
 }
 
 /// A notification the device sends on OTA Control (also the value a read returns).
@@ -408,7 +466,7 @@ impl Response {
     }
 
     /// Largest encoded response (an INFO with 17 slots and a resumable session).
-    pub const MAX_LEN: usize = 3 + 1 + 2 + 1 + 33 + 33 + 4 + 2 + 4 + 1 + 17 * 3 + 1 + 40;
+    pub const MAX_LEN: usize = 3 + 1 + 2 + 1 + 33 + 33 + 4 + 2 + 4 + 1 + 17 * 3 + 1 + 40 + 1;
 
     /// Encodes into `out`, returning the length.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
@@ -440,6 +498,7 @@ impl Response {
                     }
                     None => w.u8(0),
                 }
+                w.u8(info.features);
                 let len = w.pos;
                 w.patch_u16(1, len as u16);
             }
@@ -594,9 +653,8 @@ fn decode_info(b: &[u8]) -> Option<Response> {
         }),
         _ => return None,
     };
-    if !r.0.is_empty() {
-        return None;
-    }
+    // v3 appends the features byte; later versions may append more, which is skipped.
+    let features = r.u8().unwrap_or(0);
     Some(Response::Info(Info {
         protocol_version,
         chip_id,
@@ -608,6 +666,7 @@ fn decode_info(b: &[u8]) -> Option<Response> {
         window,
         slots,
         resumable,
+        features,
     }))
 }
 

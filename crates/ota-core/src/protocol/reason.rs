@@ -89,6 +89,9 @@ reasons! {
     /// otadata's sequence number cannot grow any further (0xFFFFFFFE reached: a forged or
     /// corrupt entry, as no device makes four billion updates); nothing was selected.
     OtadataExhausted = 0x19, "otadata's sequence number is used up (a corrupt or forged entry): erase otadata over USB (`espflash erase-region 0xd000 0x2000` for the default table), then update again";
+    /// The compressed stream does not inflate to the announced image: corrupt, cut short,
+    /// longer than the image, or with bytes after its end.
+    BadStream = 0x1A, "the compressed image does not inflate to the announced one: update again, or without compression (--no-compress)";
 }
 
 /// First ATT application error code (Core Spec Vol 3 Part F 3.4.1.1); a refused write request

@@ -22,6 +22,12 @@ pub fn build_image(chip: Chip, name: &str, version: &str, filler_len: usize, see
     let filler: Vec<u8> = (0..filler_len / 4 * 4)
         .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4] ^ seed)
         .collect();
+    build_image_with_filler(chip, name, version, filler)
+}
+
+/// Like [`build_image`], with `filler` (a multiple of 4 bytes) as the second segment: a
+/// compressible one makes an image that compresses as real firmware does.
+pub fn build_image_with_filler(chip: Chip, name: &str, version: &str, filler: Vec<u8>) -> Vec<u8> {
     // Rodata in DROM (C6: in the one IROM/DROM window), congruent to its image offset.
     let drom = if chip == Chip::Esp32c6 {
         0x4280_0020
