@@ -87,6 +87,7 @@ impl SimDevice {
         &mut self,
         image: &[u8],
         legacy: bool,
+        compress: bool,
         air: &AirConfig,
         speed: f64,
         on_event: &mut dyn FnMut(&ClientEvent, Duration),
@@ -97,6 +98,7 @@ impl SimDevice {
         while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
             engine.pre_erase_step(self.dev.flash_mut())
         {}
+        let stream = (compress && !legacy).then(|| ota_core::client::compress(image));
         let mut sender = if legacy {
             Sender::Legacy(
                 LegacySender::new(image, air.link.att_mtu)
@@ -105,6 +107,10 @@ impl SimDevice {
         } else {
             Sender::Fast(
                 FastSender::new(image, SenderConfig::default())
+                    .and_then(|s| match &stream {
+                        Some(stream) => s.with_stream(stream),
+                        None => Ok(s),
+                    })
                     .map_err(crate::cmd::flash::cannot_send)?,
             )
         };

@@ -15,7 +15,7 @@ use ble_link_model::{
     SubmitError,
 };
 use ota_core::client::{ClientError, ClientEvent, Sender};
-use ota_core::device::{ClientId, DeviceConfig, Event, Input, Shell, UpdateEngine};
+use ota_core::device::{ClientId, CpuWork, DeviceConfig, Event, Input, Shell, UpdateEngine};
 use ota_core::esp::flash::FlashWork;
 use ota_core::protocol::{Characteristic, DEVICE_ATT_MTU, Reason};
 use ota_core::time::Instant;
@@ -45,9 +45,9 @@ pub struct AirConfig {
     pub cpu: DeviceCpu,
 }
 
-/// What the device's CPU costs per byte it hashes (SHA-256 of received bytes, of the slot read
-/// back at the end). The radio runs while the CPU works: this delays the device's queue, not
-/// the link.
+/// What the device's CPU costs: per write it handles, per byte it hashes (SHA-256 of the
+/// image as it arrives, of the slot read back), per byte it inflates. The radio runs while the
+/// CPU works: this delays the device's queue, not the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceCpu {
     /// Host processing of each received write before its bytes are handled (the controller
@@ -55,26 +55,35 @@ pub struct DeviceCpu {
     pub per_write_us: u32,
     /// SHA-256 cost per byte, in ns.
     pub hash_ns_per_byte: u32,
+    /// Inflate cost per image byte of a compressed stream, in ns.
+    pub inflate_ns_per_byte: u32,
 }
 
 impl DeviceCpu {
     /// A 160 MHz RISC-V core (ESP32-C3) hashing in software, as the firmware does today (the
-    /// `sha2` crate, no accelerator). An estimate, not a measurement on silicon: SHA-256's 64
-    /// rounds take about 38 RV32IMC instructions each (six 32-bit rotations of three
-    /// instructions, RV32 having no rotate, plus about 20 other operations) and its message
-    /// schedule about 960 more, about 3,400 instructions per 64-byte block or 53 per byte; at
-    /// one instruction per cycle that is 330 ns per byte at 160 MHz. The per-write cost (50 µs)
-    /// is likewise an estimate of the HCI, L2CAP and GATT handling of one write.
+    /// `sha2` crate, no accelerator), and inflating with miniz_oxide.
+    ///
+    /// Counted, then scaled: `cargo run --example cpu_cost -p ota-core` under callgrind (a
+    /// deterministic instruction counter) on the firmware image, 411,184 bytes, counts 54.2
+    /// x86-64 instructions per byte for `sha2`'s portable SHA-256 and 27.5 per output byte for
+    /// the inflater. RV32IMC has no rotate instruction (SHA-256 rotates 6 times per byte,
+    /// 3 instructions each instead of 1: +12) and 32-bit registers for the inflater's 64-bit
+    /// bit buffer and its address arithmetic (taken as +30%): about 66 and 36 instructions per
+    /// byte. At one instruction per cycle, 160 MHz, that is 413 and 225 ns per byte. These are
+    /// scaled counts, not measurements on silicon. The per-write cost (50 µs) is an estimate
+    /// of the HCI, L2CAP and GATT handling of one write.
     pub const ESP32C3_SOFTWARE_SHA: DeviceCpu = DeviceCpu {
         per_write_us: 50,
-        hash_ns_per_byte: 330,
+        hash_ns_per_byte: 413,
+        inflate_ns_per_byte: 225,
     };
 
-    /// Returns the CPU time of one write that carried `received` bytes and made the device
-    /// read `read` bytes of flash (each hashed once).
-    pub fn write_time(&self, received: u64, read: u64) -> Duration {
+    /// Returns the CPU time of one write whose handling did `work` and made the device read
+    /// `read` bytes of flash (each hashed once).
+    pub fn write_time(&self, work: CpuWork, read: u64) -> Duration {
         Duration::from_micros(u64::from(self.per_write_us))
-            + Duration::from_nanos((received + read) * u64::from(self.hash_ns_per_byte))
+            + Duration::from_nanos((work.hashed + read) * u64::from(self.hash_ns_per_byte))
+            + Duration::from_nanos(work.inflated * u64::from(self.inflate_ns_per_byte))
     }
 }
 
@@ -197,7 +206,7 @@ pub fn update_over_air(
             match ev {
                 LinkEvent::DeliveredToPeripheral { at, id, op } => {
                     let now = run.ms(at.as_micros());
-                    let (outcome, work) = match &op {
+                    let (outcome, (work, cpu)) = match &op {
                         CentralOp::WriteRequest { handle, value }
                         | CentralOp::WriteCommand { handle, value } => {
                             let input = Input::Write {
@@ -216,14 +225,14 @@ pub fn update_over_air(
                         }
                         CentralOp::Read { .. } => (
                             Outcome::Value(engine.control_value().to_vec()),
-                            FlashWork::default(),
+                            (FlashWork::default(), CpuWork::default()),
                         ),
                     };
                     // The engine's own account of its flash commands, charged by the one rule.
                     let flash = config
                         .flash
                         .ops_time(work.sector_erases, 0, work.page_programs);
-                    let cpu = config.cpu.write_time(op_len(&op), work.bytes_read);
+                    let cpu = config.cpu.write_time(cpu, work.bytes_read);
                     run.link
                         .peripheral_complete_work(id, cpu, flash, outcome)
                         .expect("one completion per delivery");
@@ -390,14 +399,15 @@ impl Run {
         engine: &mut UpdateEngine,
         input: Input<'_>,
         now: Instant,
-    ) -> (Result<(), Reason>, FlashWork) {
+    ) -> (Result<(), Reason>, (FlashWork, CpuWork)) {
         let mut shell = AirShell {
             work: FlashWork::default(),
+            cpu: CpuWork::default(),
             notes: &mut self.notes,
             events: &mut self.device_events,
         };
         let verdict = engine.serve(device.flash_mut(), input, now, &mut shell);
-        (verdict, shell.work)
+        (verdict, (shell.work, shell.cpu))
     }
 
     fn fire_timers(
@@ -410,7 +420,7 @@ impl Run {
         self.link
             .advance_to(ble_link_model::Instant::from_micros(at_link_us));
         let now = self.ms(self.link.now().as_micros());
-        let (_, work) = self.serve(device, engine, Input::Tick, now);
+        let (_, (work, _)) = self.serve(device, engine, Input::Tick, now);
         debug_assert_eq!(work, FlashWork::default(), "a tick touches no flash");
         sender.handle_timeout(now);
     }
@@ -456,6 +466,7 @@ impl Run {
 /// notifications queued for the TX buffer, events recorded.
 struct AirShell<'a> {
     work: FlashWork,
+    cpu: CpuWork,
     notes: &'a mut std::collections::VecDeque<Vec<u8>>,
     events: &'a mut Vec<Event>,
 }
@@ -463,6 +474,9 @@ struct AirShell<'a> {
 impl Shell for AirShell<'_> {
     fn flash_work(&mut self, work: FlashWork) {
         self.work += work;
+    }
+    fn cpu_work(&mut self, work: CpuWork) {
+        self.cpu += work;
     }
     fn notify(&mut self, _client: ClientId, value: &[u8]) {
         self.notes.push_back(value.to_vec());
@@ -478,16 +492,6 @@ fn characteristic(handle: u16) -> Characteristic {
         Characteristic::Control
     } else {
         Characteristic::Data
-    }
-}
-
-/// Bytes an operation carried to the device.
-fn op_len(op: &CentralOp) -> u64 {
-    match op {
-        CentralOp::WriteRequest { value, .. } | CentralOp::WriteCommand { value, .. } => {
-            value.len() as u64
-        }
-        CentralOp::Read { .. } => 0,
     }
 }
 

@@ -75,6 +75,8 @@ struct InfoView {
     window: u32,
     slots: Vec<SlotView>,
     resumable: Option<ResumableView>,
+    /// The device takes compressed images (protocol v3).
+    compressed_images: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +121,7 @@ fn view(i: &Info) -> InfoView {
             sha256: hex::encode(r.sha256),
             offset: r.offset,
         }),
+        compressed_images: i.features & ota_core::protocol::fast::features::COMPRESSED != 0,
     }
 }
 
@@ -133,8 +136,17 @@ pub async fn info(target: &TargetArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} running {} {} from {} (protocol v{})",
-        v.chip, v.app_name, v.app_version, v.running, v.protocol_version
+        "{} running {} {} from {} (protocol v{}{})",
+        v.chip,
+        v.app_name,
+        v.app_version,
+        v.running,
+        v.protocol_version,
+        if v.compressed_images {
+            ", takes compressed images"
+        } else {
+            ""
+        }
     );
     println!(
         "update slot takes up to {} bytes; chunks of {} bytes, window {} bytes",

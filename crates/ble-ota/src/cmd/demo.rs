@@ -72,7 +72,7 @@ fn update(
     speed: f64,
 ) -> Result<AirReport> {
     let mut bar = Bar::modelled(if legacy { "legacy" } else { "fast" }, false);
-    let r = dev.update_over_air(image, legacy, air, speed, &mut |e, t| {
+    let r = dev.update_over_air(image, legacy, !legacy, air, speed, &mut |e, t| {
         bar.modelled_event(e, t)
     })?;
     match r.outcome {
@@ -288,7 +288,7 @@ fn timing_table() -> Result<()> {
                 bootloader: Default::default(),
             };
             dev.dev.boot(dev.bootloader)?;
-            let r = dev.update_over_air(&image, legacy, &air, 0.0, &mut |_, _| {})?;
+            let r = dev.update_over_air(&image, legacy, false, &air, 0.0, &mut |_, _| {})?;
             ensure!(
                 matches!(r.outcome, AirOutcome::Activated { .. }),
                 "{}: {:?}",

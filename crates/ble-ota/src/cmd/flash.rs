@@ -33,6 +33,9 @@ pub struct FlashArgs {
     /// Send the image even if it fails the local checks (to see the device refuse it).
     #[arg(long)]
     pub force: bool,
+    /// Send the image as it is, not compressed (compression is used when the device takes it).
+    #[arg(long)]
+    pub no_compress: bool,
     /// ATT MTU for the legacy packet size when the transport cannot tell it [default: 247].
     #[arg(long, value_parser = clap::value_parser!(u16).range(23..=517))]
     pub mtu: Option<u16>,
@@ -172,18 +175,50 @@ pub struct FlashReport {
     pub outcome: &'static str,
     pub protocol: &'static str,
     /// The image's size.
-    pub bytes: u32,
-    /// Where this run started in the image (non-zero when it resumed an earlier one).
+    pub image_bytes: u32,
+    /// Bytes the whole transfer takes on the link: the compressed stream's, or the image's.
+    pub wire_bytes: u32,
+    /// The image went as a compressed stream.
+    pub compressed: bool,
+    /// Where this run started on the wire (non-zero when it resumed an earlier one).
     pub resumed_from: u32,
-    /// Image bytes this run carried (`bytes - resumed_from`): what the rate is over.
+    /// Wire bytes this run sent (`wire_bytes - resumed_from`).
     pub sent_bytes: u32,
     pub slot: Option<u8>,
     pub reason: Option<String>,
     pub seconds: f64,
     pub modelled: bool,
+    /// Image bytes per second this run carried (its share of the image, over its time).
     pub throughput_bytes_per_s: f64,
     pub disconnects: u32,
     pub booted: Option<BootView>,
+}
+
+impl FlashReport {
+    /// A successful run that carried what `outcome` saw, in `seconds`.
+    fn activated(image_len: u32, outcome: &Outcome, seconds: f64, modelled: bool) -> Self {
+        let (resumed_from, wire_bytes, compressed) =
+            outcome.started.unwrap_or((0, image_len, false));
+        let resumed_from = resumed_from.min(wire_bytes);
+        let sent = wire_bytes - resumed_from;
+        let image_share = image_len as f64 * sent as f64 / wire_bytes.max(1) as f64;
+        FlashReport {
+            outcome: "activated",
+            protocol: "",
+            image_bytes: image_len,
+            wire_bytes,
+            compressed,
+            resumed_from,
+            sent_bytes: sent,
+            slot: outcome.slot,
+            reason: None,
+            seconds,
+            modelled,
+            throughput_bytes_per_s: image_share / seconds.max(1e-9),
+            disconnects: 0,
+            booted: None,
+        }
+    }
 }
 
 pub fn profile(name: &str) -> Result<LinkParams> {
@@ -304,7 +339,10 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
     } else {
         bar.finish(format!(
             "{} in {:.1} s{}",
-            rate(out.sent_bytes as u64, Duration::from_secs_f64(out.seconds)),
+            rate(
+                (out.throughput_bytes_per_s * out.seconds) as u64,
+                Duration::from_secs_f64(out.seconds)
+            ),
             out.seconds,
             if out.modelled { " (modelled)" } else { "" }
         ));
@@ -338,16 +376,16 @@ fn flash_sim(
     if let Some(n) = args.power_cut_at {
         dev.dev.flash_mut().arm(FaultPlan::cut_at(n));
     }
-    let mut resumed_from = None;
+    let mut outcome = Outcome::default();
+    let compress = !args.legacy && !args.no_compress;
     let r = dev.update_over_air(
         image,
         args.legacy,
+        compress,
         &air,
         args.speed.unwrap_or(1.0),
         &mut |e, t| {
-            if let ClientEvent::Started { offset, .. } = e {
-                resumed_from.get_or_insert(*offset);
-            }
+            outcome.event(e);
             bar.modelled_event(e, t)
         },
     )?;
@@ -377,26 +415,16 @@ fn flash_sim(
             anyhow::bail!("the modelled update stalled; this is a bug, please report it")
         }
     };
-    let resumed_from = resumed_from.unwrap_or(0);
-    let sent = image.len() as u32 - resumed_from.min(image.len() as u32);
     let booted = if args.no_reboot {
         None
     } else {
         Some(BootView::from(&dev.reboot()?))
     };
+    outcome.slot = slot;
     Ok(FlashReport {
-        outcome: "activated",
-        protocol: "",
-        bytes: image.len() as u32,
-        resumed_from,
-        sent_bytes: sent,
-        slot,
-        reason: None,
-        seconds: r.modelled.as_secs_f64(),
-        modelled: true,
-        throughput_bytes_per_s: sent as f64 / r.modelled.as_secs_f64().max(1e-9),
         disconnects: r.disconnects,
         booted,
+        ..FlashReport::activated(image.len() as u32, &outcome, r.modelled.as_secs_f64(), true)
     })
 }
 
@@ -414,7 +442,8 @@ fn check_fault_positions(
         bootloader: dev.bootloader,
     };
     trial.dev.flash_mut().reset_stats();
-    let r = trial.update_over_air(image, args.legacy, air, 0.0, &mut |_, _| {})?;
+    let compress = !args.legacy && !args.no_compress;
+    let r = trial.update_over_air(image, args.legacy, compress, air, 0.0, &mut |_, _| {})?;
     let ops = trial.dev.flash().mutating_ops();
     let usage = |m: String| -> Result<()> { Err(CliError::new(ExitCode::Usage, m).into()) };
     if let Some(n) = args.power_cut_at
@@ -483,6 +512,8 @@ pub async fn send<L: crate::transport::Link>(
     image: &[u8],
     bar: &mut Bar,
 ) -> Result<FlashReport> {
+    // Compressed when the device takes it (the sender falls back to the image as it is).
+    let stream = (!args.legacy && !args.no_compress).then(|| ota_core::client::compress(image));
     let mut sender = if args.legacy {
         Sender::Legacy(
             LegacySender::new(image, link.att_mtu().or(args.mtu).unwrap_or(247))
@@ -498,6 +529,10 @@ pub async fn send<L: crate::transport::Link>(
                     ..Default::default()
                 },
             )
+            .and_then(|s| match &stream {
+                Some(stream) => s.with_stream(stream),
+                None => Ok(s),
+            })
             .map_err(cannot_send)?,
         )
     };
@@ -515,30 +550,38 @@ pub async fn send<L: crate::transport::Link>(
         return Err(refused(e));
     }
     let seconds = start.elapsed().as_secs_f64();
-    let resumed_from = outcome.resumed_from.unwrap_or(0).min(image_len);
-    let sent = image_len - resumed_from;
     Ok(FlashReport {
-        outcome: "activated",
-        protocol: "",
-        bytes: image_len,
-        resumed_from,
-        sent_bytes: sent,
-        slot: outcome.slot,
-        reason: None,
-        seconds,
-        modelled: false,
-        throughput_bytes_per_s: sent as f64 / seconds.max(1e-9),
         disconnects,
-        booted: None,
+        ..FlashReport::activated(image_len, &outcome, seconds, false)
     })
 }
 
+/// What a run's sender events told.
 #[derive(Default)]
 struct Outcome {
     slot: Option<u8>,
     failed: Option<ClientError>,
-    /// Offset of the first Started: where this run began.
-    resumed_from: Option<u32>,
+    /// The first Started: where this run began on the wire, the wire's length, and whether
+    /// the image went compressed.
+    started: Option<(u32, u32, bool)>,
+}
+
+impl Outcome {
+    fn event(&mut self, e: &ClientEvent) {
+        match *e {
+            ClientEvent::Activated { slot } => self.slot = slot,
+            ClientEvent::Failed(err) => self.failed = Some(err),
+            ClientEvent::Started {
+                offset,
+                total,
+                compressed,
+                ..
+            } => {
+                self.started.get_or_insert((offset, total, compressed));
+            }
+            _ => {}
+        }
+    }
 }
 
 struct Watch<'a> {
@@ -548,14 +591,7 @@ struct Watch<'a> {
 
 impl Progress for Watch<'_> {
     fn event(&mut self, e: &ClientEvent) {
-        match e {
-            ClientEvent::Activated { slot } => self.outcome.slot = *slot,
-            ClientEvent::Failed(err) => self.outcome.failed = Some(*err),
-            ClientEvent::Started { offset, .. } => {
-                self.outcome.resumed_from.get_or_insert(*offset);
-            }
-            _ => {}
-        }
+        self.outcome.event(e);
         self.bar.event(e);
     }
 }
@@ -610,6 +646,7 @@ mod tests {
             legacy: false,
             no_reboot: true,
             force: false,
+            no_compress: false,
             mtu: None,
             link: LinkArgs {
                 profile: None,
@@ -669,10 +706,11 @@ mod tests {
         let second = rt
             .block_on(send(&mut link, &args, &image, &mut Bar::new("", true)))
             .unwrap();
-        assert_eq!(second.bytes, image.len() as u32);
-        assert!(second.resumed_from > 50_000, "{second:?}");
-        assert_eq!(second.sent_bytes, second.bytes - second.resumed_from);
-        let rate = second.sent_bytes as f64 / second.seconds;
+        assert_eq!(second.image_bytes, image.len() as u32);
+        assert!(second.resumed_from > 20_000, "{second:?}");
+        assert_eq!(second.sent_bytes, second.wire_bytes - second.resumed_from);
+        let share = second.sent_bytes as f64 / second.wire_bytes as f64;
+        let rate = image.len() as f64 * share / second.seconds;
         assert!((second.throughput_bytes_per_s - rate).abs() < 1e-6 * rate);
     }
 }

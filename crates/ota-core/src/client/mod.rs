@@ -51,6 +51,8 @@ pub enum ClientEvent {
         chunk_size: u16,
         /// Window the device announced.
         window: u32,
+        /// The image goes as a compressed stream: `offset` and `total` count stream bytes.
+        compressed: bool,
     },
     /// Every byte before `acked` is on the device.
     Progress {
@@ -354,6 +356,7 @@ impl<'a> LegacySender<'a> {
                     total: self.total(),
                     chunk_size: self.packet_size,
                     window: self.packet_size as u32,
+                    compressed: false,
                 });
             }
             (LegacyState::AwaitRequestAck, [legacy::REQUEST_NAK]) => {
@@ -647,6 +650,7 @@ impl<'a> FastSender<'a> {
                     total: self.total(),
                     chunk_size: self.chunk,
                     window: self.window,
+                    compressed: self.stream.is_some(),
                 });
             }
             Response::Ack { next }

@@ -15,7 +15,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::{ClientId, Event, UpdateEngine};
+use super::{ClientId, CpuWork, Event, UpdateEngine};
 use crate::esp::flash::FlashWork;
 use crate::protocol::air::Phy;
 use crate::protocol::fast::Response;
@@ -29,6 +29,11 @@ pub trait Shell {
     /// were not taken with [`UpdateEngine::take_flash_work`]. Called once per input, also
     /// with no work.
     fn flash_work(&mut self, work: FlashWork) {
+        let _ = work;
+    }
+    /// CPU work the engine did since the last call (hashing, inflating): a model charges it
+    /// (the radio runs meanwhile). Called once per input, also with no work.
+    fn cpu_work(&mut self, work: CpuWork) {
         let _ = work;
     }
     /// Sends `value` as a notification of OTA Control to `client`.
@@ -119,6 +124,7 @@ impl UpdateEngine {
     /// Hands the shell the flash work, notifications and events waiting in the engine.
     pub fn hand_over<S: Shell + ?Sized>(&mut self, shell: &mut S) {
         shell.flash_work(self.take_flash_work());
+        shell.cpu_work(self.take_cpu_work());
         let mut buf = [0u8; Response::MAX_LEN + 8];
         while let Some((client, n)) = self.poll_notification(&mut buf) {
             shell.notify(client, &buf[..n]);

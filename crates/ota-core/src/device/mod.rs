@@ -138,6 +138,25 @@ pub enum Event {
     Confirmed,
 }
 
+/// CPU work of the engine beyond its flash commands: what a device model charges time for
+/// (the device's CPU runs while the radio does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CpuWork {
+    /// Image bytes hashed (SHA-256) as they arrived. The read-back of the slot is hashed too:
+    /// it is [`FlashWork::bytes_read`](crate::esp::flash::FlashWork::bytes_read).
+    pub hashed: u64,
+    /// Image bytes inflated from a compressed stream.
+    pub inflated: u64,
+}
+
+impl core::ops::AddAssign for CpuWork {
+    fn add_assign(&mut self, o: CpuWork) {
+        self.hashed += o.hashed;
+        self.inflated += o.inflated;
+    }
+}
+
 /// Why the engine could not start.
 pub type EngineError = SlotError;
 
@@ -268,6 +287,8 @@ pub struct UpdateEngine {
     pre_erase_prepared: bool,
     /// Flash work done and not yet taken ([`UpdateEngine::take_flash_work`]).
     flash_work: FlashWork,
+    /// CPU work done and not yet taken ([`UpdateEngine::take_cpu_work`]).
+    cpu_work: CpuWork,
     /// The inflater of a compressed session (its state and 32 KiB window), allocated once.
     inflater: inflate::Inflater,
 }
@@ -305,6 +326,7 @@ impl UpdateEngine {
             pre_erased: 0,
             pre_erase_prepared: false,
             flash_work: FlashWork::default(),
+            cpu_work: CpuWork::default(),
             inflater: inflate::Inflater::default(),
         };
         engine.control_value[0] = legacy::NOP;
@@ -665,6 +687,15 @@ impl UpdateEngine {
     /// device model charges time for. The shell on the chip can ignore it.
     pub fn take_flash_work(&mut self) -> FlashWork {
         core::mem::take(&mut self.flash_work)
+    }
+
+    /// Returns the CPU work (hashing, inflating) the engine did since the last call: what a
+    /// device model charges time for.
+    pub fn take_cpu_work(&mut self) -> CpuWork {
+        if let Session::Receiving(t) = &mut self.session {
+            self.cpu_work += core::mem::take(&mut t.cpu);
+        }
+        core::mem::take(&mut self.cpu_work)
     }
 
     /// Returns the bytes at the start of the next update slot known to be erased.

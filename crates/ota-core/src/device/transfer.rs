@@ -7,8 +7,8 @@
 use embedded_storage::nor_flash::NorFlash;
 use sha2::{Digest, Sha256};
 
-use super::ClientId;
 use super::inflate::Inflater;
+use super::{ClientId, CpuWork};
 use crate::esp::flash::{self, SECTOR_SIZE};
 use crate::esp::image::ImageValidator;
 use crate::esp::{OtaImgState, OtaSlots, Partition};
@@ -77,6 +77,8 @@ pub(super) struct Transfer {
     slot: SlotWriter,
     /// Whether the inactive otadata entry pointing at the target was invalidated.
     otadata_prepared: bool,
+    /// CPU work done since the engine last took it.
+    pub cpu: CpuWork,
 }
 
 /// How the slot will be written.
@@ -161,6 +163,7 @@ impl Transfer {
                 read_back: 0,
             },
             otadata_prepared: false,
+            cpu: CpuWork::default(),
         }
     }
 
@@ -202,6 +205,7 @@ impl Transfer {
                 if self.image_next as u64 + bytes.len() as u64 > size as u64 {
                     return Err(Reason::BadStream);
                 }
+                self.cpu.inflated += bytes.len() as u64;
                 flushed |= self.take_image(flash, slots, bytes)?;
                 Ok(())
             })?;
@@ -252,6 +256,7 @@ impl Transfer {
         }
         let flushed = self.program(flash, slots, fresh)?;
         self.image_next += fresh.len() as u32;
+        self.cpu.hashed += fresh.len() as u64;
         Ok(flushed)
     }
 
