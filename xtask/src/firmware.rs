@@ -96,6 +96,14 @@ pub fn firmware() -> Result<()> {
         ));
     }
     eprintln!("\nfirmware app images (checked with ota_core::esp::ImageValidator):");
+    eprintln!(
+        "the update engine's inflater for compressed images takes {} KiB of the static RAM: \
+         its {} KiB window and {} bytes of state (size on this host; the RISC-V layout is \
+         within a few bytes)",
+        ota_core::device::INFLATER_RAM.div_ceil(1024),
+        ota_core::device::INFLATE_WINDOW / 1024,
+        ota_core::device::INFLATER_RAM - ota_core::device::INFLATE_WINDOW,
+    );
     for line in lines {
         eprintln!("{line}");
     }

@@ -75,6 +75,26 @@ pub fn honest(params: &LinkParams, flash: &FlashTiming, image_len: u64) -> f64 {
     image_len as f64 / (link_s + flash_s)
 }
 
+/// Returns the honest ceiling of a compressed update: image bytes per second when the link
+/// carries `wire_len` bytes of the compressed stream (at the best link ceiling, as in
+/// [`honest`]) and the device programs the `image_len` bytes they inflate to, one page
+/// program per page, each stopping the radio.
+pub fn honest_compressed(
+    params: &LinkParams,
+    flash: &FlashTiming,
+    image_len: u64,
+    wire_len: u64,
+) -> f64 {
+    if image_len == 0 {
+        return 0.0;
+    }
+    let (_, link_rate) = best_link(params);
+    let link_s = wire_len as f64 / link_rate;
+    let pages = image_len.div_ceil(u64::from(flash.page_size.max(1)));
+    let flash_s = flash.ops_time(0, 0, pages).as_secs_f64();
+    image_len as f64 / (link_s + flash_s)
+}
+
 /// Returns the flash ceiling: image bytes per second when `bytes` bytes are erased and
 /// programmed with `timing` and nothing else ([`FlashTiming::write_time`]).
 pub fn flash(timing: &FlashTiming, bytes: u64) -> f64 {

@@ -353,6 +353,8 @@ fn resume_after_forced_disconnect() {
         report["disconnects"], 2,
         "the report counts the dropped links: {report}"
     );
+    // Compressed by default, and resumed in the stream with the device's inflater kept.
+    assert_eq!(report["compressed"], true, "{report}");
     let boot = dev.wait_event("boot", Duration::from_secs(10));
     assert_eq!(boot["version"], "5.0.0");
     let events = dev.drain();
@@ -894,4 +896,35 @@ fn a_disconnect_the_update_never_reaches_is_an_error() {
         v["error"].as_str().unwrap().contains("never happened"),
         "{v}"
     );
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn a_compressed_update_over_hci_sends_fewer_bytes_and_lands_byte_for_byte() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
+    let mut spec =
+        virtual_esp32::app_image::AppImageSpec::new(Chip::Esp32c3, "e2e-app", "6.0.0", 120_000, 3);
+    spec.code_like = true;
+    let img = virtual_esp32::app_image::build_with(&spec);
+    let path = dir.path().join("code.bin");
+    std::fs::write(&path, &img).unwrap();
+    let report = flash_json(&flash_hci(ports[1], &path, &[]));
+    assert_eq!(report["compressed"], true, "{report}");
+    let wire = report["wire_bytes"].as_u64().unwrap();
+    assert!(wire < img.len() as u64 * 2 / 3, "{report}");
+    assert_booted(&mut dev, &sim, "6.0.0", &img);
+    // And the image as it is, when asked (once the device confirmed the first by itself).
+    confirmed(&mut dev);
+    let (plain, plain_img) = image(dir.path(), "plain.bin", "7.0.0", 60_000, 5);
+    let report = flash_json(&flash_hci(ports[1], &plain, &["--no-compress"]));
+    assert_eq!(report["compressed"], false, "{report}");
+    assert_eq!(report["wire_bytes"], report["image_bytes"]);
+    assert_booted(&mut dev, &sim, "7.0.0", &plain_img);
 }

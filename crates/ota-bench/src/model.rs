@@ -126,6 +126,34 @@ pub struct ProfileRun {
     pub worst_case: WorstCase,
     /// Where our time goes.
     pub ours: OursDetail,
+    /// Ours with the image compressed.
+    pub compressed: Compressed,
+}
+
+/// Ours with the image sent as a compressed stream (`client::compress`), on the same link
+/// and device, against ours uncompressed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compressed {
+    /// Bytes of the compressed stream.
+    pub wire_len: usize,
+    /// Stream / image.
+    pub ratio: f64,
+    /// Image bytes per modelled second.
+    pub bytes_per_s: f64,
+    /// Compressed / ours uncompressed, throughput.
+    pub vs_uncompressed: f64,
+    /// The compressed ceiling (B/s of image): the link carrying the stream plus every page
+    /// program of the image (`ceilings::honest_compressed`).
+    pub ceiling: f64,
+    /// Compressed / its ceiling.
+    pub vs_ceiling: f64,
+    /// Image bytes per modelled second on a device whose radio keeps running during flash
+    /// work (`AirConfig::radio_during_flash`).
+    pub radio_runs_bytes_per_s: f64,
+    /// The raw link ceiling (B/s): the link carrying the image itself, nothing else.
+    pub raw_link_ceiling: f64,
+    /// `radio_runs_bytes_per_s` / the raw link ceiling.
+    pub radio_runs_vs_raw_link: f64,
 }
 
 impl ProfileRun {
@@ -226,6 +254,16 @@ fn reference_cell(column: Column, r: &reference::RefReport, len: usize, flash: D
 /// erased while the device was idle (`UpdateEngine::pre_erase_step`), pages programmed by
 /// batches.
 fn run_engine(image: &[u8], legacy: bool, config: &AirConfig) -> EngineRun {
+    run_engine_with(image, legacy, None, config)
+}
+
+/// [`run_engine`], the fast protocol sending `stream` (the image compressed) when given.
+fn run_engine_with(
+    image: &[u8],
+    legacy: bool,
+    stream: Option<&[u8]>,
+    config: &AirConfig,
+) -> EngineRun {
     let chip = image_chip(image).expect("an ESP app image");
     let mut dev = device_for(chip);
     let mut device_config = config.device_config(chip);
@@ -236,7 +274,11 @@ fn run_engine(image: &[u8], legacy: bool, config: &AirConfig) -> EngineRun {
     let mut sender = if legacy {
         Sender::Legacy(LegacySender::new(image, config.link.att_mtu).expect("image fits"))
     } else {
-        Sender::Fast(FastSender::new(image, SenderConfig::default()).expect("image fits"))
+        let sender = FastSender::new(image, SenderConfig::default()).expect("image fits");
+        Sender::Fast(match stream {
+            Some(s) => sender.with_stream(s).expect("stream fits"),
+            None => sender,
+        })
     };
     if !legacy {
         while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
@@ -344,6 +386,33 @@ pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
         packets_per_event: link.central_data_packets as f64 / link.connection_events.max(1) as f64,
         pdus: link.pdus_to_peripheral,
     };
+    let compressed = {
+        let stream = ota_core::client::compress(image);
+        let run = |config: &AirConfig| {
+            let r = run_engine_with(image, false, Some(&stream), config);
+            assert!(r.activated, "the compressed update failed");
+            len as f64 / r.modelled.as_secs_f64()
+        };
+        let bytes_per_s = run(&config);
+        let radio_runs = run(&AirConfig {
+            radio_during_flash: true,
+            ..config.clone()
+        });
+        let ceiling =
+            ceilings::honest_compressed(&params, &timing, len as u64, stream.len() as u64);
+        let (_, raw_link_ceiling) = ceilings::best_link(&params);
+        Compressed {
+            wire_len: stream.len(),
+            ratio: stream.len() as f64 / len as f64,
+            bytes_per_s,
+            vs_uncompressed: bytes_per_s / ours,
+            ceiling,
+            vs_ceiling: bytes_per_s / ceiling,
+            radio_runs_bytes_per_s: radio_runs,
+            raw_link_ceiling,
+            radio_runs_vs_raw_link: radio_runs / raw_link_ceiling,
+        }
+    };
     ProfileRun {
         profile: profile.name().to_string(),
         link: describe(&params),
@@ -359,5 +428,6 @@ pub fn run_profile(profile: Profile, image: &[u8]) -> ProfileRun {
         ahead_of_references,
         worst_case: worst,
         ours: ours_detail,
+        compressed,
     }
 }

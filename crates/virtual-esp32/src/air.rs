@@ -43,6 +43,10 @@ pub struct AirConfig {
     pub time_limit: Duration,
     /// The device's CPU.
     pub cpu: DeviceCpu,
+    /// The BLE controller keeps running while the flash erases and programs (ESP-IDF with
+    /// IRAM-safe interrupt handlers; not esp-storage, which masks interrupts): flash time
+    /// then delays the device's queue like CPU time instead of stopping the radio.
+    pub radio_during_flash: bool,
 }
 
 /// What the device's CPU costs: per write it handles, per byte it hashes (SHA-256 of the
@@ -99,15 +103,26 @@ impl AirConfig {
             reconnect_delay: Duration::from_millis(1000),
             time_limit: Duration::from_secs(3600),
             cpu: DeviceCpu::ESP32C3_SOFTWARE_SHA,
+            radio_during_flash: false,
         }
     }
 
     /// Returns the device configuration that matches this link: the announced window is the
     /// modelled receive queue, so a compliant client never overruns it.
+    ///
+    /// A device whose radio runs through flash work programs a page per batch: the programs
+    /// then overlap with the link, where big batches (which keep a stopped radio's outages
+    /// few) would fill the receive queue while they program.
     pub fn device_config(&self, chip: ota_core::esp::Chip) -> DeviceConfig {
+        let base = DeviceConfig::new(chip);
         DeviceConfig {
             rx_queue_chunks: self.link.rx_queue_depth,
-            ..DeviceConfig::new(chip)
+            program_batch_pages: if self.radio_during_flash {
+                1
+            } else {
+                base.program_batch_pages
+            },
+            ..base
         }
     }
 }
@@ -232,7 +247,13 @@ pub fn update_over_air(
                     let flash = config
                         .flash
                         .ops_time(work.sector_erases, 0, work.page_programs);
-                    let cpu = config.cpu.write_time(cpu, work.bytes_read);
+                    let mut cpu = config.cpu.write_time(cpu, work.bytes_read);
+                    let flash = if config.radio_during_flash {
+                        cpu += flash;
+                        Duration::ZERO
+                    } else {
+                        flash
+                    };
                     run.link
                         .peripheral_complete_work(id, cpu, flash, outcome)
                         .expect("one completion per delivery");

@@ -52,6 +52,10 @@ pub struct AppImageSpec<'a> {
     pub min_chip_rev_full: u16,
     /// `max_chip_rev_full` (0xFFFF or 0: no limit).
     pub max_chip_rev_full: u16,
+    /// The payload is words drawn at random from a small vocabulary, which deflate shrinks
+    /// about as much as firmware code (to roughly half), instead of random bytes, which do
+    /// not shrink.
+    pub code_like: bool,
 }
 
 impl<'a> AppImageSpec<'a> {
@@ -75,6 +79,7 @@ impl<'a> AppImageSpec<'a> {
             idf_ver: "virtual-esp32",
             min_chip_rev_full: 0,
             max_chip_rev_full: 0xFFFF,
+            code_like: false,
         }
     }
 }
@@ -107,7 +112,12 @@ pub fn build(
 pub fn build_with(spec: &AppImageSpec<'_>) -> Vec<u8> {
     let (drom, irom) = map_windows(spec.chip);
 
-    let mut payload = filler(spec.payload_len.div_ceil(4) * 4, spec.seed);
+    let len = spec.payload_len.div_ceil(4) * 4;
+    let mut payload = if spec.code_like {
+        code_like_filler(len, spec.seed)
+    } else {
+        filler(len, spec.seed)
+    };
     // Segment 1's data starts after the header, segment 0 and two segment headers.
     let seg1_data_off = 24 + 8 + APP_DESC_LEN as u32 + 8;
     if spec.chip == Chip::Esp32 {
@@ -218,6 +228,41 @@ fn speed_code(chip: Chip) -> u8 {
 }
 
 /// `len` deterministic pseudo-random bytes (SplitMix64 seeded with `seed`).
+fn code_like_filler(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&[u8]; 16] = [
+        b"lw a0, 8(sp) ",
+        b"sw ra, 12(sp) ",
+        b"addi sp, sp, -16 ",
+        b"jal ra, ",
+        b"ret ",
+        b"bne a0, zero, ",
+        b"li a1, ",
+        b"mv a0, s0 ",
+        b"lui a5, ",
+        b"andi a4, a4, 255 ",
+        b"beqz a0, ",
+        b"c.addi ",
+        b"slli a2, a2, 2 ",
+        b"panic ",
+        b"esp_ota ",
+        b"0x3c0",
+    ];
+    let mut state = seed ^ 0x5EED_0FE5_3203_2025_u64;
+    let mut out = Vec::with_capacity(len + 32);
+    while out.len() < len {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.extend_from_slice(WORDS[(state >> 60) as usize]);
+        // Now and then a literal, as addresses and constants are.
+        if state & 0x7 == 0 {
+            out.extend_from_slice(&(state >> 20).to_le_bytes()[..3]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
 fn filler(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed ^ 0x5EED_0FE5_3203_2025_u64;
     let mut out = Vec::with_capacity(len + 8);

@@ -219,3 +219,53 @@ fn an_unconfirmed_trial_image_rolls_back() {
     );
     assert_eq!(back.rolled_back.len(), 1);
 }
+
+fn update_compressed(dev: &mut VirtualEsp32, img: &[u8], cfg: &AirConfig) -> AirReport {
+    let mut engine = engine(dev, cfg);
+    let stream = ota_core::client::compress(img);
+    let sender = FastSender::new(img, SenderConfig::default()).unwrap();
+    let mut sender = Sender::Fast(sender.with_stream(&stream).unwrap());
+    update_over_air(dev, &mut engine, &mut sender, cfg, &mut |_, _| {})
+}
+
+/// An app image whose code segment compresses about as real code does.
+fn compressible_image(version: &str) -> Vec<u8> {
+    let mut spec = app_image::AppImageSpec::new(CHIP, "app", version, 40_000, 3);
+    spec.code_like = true;
+    app_image::build_with(&spec)
+}
+
+#[test]
+fn a_power_cut_while_inflating_leaves_the_old_image_booting() {
+    let cfg = AirConfig::new(LinkParams::desktop());
+    let img = compressible_image("2.0.0");
+    let stream = ota_core::client::compress(&img);
+    assert!(
+        stream.len() < img.len() / 2,
+        "{} of {}",
+        stream.len(),
+        img.len()
+    );
+    let mut dev = device();
+    let before = dev.flash().mutating_ops();
+    let r = update_compressed(&mut dev, &img, &cfg);
+    assert!(
+        matches!(r.outcome, AirOutcome::Activated { .. }),
+        "{:?}",
+        r.outcome
+    );
+    let ops = dev.flash().mutating_ops() - before;
+    assert_eq!(dev.reboot(STOCK).unwrap().version, "2.0.0");
+    for k in 1..=ops {
+        let mut dev = device();
+        dev.flash_mut().arm(FaultPlan::cut_at(k));
+        let r = update_compressed(&mut dev, &img, &cfg);
+        assert_eq!(r.outcome, AirOutcome::PowerLost, "cut at op {k}");
+        let boot = dev.reboot(STOCK).unwrap();
+        match boot.slot.as_str() {
+            "factory" => assert_eq!(boot.version, "1.0.0"),
+            "ota_0" => assert_eq!(boot.version, "2.0.0", "cut at op {k}"),
+            other => panic!("booted {other} after a cut at op {k}"),
+        }
+    }
+}

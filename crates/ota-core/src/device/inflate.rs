@@ -11,6 +11,10 @@ use crate::protocol::Reason;
 /// Deflate's window: the output buffer wraps at this size (a power of two).
 pub const WINDOW: usize = miniz_oxide::inflate::core::TINFL_LZ_DICT_SIZE;
 
+/// RAM the inflater takes in the engine: its window and its state (for `cargo xtask
+/// firmware`'s report; this is the layout of the target it is compiled for).
+pub const INFLATER_RAM: usize = core::mem::size_of::<Inflater>();
+
 /// The inflater of the engine's one compressed session.
 pub struct Inflater {
     state: DecompressorOxide,

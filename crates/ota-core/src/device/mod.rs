@@ -31,6 +31,7 @@ mod transfer;
 pub mod trial;
 
 pub use driver::{Input, Shell};
+pub use inflate::{INFLATER_RAM, WINDOW as INFLATE_WINDOW};
 
 use embedded_storage::nor_flash::NorFlash;
 use heapless::Deque;
