@@ -12,8 +12,11 @@ pub struct Bar {
     bar: ProgressBar,
     /// Resumed at a non-zero offset at least once.
     pub resumed: bool,
-    /// Where this run started in the image: rates count bytes from there.
+    /// Where this run started on the wire: rates count bytes from there.
     started_at: Option<u32>,
+    /// The image's size, when the wire carries it compressed: shown beside the wire bytes.
+    compressed_image: Option<u64>,
+    image_len: u64,
 }
 
 impl Bar {
@@ -53,12 +56,28 @@ impl Bar {
             bar,
             resumed: false,
             started_at: None,
+            compressed_image: None,
+            image_len: 0,
         }
     }
 
-    /// Sets a note after the figures (e.g. the modelled time).
+    /// Tells the bar the image's size, so that a compressed transfer shows its image bytes
+    /// beside the wire bytes the bar counts.
+    pub fn image_len(mut self, len: usize) -> Self {
+        self.image_len = len as u64;
+        self
+    }
+
+    /// Sets a note after the figures (e.g. the modelled time), after the image bytes of a
+    /// compressed transfer.
     pub fn note(&self, msg: String) {
-        self.bar.set_message(msg);
+        let image = self.compressed_image.map(|total| {
+            let wire = self.bar.length().unwrap_or(1).max(1);
+            let done = self.bar.position() * total / wire;
+            format!("image {done}/{total} (compressed) ")
+        });
+        self.bar
+            .set_message(format!("{}{msg}", image.unwrap_or_default()));
     }
 
     pub fn finish(&self, msg: String) {
@@ -87,8 +106,15 @@ impl Bar {
 impl Progress for Bar {
     fn event(&mut self, event: &ClientEvent) {
         match *event {
-            ClientEvent::Started { offset, total, .. } => {
+            ClientEvent::Started {
+                offset,
+                total,
+                compressed,
+                ..
+            } => {
                 self.started_at.get_or_insert(offset);
+                self.compressed_image =
+                    (compressed && self.image_len > 0).then_some(self.image_len);
                 self.bar.set_length(total as u64);
                 if offset > 0 {
                     self.resumed = true;
@@ -97,7 +123,12 @@ impl Progress for Bar {
                 }
                 self.bar.set_position(offset as u64);
             }
-            ClientEvent::Progress { acked, .. } => self.bar.set_position(acked as u64),
+            ClientEvent::Progress { acked, .. } => {
+                self.bar.set_position(acked as u64);
+                if self.compressed_image.is_some() {
+                    self.note(String::new());
+                }
+            }
             _ => {}
         }
     }

@@ -318,9 +318,9 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
     }
     let protocol = if args.legacy { "legacy" } else { "fast" };
     let mut bar = if target.sim.is_some() {
-        Bar::modelled(protocol, json)
+        Bar::modelled(protocol, json).image_len(image.len())
     } else {
-        Bar::new(protocol, json)
+        Bar::new(protocol, json).image_len(image.len())
     };
     let result = match &target.sim {
         Some(path) => flash_sim(&args, target, path, &image, &mut bar),
