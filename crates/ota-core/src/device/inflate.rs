@@ -3,6 +3,10 @@
 //! largest match distance) live in the engine, allocated once; a session keeps them across a
 //! dropped link, so a resume continues the stream where the device acknowledged it.
 
+// Without the `inflate` feature the engine holds no inflater; the type stays for the transfer's
+// signature, which a compressed session (refused at BEGIN then) never reaches.
+#![cfg_attr(not(feature = "inflate"), allow(dead_code))]
+
 use miniz_oxide::inflate::TINFLStatus;
 use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
 

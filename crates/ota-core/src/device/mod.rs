@@ -194,6 +194,11 @@ enum Outgoing {
 
 const MAX_CLIENTS: usize = 4;
 
+/// The engine inflates compressed images (the `inflate` feature: 43 KiB more RAM in the
+/// engine). Without it, INFO says so and a compressed BEGIN is refused with `Unsupported`,
+/// after which a client sends the image as it is.
+const TAKES_COMPRESSED: bool = cfg!(feature = "inflate");
+
 /// What the engine knows of a connected client's link.
 #[derive(Debug, Clone, Copy)]
 struct ClientLink {
@@ -290,7 +295,9 @@ pub struct UpdateEngine {
     flash_work: FlashWork,
     /// CPU work done and not yet taken ([`UpdateEngine::take_cpu_work`]).
     cpu_work: CpuWork,
-    /// The inflater of a compressed session (its state and 32 KiB window), allocated once.
+    /// The inflater of a compressed session (its state and 32 KiB window), allocated once
+    /// (with the `inflate` feature).
+    #[cfg(feature = "inflate")]
     inflater: inflate::Inflater,
 }
 
@@ -328,6 +335,7 @@ impl UpdateEngine {
             pre_erase_prepared: false,
             flash_work: FlashWork::default(),
             cpu_work: CpuWork::default(),
+            #[cfg(feature = "inflate")]
             inflater: inflate::Inflater::default(),
         };
         engine.control_value[0] = legacy::NOP;
@@ -420,7 +428,11 @@ impl UpdateEngine {
             window: self.window(client),
             slots,
             resumable,
-            features: fast::features::COMPRESSED,
+            features: if TAKES_COMPRESSED {
+                fast::features::COMPRESSED
+            } else {
+                0
+            },
         })
     }
 
@@ -1005,7 +1017,7 @@ impl UpdateEngine {
         else {
             return Err(Reason::UnknownCommand);
         };
-        if flags & !begin_flags::KNOWN != 0 {
+        if flags & !begin_flags::KNOWN != 0 || (stream.is_some() && !TAKES_COMPRESSED) {
             return Err(Reason::Unsupported);
         }
         let chunk_size = self.chunk_size(client);
@@ -1062,6 +1074,7 @@ impl UpdateEngine {
         }
         let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
         // A new stream: the inflater starts over (a resumed session keeps it as it is).
+        #[cfg(feature = "inflate")]
         self.inflater.reset();
         self.session = Session::Receiving(t);
         self.pre_erased = 0;
@@ -1161,6 +1174,10 @@ impl UpdateEngine {
         let chunk_limit = max_value_len(self.mtu(client))
             .saturating_sub(fast::CHUNK_HEADER_LEN)
             .min(self.config.max_chunk as usize);
+        #[cfg(feature = "inflate")]
+        let inflater = Some(&mut self.inflater);
+        #[cfg(not(feature = "inflate"))]
+        let inflater = None;
         let Session::Receiving(t) = &mut self.session else {
             return Err(match self.session {
                 Session::Activated { .. } => Reason::RebootPending,
@@ -1181,7 +1198,7 @@ impl UpdateEngine {
                     Err(Reason::ChunkTooLarge)
                 } else {
                     let at = t.next;
-                    t.accept(flash, &self.slots, &mut self.inflater, at, data, now)
+                    t.accept(flash, &self.slots, inflater, at, data, now)
                         .map(|_| None)
                 }
             }
@@ -1189,7 +1206,7 @@ impl UpdateEngine {
                 Err(_) => Err(Reason::BadLength),
                 Ok((_, payload)) if payload.len() > chunk_limit => Err(Reason::ChunkTooLarge),
                 Ok((offset, payload)) => t
-                    .accept(flash, &self.slots, &mut self.inflater, offset, payload, now)
+                    .accept(flash, &self.slots, inflater, offset, payload, now)
                     .map(|outcome| outcome.ack(t, now)),
             },
         };

@@ -173,7 +173,7 @@ impl Transfer {
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
-        inflater: &mut Inflater,
+        inflater: Option<&mut Inflater>,
         offset: u32,
         payload: &[u8],
         now: Instant,
@@ -201,6 +201,8 @@ impl Transfer {
             ..
         } = self.protocol
         {
+            // An engine without an inflater refuses a compressed BEGIN before this.
+            let inflater = inflater.ok_or(Reason::Unsupported)?;
             inflater.feed(fresh, last, &mut |bytes| {
                 if self.image_next as u64 + bytes.len() as u64 > size as u64 {
                     return Err(Reason::BadStream);
