@@ -7,6 +7,12 @@
 use esp_storage::FlashStorage;
 use log::{info, warn};
 use ota_core::device::UpdateEngine;
+
+#[cfg(not(feature = "esp32"))]
+use crate::sha::FirmwareSha;
+/// The original ESP32 hashes in software (see `sha.rs`).
+#[cfg(feature = "esp32")]
+pub type FirmwareSha = sha2::Sha256;
 use ota_core::device::trial::TrialPolicy;
 use ota_core::esp::boot::{GuardOutcome, rollback_guard};
 use ota_core::esp::partition::{Md5Policy, PARTITION_TABLE_MAX_LEN, PARTITION_TABLE_OFFSET};
@@ -19,7 +25,7 @@ use crate::config;
 pub struct Booted {
     /// The update engine for the running partition, in a static: it holds a 32 KiB program
     /// buffer, which must not be copied through the async tasks' state.
-    pub engine: &'static mut UpdateEngine,
+    pub engine: &'static mut UpdateEngine<FirmwareSha>,
     /// The confirm policy of this boot (on trial or not).
     pub trial: TrialPolicy,
 }
@@ -96,7 +102,7 @@ fn try_run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
         esp_hal::efuse::major_chip_version() as u16 * 100
             + esp_hal::efuse::minor_chip_version() as u16,
     );
-    static ENGINE: StaticCell<UpdateEngine> = StaticCell::new();
+    static ENGINE: StaticCell<UpdateEngine<FirmwareSha>> = StaticCell::new();
     let engine = UpdateEngine::new(flash, device, table, running).map_err(|e| {
         warn!("boot: update engine: {e}");
         BootError::Engine

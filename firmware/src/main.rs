@@ -21,6 +21,8 @@ mod app;
 mod boot;
 mod config;
 mod ota;
+#[cfg(not(feature = "esp32"))]
+mod sha;
 mod watchdog;
 
 use embassy_executor::Spawner;
@@ -44,6 +46,14 @@ async fn main(spawner: Spawner) -> ! {
         peripherals.FROM_CPU_INTR0,
     );
     spawner.spawn(watchdog::feed(rwdt).expect("watchdog task already running"));
+
+    // The SHA accelerator for the update engine: its work queue runs as long as `main` does.
+    static SHA: static_cell::StaticCell<esp_hal::sha::ShaBackend<'static>> =
+        static_cell::StaticCell::new();
+    let _sha_queue = SHA
+        .init(esp_hal::sha::ShaBackend::new(peripherals.SHA))
+        .start();
+    sha::self_test();
 
     let mut flash = FlashStorage::new(peripherals.FLASH);
     let mut booted = boot::run(&mut flash);

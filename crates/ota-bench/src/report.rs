@@ -347,8 +347,9 @@ pub fn markdown(r: &Report, json_path: &str, svg_path: &str) -> String {
         "Ours with the image sent as a raw deflate stream (`ota_core::client::compress`: \
          miniz_oxide's best level, restarting every 64 KiB of image), inflated by the device as \
          it arrives, on the same link and device, in image bytes per modelled second. The \
-         device pays inflating and hashing at the rates of `DeviceCpu::ESP32C3_SOFTWARE_SHA` \
-         (counted with callgrind, scaled to a 160 MHz RV32IMC core). *Compressed ceiling* = \
+         device pays inflating and hashing at the rates of `DeviceCpu::ESP32C3` (inflating \
+         counted with callgrind and scaled to a 160 MHz RV32IMC core; SHA-256 on the \
+         accelerator at ESP-IDF's 90 MB/s floor). *Compressed ceiling* = \
          the link carrying the stream at its best value length plus every page program of the \
          image (`ceilings::honest_compressed`). *Radio runs* = the same update on a device \
          whose BLE controller keeps running during flash work (ESP-IDF with IRAM-safe \

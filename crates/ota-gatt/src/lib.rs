@@ -65,7 +65,9 @@ use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Timer, with_timeout};
 use embedded_storage::nor_flash::NorFlash;
 use ota_core::device::trial::{TrialAction, TrialFailure, TrialPolicy};
-use ota_core::device::{ClientId, DeviceConfig, Event, Input, PreErase, Shell, UpdateEngine};
+use ota_core::device::{
+    ClientId, DeviceConfig, Event, Input, PreErase, Sha256Hasher, Shell, UpdateEngine,
+};
 use ota_core::esp::Chip;
 use ota_core::esp::flash::FlashWork;
 use ota_core::protocol::Characteristic as OtaChar;
@@ -342,9 +344,9 @@ fn note(observer: &Observer<'_>, n: Note) {
 
 /// What the device's tasks share. Each borrow is short and never held across an `await`:
 /// the GATT loop, the engine loop and the trial task all run on one executor.
-struct Shared<'a, F> {
+struct Shared<'a, F, H: Sha256Hasher> {
     flash: RefCell<&'a mut F>,
-    engine: RefCell<&'a mut UpdateEngine>,
+    engine: RefCell<&'a mut UpdateEngine<H>>,
     trial: RefCell<&'a mut TrialPolicy>,
     observer: Observer<'a>,
     /// The engine asked for a reboot.
@@ -368,12 +370,12 @@ const NOTE_LEN: usize = Response::MAX_LEN;
 
 /// The GATT server's side of the device driver ([`UpdateEngine::serve`]): flash work goes
 /// to the observer, notifications queue for sending, events go to [`Shared::handle_event`].
-struct GattShell<'s, 'a, F> {
-    shared: &'s Shared<'a, F>,
+struct GattShell<'s, 'a, F, H: Sha256Hasher> {
+    shared: &'s Shared<'a, F, H>,
     notes: heapless09::Deque<heapless09::Vec<u8, NOTE_LEN>, NOTE_QUEUE>,
 }
 
-impl<F: NorFlash> GattShell<'_, '_, F> {
+impl<F: NorFlash, H: Sha256Hasher> GattShell<'_, '_, F, H> {
     /// Serves one input on the shared flash and engine.
     fn serve(&mut self, input: Input<'_>) -> Result<(), ota_core::protocol::Reason> {
         let shared = self.shared;
@@ -383,7 +385,7 @@ impl<F: NorFlash> GattShell<'_, '_, F> {
     }
 }
 
-impl<F: NorFlash> Shell for GattShell<'_, '_, F> {
+impl<F: NorFlash, H: Sha256Hasher> Shell for GattShell<'_, '_, F, H> {
     fn flash_work(&mut self, work: FlashWork) {
         if work != FlashWork::default() {
             note(&self.shared.observer, Note::FlashWork(work));
@@ -405,9 +407,9 @@ impl<F: NorFlash> Shell for GattShell<'_, '_, F> {
 
 /// The trial task's and the idle pre-erase's side of the driver: flash work to the observer,
 /// events to [`Shared::handle_event`]; they serve no client, so there is nothing to notify.
-struct TaskShell<'s, 'a, F>(&'s Shared<'a, F>);
+struct TaskShell<'s, 'a, F, H: Sha256Hasher>(&'s Shared<'a, F, H>);
 
-impl<F: NorFlash> Shell for TaskShell<'_, '_, F> {
+impl<F: NorFlash, H: Sha256Hasher> Shell for TaskShell<'_, '_, F, H> {
     fn flash_work(&mut self, work: FlashWork) {
         if work != FlashWork::default() {
             note(&self.0.observer, Note::FlashWork(work));
@@ -419,7 +421,7 @@ impl<F: NorFlash> Shell for TaskShell<'_, '_, F> {
     }
 }
 
-impl<F: NorFlash> Shared<'_, F> {
+impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
     /// Hands the engine's flash work and events on after a call outside [`UpdateEngine::serve`]
     /// (pre-erase, confirm).
     fn hand_over(&self) {
@@ -458,10 +460,10 @@ impl<F: NorFlash> Shared<'_, F> {
 /// - `observer` hears what happens on the link.
 ///
 /// One central is served at a time; the engine refuses a second updater anyway.
-pub async fn run<C, F, T>(
+pub async fn run<C, F, T, H>(
     controller: C,
     flash: &mut F,
-    engine: &mut UpdateEngine,
+    engine: &mut UpdateEngine<H>,
     trial: &mut TrialPolicy,
     self_test: T,
     config: &GattConfig<'_>,
@@ -471,6 +473,7 @@ where
     C: OtaController,
     F: NorFlash,
     T: Future<Output = bool>,
+    H: Sha256Hasher,
 {
     // Device Information's firmware revision: the running app's version.
     let version = match engine.info(flash, ClientId(0)) {
@@ -656,7 +659,10 @@ const IDLE_ERASE_PAUSE_MS: u64 = 50;
 /// sector at a time, yielding in between so other tasks (the watchdog) run. Returns the
 /// sectors it had to erase; the others read blank. Stops early, without error, where
 /// [`UpdateEngine::pre_erase_step`] says not now (a trial image).
-pub async fn pre_erase<F: NorFlash>(flash: &mut F, engine: &mut UpdateEngine) -> u32 {
+pub async fn pre_erase<F: NorFlash, H: Sha256Hasher>(
+    flash: &mut F,
+    engine: &mut UpdateEngine<H>,
+) -> u32 {
     let mut erased = 0;
     loop {
         match engine.pre_erase_step(flash) {
@@ -675,7 +681,9 @@ pub async fn pre_erase<F: NorFlash>(flash: &mut F, engine: &mut UpdateEngine) ->
 /// The idle pre-erase while BLE runs: only while no central is connected, one sector at a
 /// time with a pause after each erase, so an update later erases little or nothing while its
 /// link is up.
-async fn erase_while_idle<F: NorFlash>(shared: &Shared<'_, F>) -> core::convert::Infallible {
+async fn erase_while_idle<F: NorFlash, H: Sha256Hasher>(
+    shared: &Shared<'_, F, H>,
+) -> core::convert::Infallible {
     let mut erased = 0u32;
     loop {
         if shared.connected.get() {
@@ -716,8 +724,8 @@ async fn erase_while_idle<F: NorFlash>(shared: &Shared<'_, F>) -> core::convert:
 
 /// Carries out the trial policy: runs the self-test when asked, confirms, and returns when the
 /// image must roll back. Never returns for an image that is not on trial.
-async fn supervise_trial<F: NorFlash>(
-    shared: &Shared<'_, F>,
+async fn supervise_trial<F: NorFlash, H: Sha256Hasher>(
+    shared: &Shared<'_, F, H>,
     self_test: impl Future<Output = bool>,
 ) -> TrialFailure {
     let mut self_test = pin!(self_test);
@@ -772,13 +780,13 @@ async fn supervise_trial<F: NorFlash>(
 }
 
 /// Serves one connection until it drops or the engine asks for a reboot.
-async fn serve<'s, 'v, C: OtaController, F: NorFlash>(
+async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
     stack: &Stack<'_, C, OtaPacketPool>,
     conn: &GattConnection<'s, 'v, OtaPacketPool>,
     server: &AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, 1>,
     control: &Characteristic<heapless09::Vec<u8, MAX_VALUE_LEN>>,
     data_handle: u16,
-    shared: &Shared<'_, F>,
+    shared: &Shared<'_, F, H>,
     config: &GattConfig<'_>,
 ) -> Served {
     let observer = &shared.observer;

@@ -15,7 +15,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::{ClientId, CpuWork, Event, UpdateEngine};
+use super::{ClientId, CpuWork, Event, Sha256Hasher, UpdateEngine};
 use crate::esp::flash::FlashWork;
 use crate::protocol::air::Phy;
 use crate::protocol::fast::Response;
@@ -74,7 +74,7 @@ pub enum Input<'a> {
     Disconnected(ClientId),
 }
 
-impl UpdateEngine {
+impl<H: Sha256Hasher> UpdateEngine<H> {
     /// Serves one input and hands the shell what the engine did (see the
     /// [module docs](self)). An `Err` is the reason a write request is refused with
     /// ([`Reason::att_error`]); a write command gets no answer.

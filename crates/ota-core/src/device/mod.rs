@@ -26,11 +26,13 @@
 //! selected, or the new one complete and verified.
 
 pub mod driver;
+mod hash;
 mod inflate;
 mod transfer;
 pub mod trial;
 
 pub use driver::{Input, Shell};
+pub use hash::Sha256Hasher;
 pub use inflate::{INFLATER_RAM, WINDOW as INFLATE_WINDOW};
 
 use embedded_storage::nor_flash::NorFlash;
@@ -257,9 +259,9 @@ const OUTBOX: usize = 8;
 // One per engine, never moved around: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-enum Session {
+enum Session<H> {
     Idle,
-    Receiving(Transfer),
+    Receiving(Transfer<H>),
     /// An image is verified and selected; the device should reboot.
     Activated {
         slot: u8,
@@ -271,7 +273,7 @@ enum Session {
 
 /// The device side of an update. See the [module docs](self) for the run loop.
 #[derive(Debug)]
-pub struct UpdateEngine {
+pub struct UpdateEngine<H: Sha256Hasher = sha2::Sha256> {
     config: DeviceConfig,
     slots: OtaSlots,
     running: Partition,
@@ -280,7 +282,7 @@ pub struct UpdateEngine {
     app_version: fast::Str32,
     clients: heapless::Vec<ClientLink, MAX_CLIENTS>,
     packet_size: Option<u16>,
-    session: Session,
+    session: Session<H>,
     outbox: Deque<(ClientId, Outgoing), OUTBOX>,
     events: Deque<Event, 4>,
     control_value: [u8; Response::MAX_LEN],
@@ -301,7 +303,7 @@ pub struct UpdateEngine {
     inflater: inflate::Inflater,
 }
 
-impl UpdateEngine {
+impl<H: Sha256Hasher> UpdateEngine<H> {
     /// Creates the engine for a device running `running` (a partition of `table`), reading the
     /// running app's descriptor and otadata state from `flash`.
     pub fn new<F: NorFlash>(
@@ -866,7 +868,7 @@ impl UpdateEngine {
         protocol: Protocol,
         client: ClientId,
         now: Instant,
-    ) -> Result<Transfer, Reason> {
+    ) -> Result<Transfer<H>, Reason> {
         let target = self
             .slots
             .next_update_partition(&self.running)

@@ -5,10 +5,9 @@
 //! up to 2-3 s, longer than a phone's supervision timeout.
 
 use embedded_storage::nor_flash::NorFlash;
-use sha2::{Digest, Sha256};
 
 use super::inflate::Inflater;
-use super::{ClientId, CpuWork};
+use super::{ClientId, CpuWork, Sha256Hasher};
 use crate::esp::flash::{self, SECTOR_SIZE};
 use crate::esp::image::ImageValidator;
 use crate::esp::{OtaImgState, OtaSlots, Partition};
@@ -46,7 +45,7 @@ const PAGE_SIZE: usize = flash::PAGE_SIZE as usize;
 pub(super) const MAX_PROGRAM_BATCH_PAGES: usize = 128;
 
 #[derive(Debug)]
-pub(super) struct Transfer {
+pub(super) struct Transfer<H> {
     pub protocol: Protocol,
     /// The client driving it; `None` after a disconnect (resumable with the same BEGIN).
     pub owner: Option<ClientId>,
@@ -67,14 +66,14 @@ pub(super) struct Transfer {
     pub gap_reported: Option<Instant>,
     pub last_progress: Instant,
     validator: ImageValidator,
-    hasher: Sha256,
+    hasher: H,
     /// SHA-256 of the image up to its checksum byte, once the stream passed it.
     image_digest: Option<[u8; 32]>,
     /// In-order bytes not programmed yet: whole pages go to flash in batches of `batch` bytes.
     pending: heapless::Vec<u8, { MAX_PROGRAM_BATCH_PAGES * PAGE_SIZE }>,
     /// Bytes programmed at once (a whole number of pages).
     batch: usize,
-    slot: SlotWriter,
+    slot: SlotWriter<H>,
     /// Whether the inactive otadata entry pointing at the target was invalidated.
     otadata_prepared: bool,
     /// CPU work done since the engine last took it.
@@ -104,7 +103,7 @@ pub(super) enum Accepted {
 impl Accepted {
     /// Returns the notification this arrival calls for: an ACK every `ack_step` bytes and at
     /// the end, one REWIND per gap (the tick repeats it if needed).
-    pub fn ack(self, t: &mut Transfer, now: Instant) -> Option<Response> {
+    pub fn ack<H>(self, t: &mut Transfer<H>, now: Instant) -> Option<Response> {
         match self {
             Accepted::InOrder => {
                 let complete = t.protocol.wire_len() == Some(t.next);
@@ -124,7 +123,7 @@ impl Accepted {
     }
 }
 
-impl Transfer {
+impl<H: Sha256Hasher> Transfer<H> {
     pub fn new(
         protocol: Protocol,
         owner: ClientId,
@@ -151,7 +150,7 @@ impl Transfer {
             gap_reported: None,
             last_progress: now,
             validator,
-            hasher: Sha256::new(),
+            hasher: H::default(),
             image_digest: None,
             pending: heapless::Vec::new(),
             batch: (batch_pages as usize).clamp(1, MAX_PROGRAM_BATCH_PAGES) * PAGE_SIZE,
@@ -159,7 +158,7 @@ impl Transfer {
                 target,
                 programmed: 0,
                 erased: pre_erased.min(target.size),
-                readback: Sha256::new(),
+                readback: H::default(),
                 read_back: 0,
             },
             otadata_prepared: false,
@@ -251,7 +250,7 @@ impl Transfer {
             {
                 let (head, tail) = fresh.split_at((end - self.image_next) as usize);
                 self.hasher.update(head);
-                self.image_digest = Some(self.hasher.clone().finalize().into());
+                self.image_digest = Some(self.hasher.clone().finalize());
                 self.hasher.update(tail);
             }
             _ => self.hasher.update(fresh),
@@ -274,7 +273,7 @@ impl Transfer {
         validator
             .finish_with_digest(self.image_digest)
             .map_err(Reason::from)?;
-        let digest: [u8; 32] = core::mem::take(&mut self.hasher).finalize().into();
+        let digest: [u8; 32] = core::mem::take(&mut self.hasher).finalize();
         if let Protocol::Fast { size, sha256, .. } = self.protocol {
             if self.protocol.wire_len() != Some(self.next) || self.image_next != size {
                 return Err(Reason::Incomplete);
@@ -288,7 +287,7 @@ impl Transfer {
         // What the slot holds, read back as each batch was programmed, must hash to what
         // arrived. Only the image's bytes count (the padding of the last page does not).
         self.slot.read_back_to(flash, next)?;
-        let readback: [u8; 32] = core::mem::take(&mut self.slot.readback).finalize().into();
+        let readback: [u8; 32] = core::mem::take(&mut self.slot.readback).finalize();
         if readback != digest {
             return Err(Reason::FlashError);
         }
@@ -386,18 +385,18 @@ impl Transfer {
 
 /// The slot's program and erase pointers, and the hash of what was read back.
 #[derive(Debug)]
-struct SlotWriter {
+struct SlotWriter<H> {
     target: Partition,
     /// Bytes programmed into the slot.
     programmed: u32,
     /// Bytes of the slot erased so far (sector multiple).
     erased: u32,
     /// SHA-256 of the slot's bytes `0..read_back`, read from flash after they were programmed.
-    readback: Sha256,
+    readback: H,
     read_back: u32,
 }
 
-impl SlotWriter {
+impl<H: Sha256Hasher> SlotWriter<H> {
     /// Erases the next 4 KiB sector.
     fn erase_sector<F: NorFlash>(&mut self, flash: &mut F) -> Result<(), Reason> {
         let from = self.target.offset + self.erased;
