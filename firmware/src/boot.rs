@@ -103,7 +103,7 @@ fn try_run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
             + esp_hal::efuse::minor_chip_version() as u16,
     );
     static ENGINE: StaticCell<UpdateEngine<FirmwareSha>> = StaticCell::new();
-    let engine = UpdateEngine::new(flash, device, table, running).map_err(|e| {
+    let engine = UpdateEngine::with_hasher(flash, device, table, running).map_err(|e| {
         warn!("boot: update engine: {e}");
         BootError::Engine
     })?;

@@ -303,10 +303,23 @@ pub struct UpdateEngine<H: Sha256Hasher = sha2::Sha256> {
     inflater: inflate::Inflater,
 }
 
-impl<H: Sha256Hasher> UpdateEngine<H> {
+impl UpdateEngine {
     /// Creates the engine for a device running `running` (a partition of `table`), reading the
-    /// running app's descriptor and otadata state from `flash`.
+    /// running app's descriptor and otadata state from `flash`. It hashes with `sha2`; see
+    /// [`with_hasher`](Self::with_hasher) for another SHA-256 (a chip's accelerator).
     pub fn new<F: NorFlash>(
+        flash: &mut F,
+        config: DeviceConfig,
+        table: PartitionTable,
+        running: Partition,
+    ) -> Result<Self, EngineError> {
+        Self::with_hasher(flash, config, table, running)
+    }
+}
+
+impl<H: Sha256Hasher> UpdateEngine<H> {
+    /// [`new`](UpdateEngine::new), hashing images with `H`.
+    pub fn with_hasher<F: NorFlash>(
         flash: &mut F,
         config: DeviceConfig,
         table: PartitionTable,
