@@ -65,20 +65,13 @@ pub fn best_link(params: &LinkParams) -> (usize, f64) {
 /// It is an upper bound: a real update also pays for the acknowledgements, the connection
 /// events a flash span skips beyond its own length, and any erase left to do.
 pub fn honest(params: &LinkParams, flash: &FlashTiming, image_len: u64) -> f64 {
-    if image_len == 0 {
-        return 0.0;
-    }
-    let (_, link_rate) = best_link(params);
-    let link_s = image_len as f64 / link_rate;
-    let pages = image_len.div_ceil(u64::from(flash.page_size.max(1)));
-    let flash_s = flash.ops_time(0, 0, pages).as_secs_f64();
-    image_len as f64 / (link_s + flash_s)
+    honest_compressed(params, flash, image_len, image_len)
 }
 
 /// Returns the honest ceiling of a compressed update: image bytes per second when the link
 /// carries `wire_len` bytes of the compressed stream (at the best link ceiling, as in
-/// [`honest`]) and the device programs the `image_len` bytes they inflate to, one page
-/// program per page, each stopping the radio.
+/// [`honest`], which is this with `wire_len == image_len`) and the device programs the
+/// `image_len` bytes they inflate to, one page program per page, each stopping the radio.
 pub fn honest_compressed(
     params: &LinkParams,
     flash: &FlashTiming,

@@ -106,12 +106,18 @@ impl SimDevice {
             )
         } else {
             Sender::Fast(
-                FastSender::new(image, SenderConfig::default())
-                    .and_then(|s| match &stream {
-                        Some(stream) => s.with_stream(stream),
-                        None => Ok(s),
-                    })
-                    .map_err(crate::cmd::flash::cannot_send)?,
+                FastSender::new(
+                    image,
+                    SenderConfig {
+                        att_mtu: Some(air.link.att_mtu),
+                        ..SenderConfig::default()
+                    },
+                )
+                .and_then(|s| match &stream {
+                    Some(stream) => s.with_stream(stream),
+                    None => Ok(s),
+                })
+                .map_err(crate::cmd::flash::cannot_send)?,
             )
         };
         let wall = WallInstant::now();

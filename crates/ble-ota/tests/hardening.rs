@@ -343,3 +343,27 @@ fn argument_errors_are_json_with_json() {
     let r = expect(0, &["--json", "--help"]);
     assert!(r.stdout.contains("Usage"));
 }
+
+#[test]
+fn an_mtu_too_small_for_the_compressed_begin_sends_the_image_as_it_is() {
+    for mtu in ["41", "48"] {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = device(dir.path());
+        let app = image(dir.path(), "app.bin", "2.0.0", 20_000);
+        let r = expect(
+            0,
+            &[
+                "--json",
+                "--sim",
+                &dev,
+                "flash",
+                &app,
+                "--speed",
+                "0",
+                "--att-mtu",
+                mtu,
+            ],
+        );
+        assert_eq!(r.json()["compressed"], false, "MTU {mtu}");
+    }
+}

@@ -130,13 +130,19 @@ fn power_cut_at_every_flash_operation_boots_a_complete_image() {
     ));
     let ops = dev.flash().mutating_ops() - before;
     assert!(ops > 5);
+    cut_at_every_operation(ops, &mut |dev| update(dev, &img, false, &cfg));
+}
+
+/// Cuts power at each of the `ops` flash operations of `update` in turn, on a fresh device:
+/// the update is lost, and the device boots either the old app or the complete new one
+/// (2.0.0), never a torn image.
+fn cut_at_every_operation(ops: u64, update: &mut dyn FnMut(&mut VirtualEsp32) -> AirReport) {
     for k in 1..=ops {
         let mut dev = device();
         dev.flash_mut().arm(FaultPlan::cut_at(k));
-        let r = update(&mut dev, &img, false, &cfg);
+        let r = update(&mut dev);
         assert_eq!(r.outcome, AirOutcome::PowerLost, "cut at op {k}");
         let boot = dev.reboot(STOCK).unwrap();
-        // Either the old app or the complete new one; never a torn image.
         match boot.slot.as_str() {
             "factory" => assert_eq!(boot.version, "1.0.0"),
             "ota_0" => assert_eq!(boot.version, "2.0.0", "cut at op {k}"),
@@ -256,16 +262,5 @@ fn a_power_cut_while_inflating_leaves_the_old_image_booting() {
     );
     let ops = dev.flash().mutating_ops() - before;
     assert_eq!(dev.reboot(STOCK).unwrap().version, "2.0.0");
-    for k in 1..=ops {
-        let mut dev = device();
-        dev.flash_mut().arm(FaultPlan::cut_at(k));
-        let r = update_compressed(&mut dev, &img, &cfg);
-        assert_eq!(r.outcome, AirOutcome::PowerLost, "cut at op {k}");
-        let boot = dev.reboot(STOCK).unwrap();
-        match boot.slot.as_str() {
-            "factory" => assert_eq!(boot.version, "1.0.0"),
-            "ota_0" => assert_eq!(boot.version, "2.0.0", "cut at op {k}"),
-            other => panic!("booted {other} after a cut at op {k}"),
-        }
-    }
+    cut_at_every_operation(ops, &mut |dev| update_compressed(dev, &img, &cfg));
 }

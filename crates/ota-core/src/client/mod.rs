@@ -472,11 +472,19 @@ impl<'a> FastSender<'a> {
     /// Sends the image as `stream`, its raw deflate (RFC 1951) compression, to a device that
     /// takes compressed images (protocol v3); a device that does not gets the image as it is.
     /// The device checks that the stream inflates to the image (its size and SHA-256).
+    /// With a known ATT MTU too small for the longer BEGIN (below 49), the image goes as it
+    /// is.
     pub fn with_stream(mut self, stream: &'a [u8]) -> Result<Self, ClientError> {
         if stream.is_empty() || stream.len() > u32::MAX as usize {
             return Err(ClientError::BadImage(stream.len()));
         }
-        self.stream = Some((stream, fast::Stream::of(stream)));
+        let fits = self
+            .config
+            .att_mtu
+            .is_none_or(|mtu| max_value_len(mtu) >= fast::BEGIN_COMPRESSED_LEN);
+        if fits {
+            self.stream = Some((stream, fast::Stream::of(stream)));
+        }
         Ok(self)
     }
 
