@@ -97,13 +97,11 @@ pub fn firmware() -> Result<()> {
     }
     eprintln!("\nfirmware app images (checked with ota_core::esp::ImageValidator):");
     eprintln!(
-        "compressed images: not taken by the firmware yet (ota-core's `inflate` feature is off): \
-         the inflater would add {} KiB to the update engine ({} KiB window, {} bytes of state, \
-         sizes on this host), and the engine is built on the stack at boot; devices answer a \
-         compressed BEGIN with Unsupported and `ble-ota flash` sends the image as it is",
-        ota_core::device::INFLATER_RAM.div_ceil(1024),
+        "compressed images: the update engine's inflater takes {} bytes of state (size on this \
+         host; the RISC-V layout is within a few bytes); its {} KiB window is the transfer's \
+         program buffer",
+        ota_core::device::INFLATER_RAM,
         ota_core::device::INFLATE_WINDOW / 1024,
-        ota_core::device::INFLATER_RAM - ota_core::device::INFLATE_WINDOW,
     );
     for line in lines {
         eprintln!("{line}");

@@ -196,7 +196,7 @@ enum Outgoing {
 
 const MAX_CLIENTS: usize = 4;
 
-/// The engine inflates compressed images (the `inflate` feature: 43 KiB more RAM in the
+/// The engine inflates compressed images (the `inflate` feature: 10 KiB more RAM in the
 /// engine). Without it, INFO says so and a compressed BEGIN is refused with `Unsupported`,
 /// after which a client sends the image as it is.
 const TAKES_COMPRESSED: bool = cfg!(feature = "inflate");
@@ -297,10 +297,8 @@ pub struct UpdateEngine<H: Sha256Hasher = sha2::Sha256> {
     flash_work: FlashWork,
     /// CPU work done and not yet taken ([`UpdateEngine::take_cpu_work`]).
     cpu_work: CpuWork,
-    /// The inflater of a compressed session (its state and 32 KiB window), allocated once
-    /// (with the `inflate` feature).
-    #[cfg(feature = "inflate")]
-    inflater: inflate::Inflater,
+    /// The RAM an update works in (32 KiB of image bytes, and the inflater), allocated once.
+    bufs: transfer::Buffers,
 }
 
 impl UpdateEngine {
@@ -350,8 +348,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             pre_erase_prepared: false,
             flash_work: FlashWork::default(),
             cpu_work: CpuWork::default(),
-            #[cfg(feature = "inflate")]
-            inflater: inflate::Inflater::default(),
+            bufs: transfer::Buffers::new(),
         };
         engine.control_value[0] = legacy::NOP;
         Ok(engine)
@@ -1089,8 +1086,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         }
         let slot = t.target.ota_slot().unwrap_or(SLOT_OTHER);
         // A new stream: the inflater starts over (a resumed session keeps it as it is).
-        #[cfg(feature = "inflate")]
-        self.inflater.reset();
+        self.bufs.reset_inflater();
         self.session = Session::Receiving(t);
         self.pre_erased = 0;
         self.push_event(Event::UpdateStarted { slot });
@@ -1133,7 +1129,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             Protocol::Fast { stream, .. } => stream,
             Protocol::Legacy => None,
         };
-        let result = t.finish(flash, &self.slots);
+        let result = t.finish(flash, &self.slots, &self.bufs);
         match result {
             Ok((slot, size, sha256)) => {
                 self.session = Session::Activated {
@@ -1189,10 +1185,6 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         let chunk_limit = max_value_len(self.mtu(client))
             .saturating_sub(fast::CHUNK_HEADER_LEN)
             .min(self.config.max_chunk as usize);
-        #[cfg(feature = "inflate")]
-        let inflater = Some(&mut self.inflater);
-        #[cfg(not(feature = "inflate"))]
-        let inflater = None;
         let Session::Receiving(t) = &mut self.session else {
             return Err(match self.session {
                 Session::Activated { .. } => Reason::RebootPending,
@@ -1213,7 +1205,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                     Err(Reason::ChunkTooLarge)
                 } else {
                     let at = t.next;
-                    t.accept(flash, &self.slots, inflater, at, data, now)
+                    t.accept(flash, &self.slots, &mut self.bufs, at, data, now)
                         .map(|_| None)
                 }
             }
@@ -1221,7 +1213,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                 Err(_) => Err(Reason::BadLength),
                 Ok((_, payload)) if payload.len() > chunk_limit => Err(Reason::ChunkTooLarge),
                 Ok((offset, payload)) => t
-                    .accept(flash, &self.slots, inflater, offset, payload, now)
+                    .accept(flash, &self.slots, &mut self.bufs, offset, payload, now)
                     .map(|outcome| outcome.ack(t, now)),
             },
         };

@@ -6,7 +6,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::inflate::Inflater;
+use super::inflate::{Inflater, Progress};
 use super::{ClientId, CpuWork, Sha256Hasher};
 use crate::esp::flash::{self, SECTOR_SIZE};
 use crate::esp::image::ImageValidator;
@@ -43,6 +43,52 @@ impl Protocol {
 const PAGE_SIZE: usize = flash::PAGE_SIZE as usize;
 /// The most pages a transfer holds in RAM before programming them (32 KiB).
 pub(super) const MAX_PROGRAM_BATCH_PAGES: usize = 128;
+/// The transfer's RAM for image bytes: a ring indexed by image offset (byte `o` at
+/// `o % RING`) holding what is not programmed yet, and for a compressed image also deflate's
+/// window (the last 32 KiB of output), which is why it is exactly the window's size.
+const RING: usize = MAX_PROGRAM_BATCH_PAGES * PAGE_SIZE;
+const _: () = assert!(RING == super::inflate::WINDOW);
+
+/// The RAM an update works in, allocated once in the engine (a [`Transfer`] stays small, so
+/// starting and ending one moves little on the stack).
+pub(super) struct Buffers {
+    /// The image's latest bytes (see [`RING`]): `slot.programmed..image_next` of the
+    /// transfer wait for flash, whole pages going in batches.
+    ring: [u8; RING],
+    /// The inflater of a compressed session (with the `inflate` feature).
+    #[cfg(feature = "inflate")]
+    inflater: Inflater,
+}
+
+impl core::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Buffers").finish_non_exhaustive()
+    }
+}
+
+impl Buffers {
+    pub fn new() -> Self {
+        Buffers {
+            ring: [0; RING],
+            #[cfg(feature = "inflate")]
+            inflater: Inflater::default(),
+        }
+    }
+
+    /// Starts a new compressed stream (a no-op without the inflater).
+    pub fn reset_inflater(&mut self) {
+        #[cfg(feature = "inflate")]
+        self.inflater.reset();
+    }
+
+    /// The ring and, with the `inflate` feature, the inflater.
+    fn split(&mut self) -> (&mut [u8; RING], Option<&mut Inflater>) {
+        #[cfg(feature = "inflate")]
+        return (&mut self.ring, Some(&mut self.inflater));
+        #[cfg(not(feature = "inflate"))]
+        return (&mut self.ring, None);
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct Transfer<H> {
@@ -69,8 +115,6 @@ pub(super) struct Transfer<H> {
     hasher: H,
     /// SHA-256 of the image up to its checksum byte, once the stream passed it.
     image_digest: Option<[u8; 32]>,
-    /// In-order bytes not programmed yet: whole pages go to flash in batches of `batch` bytes.
-    pending: heapless::Vec<u8, { MAX_PROGRAM_BATCH_PAGES * PAGE_SIZE }>,
     /// Bytes programmed at once (a whole number of pages).
     batch: usize,
     slot: SlotWriter<H>,
@@ -152,7 +196,6 @@ impl<H: Sha256Hasher> Transfer<H> {
             validator,
             hasher: H::default(),
             image_digest: None,
-            pending: heapless::Vec::new(),
             batch: (batch_pages as usize).clamp(1, MAX_PROGRAM_BATCH_PAGES) * PAGE_SIZE,
             slot: SlotWriter {
                 target,
@@ -172,7 +215,7 @@ impl<H: Sha256Hasher> Transfer<H> {
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
-        inflater: Option<&mut Inflater>,
+        bufs: &mut Buffers,
         offset: u32,
         payload: &[u8],
         now: Instant,
@@ -201,20 +244,35 @@ impl<H: Sha256Hasher> Transfer<H> {
         } = self.protocol
         {
             // An engine without an inflater refuses a compressed BEGIN before this.
+            let (ring, inflater) = bufs.split();
             let inflater = inflater.ok_or(Reason::Unsupported)?;
-            inflater.feed(fresh, last, &mut |bytes| {
-                if self.image_next as u64 + bytes.len() as u64 > size as u64 {
+            let mut input = fresh;
+            loop {
+                // The inflater writes into the ring, never over bytes not programmed yet.
+                let at = self.image_next as usize % RING;
+                let room = RING - self.unprogrammed();
+                let step = inflater.step(input, ring, at, room, last)?;
+                input = &input[step.read..];
+                if self.image_next as u64 + step.written as u64 > size as u64 {
                     return Err(Reason::BadStream);
                 }
-                self.cpu.inflated += bytes.len() as u64;
-                flushed |= self.take_image(flash, slots, bytes)?;
-                Ok(())
-            })?;
+                if step.written > 0 {
+                    self.cpu.inflated += step.written as u64;
+                    flushed |= self.took(flash, slots, ring, step.written)?;
+                }
+                match step.progress {
+                    Progress::Done if input.is_empty() => break,
+                    Progress::Done => return Err(Reason::BadStream),
+                    Progress::MoreOutput => {}
+                    Progress::NeedsInput if input.is_empty() && !last => break,
+                    Progress::NeedsInput => return Err(Reason::BadStream),
+                }
+            }
             if last && (!inflater.is_done() || self.image_next != size) {
                 return Err(Reason::BadStream);
             }
         } else {
-            flushed = self.take_image(flash, slots, fresh)?;
+            flushed = self.take_image(flash, slots, &mut bufs.ring, fresh)?;
         }
         self.next += fresh.len() as u32;
         if last {
@@ -222,7 +280,7 @@ impl<H: Sha256Hasher> Transfer<H> {
             if self.validator.header().is_none() {
                 return Err(Reason::BadImageFormat);
             }
-            self.flush_tail(flash, slots)?;
+            self.flush_tail(flash, slots, &bufs.ring)?;
         } else if !flushed {
             // One flash outage per write at most: a batch, or one sector erase.
             self.erase_ahead(flash, slots)?;
@@ -232,22 +290,51 @@ impl<H: Sha256Hasher> Transfer<H> {
         Ok(Accepted::InOrder)
     }
 
-    /// Validates, hashes and programs the next image bytes. Returns true if a batch went to
-    /// flash.
+    /// Bytes in the ring not programmed yet.
+    fn unprogrammed(&self) -> usize {
+        self.image_next.saturating_sub(self.slot.programmed) as usize
+    }
+
+    /// Puts the next image bytes into the ring and takes them ([`took`](Self::took)), a
+    /// piece at a time where the ring is full or wraps. Returns true if a batch went to flash.
     fn take_image<F: NorFlash>(
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
-        fresh: &[u8],
+        ring: &mut [u8; RING],
+        mut fresh: &[u8],
     ) -> Result<bool, Reason> {
+        let mut flushed = false;
+        while !fresh.is_empty() {
+            let at = self.image_next as usize % RING;
+            // Never empty: `flush_batches` keeps less than a batch (at most the ring) waiting.
+            let room = (RING - self.unprogrammed()).min(RING - at);
+            let n = room.min(fresh.len());
+            ring[at..at + n].copy_from_slice(&fresh[..n]);
+            flushed |= self.took(flash, slots, ring, n)?;
+            fresh = &fresh[n..];
+        }
+        Ok(flushed)
+    }
+
+    /// `n` new image bytes sit in the ring at `image_next` (without wrapping): validates and
+    /// hashes them, and programs every whole batch waiting. Returns true if a batch went to
+    /// flash.
+    fn took<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+        ring: &[u8; RING],
+        n: usize,
+    ) -> Result<bool, Reason> {
+        let at = self.image_next as usize % RING;
+        let fresh = &ring[at..at + n];
         self.validator.feed(fresh).map_err(Reason::from)?;
         // One hash pass serves both the session (the whole file, against BEGIN's SHA-256) and
         // the image check (the image up to its checksum byte, against the appended SHA-256):
         // the hasher's state is snapshot where the image's hashed part ends.
         match self.validator.hashed_len() {
-            Some(end)
-                if self.image_digest.is_none() && end <= self.image_next + fresh.len() as u32 =>
-            {
+            Some(end) if self.image_digest.is_none() && end <= self.image_next + n as u32 => {
                 let (head, tail) = fresh.split_at((end - self.image_next) as usize);
                 self.hasher.update(head);
                 self.image_digest = Some(self.hasher.clone().finalize());
@@ -255,10 +342,9 @@ impl<H: Sha256Hasher> Transfer<H> {
             }
             _ => self.hasher.update(fresh),
         }
-        let flushed = self.program(flash, slots, fresh)?;
-        self.image_next += fresh.len() as u32;
-        self.cpu.hashed += fresh.len() as u64;
-        Ok(flushed)
+        self.image_next += n as u32;
+        self.cpu.hashed += n as u64;
+        self.flush_batches(flash, slots, ring)
     }
 
     /// Ends the transfer: the image must be complete and valid, the bytes must match the
@@ -268,6 +354,7 @@ impl<H: Sha256Hasher> Transfer<H> {
         mut self,
         flash: &mut F,
         slots: &OtaSlots,
+        bufs: &Buffers,
     ) -> Result<(u8, u32, [u8; 32]), Reason> {
         let validator = core::mem::replace(&mut self.validator, ImageValidator::new(None, 0));
         validator
@@ -282,7 +369,7 @@ impl<H: Sha256Hasher> Transfer<H> {
                 return Err(Reason::SessionHashMismatch);
             }
         }
-        self.flush_tail(flash, slots)?;
+        self.flush_tail(flash, slots, &bufs.ring)?;
         let (target, next) = (self.target, self.image_next);
         // What the slot holds, read back as each batch was programmed, must hash to what
         // arrived. Only the image's bytes count (the padding of the last page does not).
@@ -300,51 +387,78 @@ impl<H: Sha256Hasher> Transfer<H> {
         Ok((target.ota_slot().unwrap_or(SLOT_OTHER), next, digest))
     }
 
-    /// Programs what is held in RAM, padded with erased bytes to the flash's write unit.
-    fn flush_tail<F: NorFlash>(&mut self, flash: &mut F, slots: &OtaSlots) -> Result<(), Reason> {
-        while !self.pending.len().is_multiple_of(F::WRITE_SIZE.max(1)) {
-            self.pending.push(0xFF).map_err(|_| Reason::FlashError)?;
+    /// Programs what waits in the ring, the last bytes padded with erased ones to the flash's
+    /// write unit.
+    fn flush_tail<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        slots: &OtaSlots,
+        ring: &[u8; RING],
+    ) -> Result<(), Reason> {
+        let n = self.unprogrammed();
+        if n == 0 {
+            return Ok(());
         }
-        if !self.pending.is_empty() {
-            self.prepare_otadata(flash, slots)?;
+        self.prepare_otadata(flash, slots)?;
+        let unit = F::WRITE_SIZE.clamp(1, PAGE_SIZE);
+        let whole = n / unit * unit;
+        self.program_ring(flash, ring, whole, self.image_next)?;
+        if whole < n {
+            // The last write unit, within one page: its image bytes, then 0xFF.
+            let mut last = [0xFF; PAGE_SIZE];
+            let at = self.slot.programmed as usize % RING;
+            for (i, b) in last[..n - whole].iter_mut().enumerate() {
+                *b = ring[(at + i) % RING];
+            }
             self.slot
-                .program_pages(flash, &self.pending, self.image_next)?;
-            self.pending.clear();
+                .program_pages(flash, &last[..unit], self.image_next)?;
         }
         Ok(())
     }
 
-    /// Holds in-order bytes in RAM and programs them a batch of whole 256-byte pages at a
-    /// time, one page-program command per page however the client chunked the data. Every
-    /// flash operation stops the BLE controller (see the module docs), and each time the
-    /// radio stops the connection event under way ends: one stop for many pages costs the
-    /// link far less than a stop per page, while each page is still its own short command.
-    /// Nothing touches flash before the image header proved the image is for this chip.
-    /// Returns true if a batch went to flash.
-    fn program<F: NorFlash>(
+    /// Programs every whole batch waiting in the ring, one page-program command per page
+    /// however the client chunked the data. Every flash operation stops the BLE controller
+    /// (see the module docs), and each time the radio stops the connection event under way
+    /// ends: one stop for many pages costs the link far less than a stop per page, while each
+    /// page is still its own short command. Nothing touches flash before the image header
+    /// proved the image is for this chip. Returns true if a batch went to flash.
+    fn flush_batches<F: NorFlash>(
         &mut self,
         flash: &mut F,
         slots: &OtaSlots,
-        mut bytes: &[u8],
+        ring: &[u8; RING],
     ) -> Result<bool, Reason> {
         let mut flushed = false;
-        while !bytes.is_empty() {
-            let take = (self.batch - self.pending.len()).min(bytes.len());
-            let (head, rest) = bytes.split_at(take);
-            // Cannot fail: `take` fits the room left.
-            let _ = self.pending.extend_from_slice(head);
-            bytes = rest;
-            if self.pending.len() == self.batch {
-                if self.validator.header().is_none() {
-                    return Err(Reason::BadImageFormat);
-                }
-                self.prepare_otadata(flash, slots)?;
-                self.slot.program_pages(flash, &self.pending, u32::MAX)?;
-                self.pending.clear();
-                flushed = true;
+        while self.unprogrammed() >= self.batch {
+            if self.validator.header().is_none() {
+                return Err(Reason::BadImageFormat);
             }
+            self.prepare_otadata(flash, slots)?;
+            self.program_ring(flash, ring, self.batch, u32::MAX)?;
+            flushed = true;
         }
         Ok(flushed)
+    }
+
+    /// Programs the next `len` bytes of the ring from the program pointer: in two parts where
+    /// the ring wraps, which falls on a 32 KiB boundary of the image, so each part starts on
+    /// a page. `image_end` as for [`SlotWriter::program_pages`].
+    fn program_ring<F: NorFlash>(
+        &mut self,
+        flash: &mut F,
+        ring: &[u8; RING],
+        len: usize,
+        image_end: u32,
+    ) -> Result<(), Reason> {
+        let start = self.slot.programmed as usize % RING;
+        let first = len.min(RING - start);
+        self.slot
+            .program_pages(flash, &ring[start..start + first], image_end)?;
+        if first < len {
+            self.slot
+                .program_pages(flash, &ring[..len - first], image_end)?;
+        }
+        Ok(())
     }
 
     /// Erases at most one sector of what the next batch will cover, if the pre-erase did not:
@@ -355,7 +469,7 @@ impl<H: Sha256Hasher> Transfer<H> {
             Protocol::Fast { size, .. } => size,
             Protocol::Legacy => self.validator.total_len().unwrap_or(self.target.size),
         };
-        let wanted = (self.slot.programmed as usize + self.pending.len() + self.batch)
+        let wanted = (self.slot.programmed as usize + self.unprogrammed() + self.batch)
             .min(image_end as usize)
             .min(self.target.size as usize) as u32;
         if self.slot.erased < wanted && self.validator.header().is_some() {
