@@ -124,15 +124,21 @@ pub fn run(args: DemoArgs) -> Result<()> {
         }
     );
 
-    let v2 = app_image::build(CHIP, "demo-app", "2.0.0", 400_000, 2);
-    let v3 = app_image::build(CHIP, "demo-app", "3.0.0", 420_000, 3);
-    let v4 = app_image::build(CHIP, "demo-app", "4.0.0", 380_000, 4);
+    // Code-like payloads: they compress about as firmware does, as the updates show.
+    let app = |version: &str, len: usize, seed: u64| {
+        let mut spec = app_image::AppImageSpec::new(CHIP, "demo-app", version, len, seed);
+        spec.code_like = true;
+        app_image::build_with(&spec)
+    };
+    let v2 = app("2.0.0", 400_000, 2);
+    let v3 = app("3.0.0", 420_000, 3);
+    let v4 = app("4.0.0", 380_000, 4);
     let mut dev = SimDevice::open(&path, stock)?;
 
     step(
         2,
         &format!(
-            "Update to 2.0.0 with the fast protocol ({} link profile)",
+            "Update to 2.0.0 with the fast protocol, compressed ({} link profile)",
             args.profile
         ),
     );
@@ -252,10 +258,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     println!("   running: {} {}", info.app_name, info.app_version);
     timing_table()?;
-    println!(
-        "\nDone: every step behaved as expected. Try `ble-ota --sim {} info`.",
-        path.display()
-    );
+    if args.dir.is_some() {
+        println!(
+            "\nDone: every step behaved as expected. Try `ble-ota --sim {} info`.",
+            path.display()
+        );
+    } else {
+        println!(
+            "\nDone: every step behaved as expected. The device was temporary; `ble-ota demo --dir DIR` keeps it for `ble-ota --sim DIR/esp32c3.bin info`."
+        );
+    }
     Ok(())
 }
 
