@@ -975,3 +975,39 @@ fn a_device_without_compression_gets_the_image_as_it_is() {
     };
     assert!(!f.is_compressed());
 }
+
+#[test]
+fn only_the_client_that_ended_the_update_may_abort_or_reboot_while_it_is_connected() {
+    let mut dev = Device::new(Chip::Esp32c3);
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 3);
+    let mut engine = dev.engine();
+    // Client 1 updates and stays connected.
+    update(&mut dev, &mut engine, &img);
+    assert_eq!(dev.boot_partition(), dev.partition("ota_0"));
+    // Another central in range cannot take the selection back or reboot the device.
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 2, &encoded(Command::Abort))),
+        Reason::Busy
+    );
+    assert_eq!(
+        refused(command(&mut dev, &mut engine, 2, &encoded(Command::Reboot))),
+        Reason::Busy
+    );
+    assert_eq!(
+        dev.boot_partition(),
+        dev.partition("ota_0"),
+        "still selected"
+    );
+    // The owner may.
+    assert_eq!(
+        command(&mut dev, &mut engine, 1, &encoded(Command::Reboot)),
+        Response::RebootOk
+    );
+    // Once it left, the session has no owner: anyone may end it.
+    engine.handle_disconnected(ota_core::device::ClientId(1));
+    assert_eq!(
+        command(&mut dev, &mut engine, 2, &encoded(Command::Abort)),
+        Response::AbortOk
+    );
+    assert_eq!(dev.boot_partition(), dev.partition("factory"));
+}

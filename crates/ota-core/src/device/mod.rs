@@ -268,6 +268,9 @@ enum Session<H> {
         size: u32,
         sha256: [u8; 32],
         stream: Option<fast::Stream>,
+        /// The client that ended the session, while it stays connected: only it may REBOOT
+        /// or ABORT now.
+        owner: Option<ClientId>,
     },
 }
 
@@ -494,13 +497,29 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
     pub fn handle_disconnected(&mut self, client: ClientId) {
         self.clients.retain(|c| c.id != client);
         self.outbox_retain(client);
-        if let Session::Receiving(t) = &mut self.session
-            && t.owner == Some(client)
-        {
-            t.owner = None;
-            if t.protocol == Protocol::Legacy {
-                self.fail(Reason::NoSession);
+        match &mut self.session {
+            Session::Receiving(t) if t.owner == Some(client) => {
+                t.owner = None;
+                if t.protocol == Protocol::Legacy {
+                    self.fail(Reason::NoSession);
+                }
             }
+            Session::Activated { owner, .. } if *owner == Some(client) => *owner = None,
+            _ => {}
+        }
+    }
+
+    /// Refuses a command that changes the session's fate (REBOOT, ABORT) from a client other
+    /// than the one driving it, or that ended it, while that one is connected.
+    fn check_owner(&self, client: ClientId) -> Result<(), Reason> {
+        let owner = match &self.session {
+            Session::Receiving(t) => t.owner,
+            Session::Activated { owner, .. } => *owner,
+            Session::Idle => None,
+        };
+        match owner {
+            Some(o) if o != client => Err(Reason::Busy),
+            _ => Ok(()),
         }
     }
 
@@ -972,20 +991,13 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                 self.begin(flash, client, protocol, flags, now)
             }
             Command::End => self.end(flash, client),
-            Command::Reboot => match &self.session {
-                Session::Receiving(t) if t.owner.is_some() && t.owner != Some(client) => {
-                    Err(Reason::Busy)
-                }
-                _ => {
-                    self.push_event(Event::RebootRequested);
-                    Ok(Response::RebootOk)
-                }
-            },
+            Command::Reboot => self.check_owner(client).map(|()| {
+                self.push_event(Event::RebootRequested);
+                Response::RebootOk
+            }),
             Command::Confirm => self.confirm(flash).map(|()| Response::ConfirmOk),
             Command::Abort => match &self.session {
-                Session::Receiving(t) if t.owner.is_some() && t.owner != Some(client) => {
-                    Err(Reason::Busy)
-                }
+                _ if self.check_owner(client).is_err() => Err(Reason::Busy),
                 Session::Receiving(_) => {
                     self.fail(Reason::NoSession);
                     Ok(Response::AbortOk)
@@ -1043,6 +1055,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                 size: s,
                 sha256: h,
                 stream: st,
+                ..
             } if *s == size && *h == sha256 && *st == stream => {
                 return Ok(Response::BeginOk {
                     resume_offset: stream.map_or(size, |s| s.len),
@@ -1129,6 +1142,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             Protocol::Fast { stream, .. } => stream,
             Protocol::Legacy => None,
         };
+        let owner = t.owner;
         let result = t.finish(flash, &self.slots, &self.bufs);
         match result {
             Ok((slot, size, sha256)) => {
@@ -1137,6 +1151,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                     size,
                     sha256,
                     stream,
+                    owner,
                 };
                 self.push_event(Event::UpdateActivated { slot });
                 Ok(slot)
