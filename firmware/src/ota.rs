@@ -91,5 +91,6 @@ fn log_event(event: Event) {
         Event::UpdateFailed { reason } => warn!("ota: update failed: {reason:?}"),
         Event::RebootRequested => info!("ota: reboot requested"),
         Event::Confirmed => info!("ota: running image confirmed: it stays"),
+        Event::DropClient { client } => info!("ota: dropping idle central {}", client.0),
     }
 }

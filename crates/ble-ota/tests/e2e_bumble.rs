@@ -928,3 +928,34 @@ fn a_compressed_update_over_hci_sends_fewer_bytes_and_lands_byte_for_byte() {
     assert_eq!(report["wire_bytes"], report["image_bytes"]);
     assert_booted(&mut dev, &sim, "7.0.0", &plain_img);
 }
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn an_idle_central_is_dropped_so_another_can_get_in() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&["--idle-timeout", "2"]);
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/idle_client.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+        .args(["--wait", "15"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "idle_client.py: {}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dropped"], true, "{v}");
+    let after = v["after_s"].as_f64().unwrap();
+    assert!((1.5..10.0).contains(&after), "dropped after {after} s");
+    dev.wait_event("dropped_idle", Duration::from_secs(5));
+    // The device advertises again, and the next central updates it.
+    dev.wait_event("advertising", Duration::from_secs(10));
+    let (path, img) = image(dir.path(), "app.bin", "9.0.0", 40_000, 31);
+    let report = flash_json(&flash_hci(ports[1], &path, &[]));
+    assert_eq!(report["outcome"], "activated");
+    assert_booted(&mut dev, &sim, "9.0.0", &img);
+}

@@ -1011,3 +1011,40 @@ fn only_the_client_that_ended_the_update_may_abort_or_reboot_while_it_is_connect
     );
     assert_eq!(dev.boot_partition(), dev.partition("factory"));
 }
+
+#[test]
+fn a_client_that_sends_nothing_for_the_idle_timeout_is_dropped_once() {
+    use ota_core::device::{ClientId, Event};
+    let mut dev = Device::new(Chip::Esp32c3);
+    let mut engine = dev.engine();
+    let (idle, busy) = (ClientId(1), ClientId(2));
+    engine.handle_connected(idle);
+    engine.handle_connected(busy);
+    // The first tick stamps both; then only `busy` writes.
+    engine.handle_tick(Instant(1_000));
+    let mut f = MemFlash::new(&mut dev.flash);
+    for t in (2_000..=31_000).step_by(1_000) {
+        let _ = engine.handle_write(
+            &mut f,
+            busy,
+            ota_core::protocol::Characteristic::Control,
+            &encoded(Command::Status),
+            Instant(t),
+        );
+        while engine.poll_notification(&mut [0u8; 600]).is_some() {}
+        engine.handle_tick(Instant(t));
+    }
+    assert_eq!(
+        engine.poll_timeout(),
+        Some(Instant(31_000 + 30_000)),
+        "busy's deadline"
+    );
+    let events: Vec<_> = core::iter::from_fn(|| engine.poll_event()).collect();
+    assert_eq!(
+        events,
+        [Event::DropClient { client: idle }],
+        "30 s after it was first seen"
+    );
+    engine.handle_tick(Instant(40_000));
+    assert_eq!(engine.poll_event(), None, "asked once");
+}

@@ -250,6 +250,9 @@ pub enum Note {
         /// Sectors this boot had to erase (the others read blank).
         erased_sectors: u32,
     },
+    /// The central sent nothing for the engine's idle timeout: the device dropped the link
+    /// (`DeviceConfig::idle_timeout_ms`).
+    DroppedIdle,
     /// The flash commands the engine just issued (the chip spent their time already; a
     /// simulator paces itself by them, with `ble_link_model::FlashTiming::ops_time`).
     FlashWork(FlashWork),
@@ -372,6 +375,10 @@ const NOTE_LEN: usize = Response::MAX_LEN;
 /// to the observer, notifications queue for sending, events go to [`Shared::handle_event`].
 struct GattShell<'s, 'a, F, H: Sha256Hasher> {
     shared: &'s Shared<'a, F, H>,
+    /// This connection's client.
+    client: ClientId,
+    /// The engine asked to drop this connection (it idled).
+    drop_link: bool,
     notes: heapless09::Deque<heapless09::Vec<u8, NOTE_LEN>, NOTE_QUEUE>,
 }
 
@@ -401,6 +408,13 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for GattShell<'_, '_, F, H> {
         }
     }
     fn event(&mut self, event: Event) {
+        if event
+            == (Event::DropClient {
+                client: self.client,
+            })
+        {
+            self.drop_link = true;
+        }
         self.shared.handle_event(event);
     }
 }
@@ -445,6 +459,8 @@ impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
                 self.trial_wake.signal(());
                 self.idle_wake.signal(());
             }
+            // The connection it names acts on it (`GattShell`).
+            Event::DropClient { .. } => {}
         }
     }
 }
@@ -919,6 +935,8 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
         let mut link = (0u16, 0u16, None);
         let mut shell = GattShell {
             shared,
+            client,
+            drop_link: false,
             notes: heapless09::Deque::new(),
         };
         loop {
@@ -1015,6 +1033,12 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
             }
             if shared.reboot.get() {
                 return Served::Reboot;
+            }
+            if core::mem::take(&mut shell.drop_link) {
+                // An idle central holds the only connection, and nobody else can get in
+                // while it does: drop it (its session, if any, stays resumable).
+                note(observer, Note::DroppedIdle);
+                conn.raw().disconnect();
             }
             yield_now().await;
         }

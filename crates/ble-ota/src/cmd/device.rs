@@ -51,6 +51,10 @@ pub struct DeviceArgs {
     /// Make the app's self-test fail, as a broken image's would: a trial image rolls back.
     #[arg(long)]
     pub self_test_fails: bool,
+    /// Drop a central that sends nothing for this many seconds (0: never), as the firmware
+    /// does after 30 s, so an idle central cannot hold the only connection.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub idle_timeout: u32,
 }
 
 /// `--confirm`.
@@ -144,6 +148,10 @@ fn report(json_out: bool, n: Note) {
         Note::Disconnected(reason) => (
             json!({"event": "disconnected", "reason": reason}),
             format!("disconnected (reason {reason:#04x})"),
+        ),
+        Note::DroppedIdle => (
+            json!({"event": "dropped_idle"}),
+            "dropped an idle central (no OTA traffic for the idle timeout)".into(),
         ),
         // Flash work paces the device (`--flash-timing`); it is not news.
         Note::FlashWork(_) => return,
@@ -246,7 +254,10 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
                     ),
                 );
             }
-            let mut engine = dev.engine(ota_gatt::device_config(chip))?;
+            let mut engine = dev.engine(ota_core::device::DeviceConfig {
+                idle_timeout_ms: args.idle_timeout * 1000,
+                ..ota_gatt::device_config(chip)
+            })?;
             // The firmware's boot: a trial image runs the confirm policy.
             let mut trial =
                 TrialPolicy::new(args.trial_config(), engine.is_trial(), ota_gatt::now());

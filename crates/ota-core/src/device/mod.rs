@@ -93,6 +93,10 @@ pub struct DeviceConfig {
     /// page by page, 103 kB/s by 16 KiB, 106 kB/s by 32 KiB. The buffer is 32 KiB of the
     /// engine whatever this says.
     pub program_batch_pages: u8,
+    /// Drop a client that sent nothing for this long ([`Event::DropClient`]); 0: never.
+    /// Default 30 s: a central that connects and idles, or stalls, would otherwise hold the
+    /// device's only connection, and the device does not advertise while connected.
+    pub idle_timeout_ms: u32,
 }
 
 impl DeviceConfig {
@@ -112,6 +116,7 @@ impl DeviceConfig {
             rewind_retry_ms: 300,
             idle_ack_ms: 100,
             program_batch_pages: transfer::MAX_PROGRAM_BATCH_PAGES as u8,
+            idle_timeout_ms: 30_000,
         }
     }
 }
@@ -137,6 +142,13 @@ pub enum Event {
     },
     /// Reboot now (after the pending notifications went out): the new image boots.
     RebootRequested,
+    /// Disconnect `client`: it sent nothing for [`DeviceConfig::idle_timeout_ms`] (an idle
+    /// central, or one whose session stalled; a session stays resumable), so another central
+    /// can get in.
+    DropClient {
+        /// The idle client.
+        client: ClientId,
+    },
     /// The running trial image was confirmed; stop any rollback watchdog.
     Confirmed,
 }
@@ -216,6 +228,10 @@ struct ClientLink {
     /// The client sent a fast-protocol command on this connection: it learns of refused data
     /// writes by notification even without a session (a chunk before BEGIN).
     speaks_fast: bool,
+    /// When the client last wrote (or was first seen by a tick); `None` until then.
+    last_write: Option<Instant>,
+    /// [`Event::DropClient`] went out for it.
+    dropping: bool,
 }
 
 impl ClientLink {
@@ -227,6 +243,8 @@ impl ClientLink {
             timing: None,
             value_len: 0,
             speaks_fast: false,
+            last_write: None,
+            dropping: false,
         };
         link.update_value_len();
         link
@@ -534,6 +552,9 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         data: &[u8],
         now: Instant,
     ) -> Result<(), Reason> {
+        if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
+            link.last_write = Some(now);
+        }
         match characteristic {
             Characteristic::Control => {
                 self.handle_control_write(flash, client, data, now);
@@ -610,6 +631,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
     /// Time passed: re-reports a gap the client has not repaired and acknowledges progress
     /// after a pause in the data.
     pub fn handle_tick(&mut self, now: Instant) {
+        self.drop_idle_clients(now);
         let Session::Receiving(t) = &mut self.session else {
             return;
         };
@@ -633,8 +655,39 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         }
     }
 
+    /// Asks the shell to drop every client that wrote nothing for `idle_timeout_ms`.
+    fn drop_idle_clients(&mut self, now: Instant) {
+        let timeout = self.config.idle_timeout_ms;
+        let mut idle: heapless::Vec<ClientId, MAX_CLIENTS> = heapless::Vec::new();
+        for c in self.clients.iter_mut() {
+            let since = *c.last_write.get_or_insert(now);
+            if timeout > 0 && !c.dropping && now.since(since) >= u64::from(timeout) {
+                c.dropping = true;
+                let _ = idle.push(c.id);
+            }
+        }
+        for client in idle {
+            self.push_event(Event::DropClient { client });
+        }
+    }
+
     /// Returns when [`handle_tick`](Self::handle_tick) must run next, if anything waits on time.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self
+            .clients
+            .iter()
+            .filter(|c| self.config.idle_timeout_ms > 0 && !c.dropping)
+            .map(|c| match c.last_write {
+                Some(at) => at.after_ms(self.config.idle_timeout_ms),
+                // A tick stamps a newly connected client.
+                None => Instant(0),
+            })
+            .min();
+        [idle, self.session_timeout()].into_iter().flatten().min()
+    }
+
+    /// When the session's next ACK or REWIND is due, if one waits on time.
+    fn session_timeout(&self) -> Option<Instant> {
         let Session::Receiving(t) = &self.session else {
             return None;
         };
