@@ -18,15 +18,13 @@ import sys
 import time
 
 from bumble.transport import open_transport
-from ota_scan import connect_ota_device, host
+from ota_scan import connected_central
 
 
 async def run(args: argparse.Namespace) -> int:
     async with await open_transport(args.hci) as transport:
-        device = await host(transport, "ble-ota-idle")
-        connection = await connect_ota_device(device, args.scan_timeout, 30)
+        connection = await connected_central(transport, "ble-ota-idle", args.scan_timeout)
         if connection is None:
-            print("error: no device advertising the OTA service", file=sys.stderr)
             return 4
         gone = asyncio.Event()
         connection.on("disconnection", lambda _reason: gone.set())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from bumble import hci
 from bumble.core import UUID, AdvertisingData
@@ -58,3 +59,13 @@ async def connect_ota_device(device: Device, scan_timeout: float, connect_timeou
     except asyncio.TimeoutError:
         return None
     return await device.connect(address, timeout=connect_timeout)
+
+
+async def connected_central(transport, name: str, scan_timeout: float):
+    """A Bumble central named `name` on `transport`, connected to the first device advertising
+    the OTA service; None, said on stderr, if none did in time."""
+    device = await host(transport, name)
+    connection = await connect_ota_device(device, scan_timeout, 30)
+    if connection is None:
+        print("error: no device advertising the OTA service", file=sys.stderr)
+    return connection
