@@ -80,10 +80,12 @@ fn main() -> std::process::ExitCode {
         cli.command,
         Command::Info | Command::Confirm | Command::Reboot | Command::Flash(_)
     );
-    let result = match cli.command {
-        _ if one_device && target.sim.is_some() && target.hci.is_some() => {
-            target.one_device()
-        }
+    let checked = if one_device {
+        target.one_device()
+    } else {
+        Ok(())
+    };
+    let result = checked.and_then(|()| match cli.command {
         Command::Demo(_) if json => Err(exit::CliError::new(
             exit::ExitCode::Usage,
             "`demo` tells a story for people and has no JSON output; script the same steps with `ble-ota --json sim ...` and `ble-ota --json --sim FILE flash ...`",
@@ -109,7 +111,7 @@ fn main() -> std::process::ExitCode {
         Command::Flash(a) => {
             runtime().and_then(|rt| rt.block_on(cmd::flash::run(a, &target, json)))
         }
-    };
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

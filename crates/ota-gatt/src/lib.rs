@@ -420,7 +420,9 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for GattShell<'_, '_, F, H> {
 }
 
 /// The trial task's and the idle pre-erase's side of the driver: flash work to the observer,
-/// events to [`Shared::handle_event`]; they serve no client, so there is nothing to notify.
+/// events to [`Shared::handle_event`]. Confirming and pre-erasing notify no client, and every
+/// client input goes through [`GattShell`], which sends its notifications at once, so none
+/// can be waiting when this hands over.
 struct TaskShell<'s, 'a, F, H: Sha256Hasher>(&'s Shared<'a, F, H>);
 
 impl<F: NorFlash, H: Sha256Hasher> Shell for TaskShell<'_, '_, F, H> {
@@ -429,7 +431,9 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for TaskShell<'_, '_, F, H> {
             note(&self.0.observer, Note::FlashWork(work));
         }
     }
-    fn notify(&mut self, _client: ClientId, _value: &[u8]) {}
+    fn notify(&mut self, _client: ClientId, _value: &[u8]) {
+        debug_assert!(false, "a notification outside a client's input");
+    }
     fn event(&mut self, event: Event) {
         self.0.handle_event(event);
     }

@@ -620,11 +620,9 @@ impl VirtualEsp32 {
     /// Returns the file that records, beside a file-backed flash, the chip revision (the flash
     /// image cannot hold it: on a real chip it is in eFuse).
     pub fn chip_revision_path(&self) -> Option<std::path::PathBuf> {
-        self.flash.path().map(|p| {
-            let mut s = p.as_os_str().to_owned();
-            s.push(".chip-revision");
-            s.into()
-        })
+        self.flash
+            .path()
+            .map(|p| crate::flash::sibling(p, ".chip-revision"))
     }
 
     fn record_chip_revision(&self) -> Result<(), DeviceError> {
@@ -651,11 +649,9 @@ impl VirtualEsp32 {
     /// Returns the file that records, beside a file-backed flash, which app is running, so a
     /// device stays "on" between runs of a program (a CLI that connects to it does not reset it).
     pub fn power_state_path(&self) -> Option<std::path::PathBuf> {
-        self.flash.path().map(|p| {
-            let mut s = p.as_os_str().to_owned();
-            s.push(".running");
-            s.into()
-        })
+        self.flash
+            .path()
+            .map(|p| crate::flash::sibling(p, ".running"))
     }
 
     /// Opens the device at `path` as it was left: still running the app recorded by the last
@@ -713,17 +709,13 @@ impl VirtualEsp32 {
         self.record_power_state()
     }
 
-    /// SHA-256 of a partition's bytes, in hex: what [`record_power_state`] pins.
+    /// SHA-256 of a partition's bytes, in hex: what [`record_power_state`](Self::record_power_state) pins.
     fn partition_digest(&self, p: &Partition) -> String {
         use sha2::Digest;
         let start = p.offset as usize;
         let end = (start + p.size as usize).min(self.flash.bytes().len());
-        hex_digest(&sha2::Sha256::digest(
+        hex::encode(sha2::Sha256::digest(
             &self.flash.bytes()[start.min(end)..end],
         ))
     }
-}
-
-fn hex_digest(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -54,6 +54,14 @@ pub struct FlashArgs {
     pub disconnect_at: Vec<u32>,
 }
 
+impl FlashArgs {
+    /// Whether to offer the device the image compressed: the fast protocol, unless
+    /// `--no-compress` (the seed's protocol has no compression).
+    fn compress(&self) -> bool {
+        !self.legacy && !self.no_compress
+    }
+}
+
 /// The modelled link of the virtual ESP32: a profile, with any parameter overridden.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Modelled link (virtual ESP32)")]
@@ -377,11 +385,10 @@ fn flash_sim(
         dev.dev.flash_mut().arm(FaultPlan::cut_at(n));
     }
     let mut outcome = Outcome::default();
-    let compress = !args.legacy && !args.no_compress;
     let r = dev.update_over_air(
         image,
         args.legacy,
-        compress,
+        args.compress(),
         &air,
         args.speed.unwrap_or(1.0),
         &mut |e, t| {
@@ -442,8 +449,14 @@ fn check_fault_positions(
         bootloader: dev.bootloader,
     };
     trial.dev.flash_mut().reset_stats();
-    let compress = !args.legacy && !args.no_compress;
-    let r = trial.update_over_air(image, args.legacy, compress, air, 0.0, &mut |_, _| {})?;
+    let r = trial.update_over_air(
+        image,
+        args.legacy,
+        args.compress(),
+        air,
+        0.0,
+        &mut |_, _| {},
+    )?;
     let ops = trial.dev.flash().mutating_ops();
     let usage = |m: String| -> Result<()> { Err(CliError::new(ExitCode::Usage, m).into()) };
     if let Some(n) = args.power_cut_at
@@ -513,7 +526,7 @@ pub async fn send<L: crate::transport::Link>(
     bar: &mut Bar,
 ) -> Result<FlashReport> {
     // Compressed when the device takes it (the sender falls back to the image as it is).
-    let stream = (!args.legacy && !args.no_compress).then(|| ota_core::client::compress(image));
+    let stream = args.compress().then(|| ota_core::client::compress(image));
     let mut sender = if args.legacy {
         Sender::Legacy(
             LegacySender::new(image, link.att_mtu().or(args.mtu).unwrap_or(247))

@@ -8,8 +8,10 @@
 //! 1. [`Shell::flash_work`]: the erase and program commands the input cost, as the engine
 //!    issued them. The chip has already spent that time; a model charges it (the flash-time
 //!    rule is `ble_link_model::FlashTiming::ops_time`), a paced simulator sleeps it.
-//! 2. [`Shell::notify`]: each notification of OTA Control, for the client it names.
-//! 3. [`Shell::event`]: what the engine asks of the shell (reboot, trial over, busy).
+//! 2. [`Shell::cpu_work`]: the bytes it hashed and inflated, which a model charges too.
+//! 3. [`Shell::notify`]: each notification of OTA Control, for the client it names.
+//! 4. [`Shell::event`]: what the engine asks of the shell (reboot, trial over, busy, drop an
+//!    idle client).
 //!
 //! So no shell drains the engine, meters its flash or decides what an input costs on its own.
 

@@ -274,7 +274,8 @@ impl ClientLink {
 const OUTBOX: usize = 8;
 
 /// Session state beyond an in-progress transfer.
-// One per engine, never moved around: the size difference costs nothing.
+// No allocator to box the transfer in; it is about 1 KiB (its image bytes live in the
+// engine's `Buffers`), and one session per engine.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Session<H> {
@@ -1035,22 +1036,14 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                 sha256,
                 flags,
                 stream,
-            } => {
-                let protocol = Protocol::Fast {
-                    size,
-                    sha256,
-                    stream,
-                };
-                self.begin(flash, client, protocol, flags, now)
-            }
+            } => self.begin(flash, client, size, sha256, stream, flags, now),
             Command::End => self.end(flash, client),
             Command::Reboot => self.check_owner(client).map(|()| {
                 self.push_event(Event::RebootRequested);
                 Response::RebootOk
             }),
             Command::Confirm => self.confirm(flash).map(|()| Response::ConfirmOk),
-            Command::Abort => match &self.session {
-                _ if self.check_owner(client).is_err() => Err(Reason::Busy),
+            Command::Abort => self.check_owner(client).and_then(|()| match &self.session {
                 Session::Receiving(_) => {
                     self.fail(Reason::NoSession);
                     Ok(Response::AbortOk)
@@ -1060,7 +1053,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                     self.deselect(flash, slot).map(|()| Response::AbortOk)
                 }
                 Session::Idle => Ok(Response::AbortOk),
-            },
+            }),
             Command::Status => match &mut self.session {
                 Session::Receiving(t) if t.owner == Some(client) => {
                     t.last_acked = t.next;
@@ -1078,21 +1071,22 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         }
     }
 
+    // BEGIN's fields, as they arrive.
+    #[allow(clippy::too_many_arguments)]
     fn begin<F: NorFlash>(
         &mut self,
         flash: &mut F,
         client: ClientId,
-        protocol: Protocol,
+        size: u32,
+        sha256: [u8; 32],
+        stream: Option<fast::Stream>,
         flags: u8,
         now: Instant,
     ) -> Result<Response, Reason> {
-        let Protocol::Fast {
+        let protocol = Protocol::Fast {
             size,
             sha256,
             stream,
-        } = protocol
-        else {
-            return Err(Reason::UnknownCommand);
         };
         if flags & !begin_flags::KNOWN != 0 || (stream.is_some() && !TAKES_COMPRESSED) {
             return Err(Reason::Unsupported);
