@@ -11,6 +11,7 @@
 //! - [`protocol`]: the GATT API (UUIDs), the seed's legacy opcodes and the fast protocol's wire
 //!   format, with the one table of refusal reasons.
 //! - [`esp`]: ESP-IDF's partition table, otadata, bootloader rules and app image format.
+//! - [`manifest`]: signed manifests, which a device that trusts a key needs before it writes.
 //! - [`device`]: the update engine a device runs.
 //! - [`client`]: the sender a host runs, for either protocol.
 #![no_std]
@@ -23,5 +24,6 @@ extern crate alloc;
 pub mod client;
 pub mod device;
 pub mod esp;
+pub mod manifest;
 pub mod protocol;
 pub mod time;

@@ -149,7 +149,9 @@ fn info() -> Info {
             sha256: [1; 32],
             offset: 480,
         }),
-        features: ota_core::protocol::fast::features::COMPRESSED,
+        features: ota_core::protocol::fast::features::COMPRESSED
+            | ota_core::protocol::fast::features::SIGNATURES_REQUIRED,
+        trusted_keys: heapless::Vec::from_slice(&[[9; 8]]).unwrap(),
     }
 }
 
@@ -167,14 +169,21 @@ fn info_round_trips_and_states_its_length() {
 }
 
 #[test]
-fn info_from_a_v2_device_without_features_and_from_a_later_one_with_more_both_decode() {
-    let v3 = enc(&Response::Info(info()));
+fn info_from_older_devices_without_later_fields_and_from_a_later_one_with_more_all_decode() {
+    let v4 = enc(&Response::Info(info()));
     let with_len = |mut b: Vec<u8>| {
         let n = b.len() as u16;
         b[1..3].copy_from_slice(&n.to_le_bytes());
         b
     };
-    // v2: no features byte.
+    // v3: no trusted keys (their count and one fingerprint).
+    let v3 = with_len(v4[..v4.len() - 9].to_vec());
+    let Ok(Response::Info(old)) = Response::decode(&v3) else {
+        panic!("a v3 INFO decodes")
+    };
+    assert_eq!(old.features, info().features);
+    assert!(old.trusted_keys.is_empty());
+    // v2: no features byte either.
     let v2 = with_len(v3[..v3.len() - 1].to_vec());
     let Ok(Response::Info(old)) = Response::decode(&v2) else {
         panic!("a v2 INFO decodes")
@@ -182,7 +191,7 @@ fn info_from_a_v2_device_without_features_and_from_a_later_one_with_more_both_de
     assert_eq!(old.features, 0);
     assert_eq!(old.resumable, info().resumable);
     // A later version appends a field: skipped.
-    let mut later = v3.clone();
+    let mut later = v4.clone();
     later.extend_from_slice(&[7, 7]);
     let later = with_len(later);
     assert_eq!(Response::decode(&later), Ok(Response::Info(info())));
@@ -227,8 +236,8 @@ fn begin_carries_the_stream_exactly_when_compressed() {
 fn info_with_unknown_slot_flag_bits_is_refused() {
     // Found by the `wire` fuzz target: decode(encode(x)) must be x.
     let mut bytes = enc(&Response::Info(info()));
-    // The last slot's flags, before the resumable session and the features byte.
-    let flags_at = bytes.len() - 1 - 41 - 1;
+    // The last slot's flags, before the resumable session, the features byte and the keys.
+    let flags_at = bytes.len() - 9 - 1 - 41 - 1;
     bytes[flags_at] |= 0x40;
     assert!(Response::decode(&bytes).is_err());
 }

@@ -21,6 +21,7 @@ pub use compress::{RESTART_INTERVAL, compress};
 use heapless::Deque;
 use sha2::{Digest, Sha256};
 
+use crate::manifest::MANIFEST_LEN;
 use crate::protocol::fast::{self, Command, DecodeError, Response};
 use crate::protocol::{Characteristic, MAX_ATTRIBUTE_LEN, Reason, legacy, max_value_len};
 use crate::time::Instant;
@@ -399,6 +400,8 @@ impl<'a> LegacySender<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FastState {
+    SendManifest,
+    AwaitManifest,
     SendBegin,
     AwaitBegin,
     Streaming,
@@ -416,6 +419,11 @@ pub struct FastSender<'a> {
     sha256: [u8; 32],
     /// The image as a raw deflate stream, sent instead of the image while the device takes it.
     stream: Option<(&'a [u8], fast::Stream)>,
+    /// The image's signed manifest, written before each BEGIN (dropped for a device older
+    /// than protocol v4, which cannot check it).
+    manifest: Option<&'a [u8; MANIFEST_LEN]>,
+    /// Manifest bytes the device holds.
+    manifest_sent: u16,
     config: SenderConfig,
     state: FastState,
     chunk: u16,
@@ -451,6 +459,8 @@ impl<'a> FastSender<'a> {
             image,
             sha256: Sha256::digest(image).into(),
             stream: None,
+            manifest: None,
+            manifest_sent: 0,
             config,
             state: FastState::SendBegin,
             chunk: 1,
@@ -486,6 +496,21 @@ impl<'a> FastSender<'a> {
             self.stream = Some((stream, fast::Stream::of(stream)));
         }
         Ok(self)
+    }
+
+    /// Sends `manifest` ([`crate::manifest`]) before BEGIN, so that a device that trusts the
+    /// key which signed it takes the image. A device older than protocol v4 refuses MANIFEST
+    /// as an unknown command; the image then goes unsigned, as such a device checks no
+    /// signature ([`is_signed`](Self::is_signed) turns false).
+    pub fn with_manifest(mut self, manifest: &'a [u8; MANIFEST_LEN]) -> Self {
+        self.manifest = Some(manifest);
+        self.state = FastState::SendManifest;
+        self
+    }
+
+    /// Returns true while the image goes with its signed manifest.
+    pub fn is_signed(&self) -> bool {
+        self.manifest.is_some()
     }
 
     /// Returns true while the image goes as a compressed stream (false once a device refused
@@ -544,16 +569,20 @@ impl<'a> FastSender<'a> {
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if !self.request_in_flight {
             match self.state {
+                FastState::SendManifest => return self.manifest_part(now, buf),
                 FastState::SendBegin => {
                     self.state = FastState::AwaitBegin;
+                    let mut flags = 0;
+                    if self.reboot_after_end {
+                        flags |= fast::begin_flags::REBOOT_AFTER_END;
+                    }
+                    if self.manifest.is_some() {
+                        flags |= fast::begin_flags::SIGNED_MANIFEST;
+                    }
                     let cmd = Command::Begin {
                         size: self.image_len(),
                         sha256: self.sha256,
-                        flags: if self.reboot_after_end {
-                            fast::begin_flags::REBOOT_AFTER_END
-                        } else {
-                            0
-                        },
+                        flags,
                         stream: self.stream.map(|(_, s)| s),
                     };
                     return self.control(cmd, now, buf);
@@ -610,6 +639,30 @@ impl<'a> FastSender<'a> {
         })
     }
 
+    /// The next MANIFEST command: as much of the manifest as one write request carries (at
+    /// the smallest MTU the fast protocol works with when the MTU is unknown).
+    fn manifest_part(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let manifest = self.manifest?;
+        let value = max_value_len(self.config.att_mtu.unwrap_or(fast::MIN_ATT_MTU));
+        let room = value
+            .min(buf.len())
+            .saturating_sub(fast::MANIFEST_PART_HEADER_LEN);
+        let from = self.manifest_sent as usize;
+        let part = &manifest[from..(from + room).min(MANIFEST_LEN)];
+        let len = fast::encode_manifest_part(self.manifest_sent, part, buf).ok()?;
+        self.state = FastState::AwaitManifest;
+        self.request_in_flight = true;
+        self.awaiting = Some((
+            fast::op::MANIFEST,
+            now.after_ms(self.config.answer_timeout_ms),
+        ));
+        Some(Transmit {
+            characteristic: Characteristic::Control,
+            with_response: true,
+            len,
+        })
+    }
+
     fn handle_write_result(&mut self, _now: Instant, result: Result<(), u8>) {
         self.request_in_flight = false;
         if let Err(code) = result {
@@ -632,6 +685,27 @@ impl<'a> FastSender<'a> {
             Err(e) => return self.fail(ClientError::Protocol(e)),
         };
         match resp {
+            Response::ManifestOk { received } if self.state == FastState::AwaitManifest => {
+                if received as usize == MANIFEST_LEN {
+                    self.state = FastState::SendBegin;
+                } else if received > self.manifest_sent && (received as usize) < MANIFEST_LEN {
+                    self.manifest_sent = received;
+                    self.state = FastState::SendManifest;
+                } else {
+                    self.fail(ClientError::Protocol(DecodeError::BadField(
+                        fast::op::RESPONSE_FLAG | fast::op::MANIFEST,
+                    )));
+                }
+            }
+            Response::Error {
+                opcode: fast::op::MANIFEST,
+                reason: Reason::UnknownCommand,
+                ..
+            } if self.state == FastState::AwaitManifest => {
+                // A device older than protocol v4 checks no signature: send the image as it is.
+                self.manifest = None;
+                self.state = FastState::SendBegin;
+            }
             Response::BeginOk {
                 resume_offset,
                 chunk_size,
@@ -764,15 +838,25 @@ impl<'a> FastSender<'a> {
                 self.state = FastState::Done;
                 self.emit(ClientEvent::Rebooting);
             }
-            // Resume: BEGIN again on the next connection.
-            _ => self.state = FastState::SendBegin,
+            // Resume: BEGIN again on the next connection (the device forgot the manifest).
+            _ => {
+                self.manifest_sent = 0;
+                self.state = if self.manifest.is_some() {
+                    FastState::SendManifest
+                } else {
+                    FastState::SendBegin
+                };
+            }
         }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         let awaiting = matches!(
             self.state,
-            FastState::AwaitBegin | FastState::AwaitEnd | FastState::AwaitReboot
+            FastState::AwaitManifest
+                | FastState::AwaitBegin
+                | FastState::AwaitEnd
+                | FastState::AwaitReboot
         );
         if let (true, Some((opcode, deadline))) = (awaiting, self.awaiting)
             && now >= deadline
@@ -805,7 +889,10 @@ impl<'a> FastSender<'a> {
             .then(|| self.last_progress.after_ms(self.config.stall_timeout_ms));
         let answer = matches!(
             self.state,
-            FastState::AwaitBegin | FastState::AwaitEnd | FastState::AwaitReboot
+            FastState::AwaitManifest
+                | FastState::AwaitBegin
+                | FastState::AwaitEnd
+                | FastState::AwaitReboot
         )
         .then_some(self.awaiting.map(|(_, d)| d))
         .flatten();

@@ -41,10 +41,11 @@ use heapless::Deque;
 use crate::esp::flash::{FlashWork, Metered};
 use crate::esp::image::ImageValidator;
 use crate::esp::{Chip, OtaImgState, OtaSlots, Partition, PartitionTable, SlotError};
+use crate::manifest::{MANIFEST_LEN, Manifest, ManifestError, SignedManifest, TrustedKeys};
 use crate::protocol::Characteristic;
 use crate::protocol::air::{self, Phy};
 use crate::protocol::fast::{
-    self, Command, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
+    self, Command, DecodeError, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
     begin_flags,
 };
 use crate::protocol::{
@@ -97,6 +98,14 @@ pub struct DeviceConfig {
     /// Default 30 s: a central that connects and idles, or stalls, would otherwise hold the
     /// device's only connection, and the device does not advertise while connected.
     pub idle_timeout_ms: u32,
+    /// Public keys whose signed manifests the device takes ([`crate::manifest`]). Not empty:
+    /// every fast-protocol update must come with a manifest one of them signed, checked at
+    /// BEGIN before a byte is erased or written, and the seed's REQUEST is refused unless
+    /// [`unsigned_legacy`](Self::unsigned_legacy). Default: none, unsigned images are taken.
+    pub trusted_keys: TrustedKeys,
+    /// With trusted keys: take the seed's protocol, which has no room for a signature, all
+    /// the same (a product that must keep its old clients working while it moves to signing).
+    pub unsigned_legacy: bool,
 }
 
 impl DeviceConfig {
@@ -117,6 +126,8 @@ impl DeviceConfig {
             idle_ack_ms: 100,
             program_batch_pages: transfer::MAX_PROGRAM_BATCH_PAGES as u8,
             idle_timeout_ms: 30_000,
+            trusted_keys: TrustedKeys::NONE,
+            unsigned_legacy: false,
         }
     }
 }
@@ -321,6 +332,51 @@ pub struct UpdateEngine<H: Sha256Hasher = sha2::Sha256> {
     cpu_work: CpuWork,
     /// The RAM an update works in (32 KiB of image bytes, and the inflater), allocated once.
     bufs: transfer::Buffers,
+    /// The running app's `secure_version`: a signed image with a lower one is a downgrade.
+    running_secure_version: u32,
+    /// The signed manifest a client is writing with MANIFEST commands, for its next BEGIN.
+    manifest: ManifestUpload,
+}
+
+/// A manifest as MANIFEST commands bring it, part by part.
+#[derive(Debug)]
+struct ManifestUpload {
+    /// Who writes it; another client's part starts over.
+    client: Option<ClientId>,
+    len: usize,
+    bytes: [u8; MANIFEST_LEN],
+}
+
+impl ManifestUpload {
+    const EMPTY: ManifestUpload = ManifestUpload {
+        client: None,
+        len: 0,
+        bytes: [0; MANIFEST_LEN],
+    };
+
+    /// Takes `part` at `offset`: 0 starts a manifest, anything else continues this client's.
+    fn take(&mut self, client: ClientId, offset: u16, part: &[u8]) -> Result<u16, Reason> {
+        let offset = offset as usize;
+        if offset == 0 {
+            *self = ManifestUpload::EMPTY;
+            self.client = Some(client);
+        } else if self.client != Some(client) || offset != self.len {
+            return Err(Reason::BadOffset);
+        }
+        let end = offset + part.len();
+        if end > MANIFEST_LEN {
+            *self = ManifestUpload::EMPTY;
+            return Err(Reason::BadLength);
+        }
+        self.bytes[offset..end].copy_from_slice(part);
+        self.len = end;
+        Ok(end as u16)
+    }
+
+    /// Returns `client`'s whole manifest.
+    fn of(&self, client: ClientId) -> Option<&[u8]> {
+        (self.client == Some(client)).then_some(&self.bytes[..self.len])
+    }
 }
 
 impl UpdateEngine {
@@ -351,7 +407,8 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         } else {
             None
         };
-        let (app_name, app_version) = read_app_strings(flash, &running, config.chip);
+        let (app_name, app_version, running_secure_version) =
+            read_app_strings(flash, &running, config.chip);
         let mut engine = UpdateEngine {
             config,
             slots,
@@ -371,6 +428,8 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             flash_work: FlashWork::default(),
             cpu_work: CpuWork::default(),
             bufs: transfer::Buffers::new(),
+            running_secure_version,
+            manifest: ManifestUpload::EMPTY,
         };
         engine.control_value[0] = legacy::NOP;
         Ok(engine)
@@ -413,6 +472,21 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
     /// Returns the window announced to `client`: what the receive queue holds.
     pub fn window(&self, client: ClientId) -> u32 {
         self.chunk_size(client) as u32 * self.config.rx_queue_chunks.max(1) as u32
+    }
+
+    /// INFO's feature bits.
+    fn features(&self) -> u8 {
+        let mut f = 0;
+        if TAKES_COMPRESSED {
+            f |= fast::features::COMPRESSED;
+        }
+        if !self.config.trusted_keys.is_empty() {
+            f |= fast::features::SIGNATURES_REQUIRED;
+            if self.config.unsigned_legacy {
+                f |= fast::features::UNSIGNED_LEGACY;
+            }
+        }
+        f
     }
 
     /// Builds INFO's answer for `client`.
@@ -462,11 +536,14 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             window: self.window(client),
             slots,
             resumable,
-            features: if TAKES_COMPRESSED {
-                fast::features::COMPRESSED
-            } else {
-                0
-            },
+            features: self.features(),
+            trusted_keys: self
+                .config
+                .trusted_keys
+                .keys()
+                .iter()
+                .map(crate::manifest::fingerprint)
+                .collect(),
         })
     }
 
@@ -515,6 +592,9 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
     /// `client` disconnected. A fast session it owned stays resumable; a legacy one ends.
     pub fn handle_disconnected(&mut self, client: ClientId) {
         self.clients.retain(|c| c.id != client);
+        if self.manifest.client == Some(client) {
+            self.manifest = ManifestUpload::EMPTY;
+        }
         self.outbox_retain(client);
         match &mut self.session {
             Session::Receiving(t) if t.owner == Some(client) => {
@@ -592,11 +672,21 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             [op, ..] if legacy::is_legacy_opcode(*op) && data.len() == 1 => {
                 // NOP and the device's own codes written back: the seed ignored them too.
             }
+            [fast::op::MANIFEST, ..] => {
+                self.mark_fast(client);
+                let taken = fast::decode_manifest_part(data)
+                    .map_err(DecodeError::reason)
+                    .and_then(|(offset, part)| self.manifest.take(client, offset, part));
+                match taken {
+                    Ok(received) => self.respond(client, Response::ManifestOk { received }),
+                    Err(reason) => {
+                        self.notify_error(client, fast::op::MANIFEST, reason, data.len() as u32)
+                    }
+                }
+            }
             _ => match Command::decode(data) {
                 Ok(cmd) => {
-                    if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
-                        link.speaks_fast = true;
-                    }
+                    self.mark_fast(client);
                     self.command(flash, client, cmd, now)
                 }
                 Err(e) => {
@@ -604,6 +694,13 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                     self.notify_error(client, opcode, e.reason(), data.len() as u32);
                 }
             },
+        }
+    }
+
+    /// `client` sent a fast-protocol command: refused data writes are told by notification.
+    fn mark_fast(&mut self, client: ClientId) {
+        if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
+            link.speaks_fast = true;
         }
     }
 
@@ -985,6 +1082,11 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
     }
 
     fn legacy_request<F: NorFlash>(&mut self, flash: &mut F, client: ClientId, now: Instant) {
+        if !self.config.trusted_keys.is_empty() && !self.config.unsigned_legacy {
+            // The seed's protocol has no room for a signature.
+            self.push(client, Outgoing::Legacy(legacy::REQUEST_NAK));
+            return;
+        }
         self.refresh_running_state(flash);
         let started = self
             .check_can_start(client)
@@ -1091,6 +1193,8 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         if flags & !begin_flags::KNOWN != 0 || (stream.is_some() && !TAKES_COMPRESSED) {
             return Err(Reason::Unsupported);
         }
+        // Before anything else, a resume included: nothing unsigned reaches the flash.
+        let manifest = self.check_manifest(client, size, &sha256, flags)?;
         let chunk_size = self.chunk_size(client);
         let window = self.window(client);
         // What this client is told: an ACK every `ack_step` bytes.
@@ -1133,6 +1237,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         self.refresh_running_state(flash);
         self.check_can_start(client)?;
         let mut t = self.new_transfer(protocol, client, now)?;
+        t.manifest = manifest;
         t.ack_step = ack_step;
         t.reboot_after_end = flags & begin_flags::REBOOT_AFTER_END != 0;
         if size > t.target.size {
@@ -1156,6 +1261,39 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             window,
             slot,
         })
+    }
+
+    /// On a device that trusts keys: the manifest `client` wrote must be signed by one of them
+    /// and name this image (size, SHA-256), this chip, and a `secure_version` no lower than
+    /// the running app's. Returns it, for END to check the image's app descriptor against.
+    fn check_manifest(
+        &mut self,
+        client: ClientId,
+        size: u32,
+        sha256: &[u8; 32],
+        flags: u8,
+    ) -> Result<Option<Manifest>, Reason> {
+        let trusted = &self.config.trusted_keys;
+        if trusted.is_empty() {
+            // Nothing to verify against: the manifest is not looked at.
+            return Ok(None);
+        }
+        let bytes = match self.manifest.of(client) {
+            Some(b) if flags & begin_flags::SIGNED_MANIFEST != 0 => b,
+            _ => return Err(Reason::SignatureRequired),
+        };
+        let signed = SignedManifest::decode(bytes).map_err(|_| Reason::BadSignature)?;
+        let m = *signed.verify(trusted).map_err(|e| match e {
+            ManifestError::UnknownKey(_) => Reason::UnknownKey,
+            _ => Reason::BadSignature,
+        })?;
+        if m.size != size || m.sha256 != *sha256 || m.chip_id != self.config.chip.id() {
+            return Err(Reason::ManifestMismatch);
+        }
+        if m.secure_version < self.running_secure_version {
+            return Err(Reason::Downgrade);
+        }
+        Ok(Some(m))
     }
 
     fn end<F: NorFlash>(&mut self, flash: &mut F, client: ClientId) -> Result<Response, Reason> {
@@ -1324,7 +1462,7 @@ fn read_app_strings<F: NorFlash>(
     flash: &mut F,
     part: &Partition,
     chip: Chip,
-) -> (fast::Str32, fast::Str32) {
+) -> (fast::Str32, fast::Str32, u32) {
     let mut name = fast::Str32::new();
     let mut version = fast::Str32::new();
     let mut v = ImageValidator::new(Some(chip), part.size);
@@ -1338,9 +1476,11 @@ fn read_app_strings<F: NorFlash>(
         }
         pos += buf.len() as u32;
     }
+    let mut secure_version = 0;
     if let Some(desc) = v.app_descriptor() {
         let _ = name.push_str(crate::esp::image::c_str(&desc.project_name));
         let _ = version.push_str(crate::esp::image::c_str(&desc.version));
+        secure_version = desc.secure_version;
     }
-    (name, version)
+    (name, version, secure_version)
 }

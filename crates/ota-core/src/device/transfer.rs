@@ -11,6 +11,7 @@ use super::{ClientId, CpuWork, Sha256Hasher};
 use crate::esp::flash::{self, SECTOR_SIZE};
 use crate::esp::image::ImageValidator;
 use crate::esp::{OtaImgState, OtaSlots, Partition};
+use crate::manifest::Manifest;
 use crate::protocol::Reason;
 use crate::protocol::fast::{Response, SLOT_OTHER, Stream};
 use crate::time::Instant;
@@ -122,6 +123,9 @@ pub(super) struct Transfer<H> {
     otadata_prepared: bool,
     /// CPU work done since the engine last took it.
     pub cpu: CpuWork,
+    /// The verified manifest BEGIN came with (a device that trusts keys): the image's app
+    /// descriptor must agree with it before the slot is selected.
+    pub manifest: Option<Manifest>,
 }
 
 /// How the slot will be written.
@@ -191,6 +195,7 @@ impl<H: Sha256Hasher> Transfer<H> {
             last_acked: 0,
             ack_step: u32::MAX,
             reboot_after_end: false,
+            manifest: None,
             gap_reported: None,
             last_progress: now,
             validator,
@@ -357,9 +362,19 @@ impl<H: Sha256Hasher> Transfer<H> {
         bufs: &Buffers,
     ) -> Result<(u8, u32, [u8; 32]), Reason> {
         let validator = core::mem::replace(&mut self.validator, ImageValidator::new(None, 0));
-        validator
+        let info = validator
             .finish_with_digest(self.image_digest)
             .map_err(Reason::from)?;
+        if let Some(m) = &self.manifest {
+            // The signed hash fixes the bytes; this catches a manifest signed with the wrong
+            // version or secure_version, which would defeat the next downgrade check.
+            let agrees = info
+                .app
+                .is_some_and(|d| d.secure_version == m.secure_version && d.version == m.version);
+            if !agrees {
+                return Err(Reason::ManifestMismatch);
+            }
+        }
         let digest: [u8; 32] = core::mem::take(&mut self.hasher).finalize();
         if let Protocol::Fast { size, sha256, .. } = self.protocol {
             if self.protocol.wire_len() != Some(self.next) || self.image_next != size {

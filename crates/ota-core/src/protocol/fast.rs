@@ -7,7 +7,7 @@
 use super::Reason;
 
 /// Version of the fast protocol reported by INFO.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Bytes of the offset that prefixes each data chunk.
 pub const CHUNK_HEADER_LEN: usize = 4;
 /// Length of an ACK (and of a REWIND): opcode and `next: u32`.
@@ -36,6 +36,9 @@ pub mod op {
     pub const ABORT: u8 = 0x15;
     /// Ask for an [`Ack`](super::Response::Ack) of the next expected offset.
     pub const STATUS: u8 = 0x16;
+    /// A part of a signed manifest, before BEGIN (protocol v4): `[offset: u16][bytes]`
+    /// ([`super::encode_manifest_part`]).
+    pub const MANIFEST: u8 = 0x17;
     /// A command's success response is `RESPONSE_FLAG | opcode`.
     pub const RESPONSE_FLAG: u8 = 0x80;
     /// Notification: next expected offset.
@@ -53,14 +56,16 @@ pub mod begin_flags {
     /// offsets count stream bytes. A v2 device refuses the longer BEGIN (`BadLength`); the
     /// client then sends the image as it is.
     pub const COMPRESSED: u8 = 0x01;
-    /// A signed manifest follows BEGIN (not supported yet).
+    /// The image is signed (protocol v4): the client wrote its signed manifest
+    /// ([`crate::manifest`]) with MANIFEST commands before this BEGIN, and a device that trusts
+    /// a key verifies it before it erases or writes a byte.
     pub const SIGNED_MANIFEST: u8 = 0x02;
     /// Reboot into the new image once END_OK went out (protocol v2): the client saves the
     /// REBOOT round trip, as the seed's DONE does. A v1 device refuses it (`Unsupported`);
     /// the client then begins again without it.
     pub const REBOOT_AFTER_END: u8 = 0x04;
     /// Bits this version understands.
-    pub const KNOWN: u8 = REBOOT_AFTER_END | COMPRESSED;
+    pub const KNOWN: u8 = REBOOT_AFTER_END | COMPRESSED | SIGNED_MANIFEST;
 }
 
 /// A command the client writes to OTA Control.
@@ -252,6 +257,43 @@ impl Stream {
 pub mod features {
     /// BEGIN with [`super::begin_flags::COMPRESSED`]: raw deflate streams.
     pub const COMPRESSED: u8 = 0x01;
+    /// The device trusts signing keys (INFO lists their fingerprints) and takes only signed
+    /// images (protocol v4).
+    pub const SIGNATURES_REQUIRED: u8 = 0x02;
+    /// With [`SIGNATURES_REQUIRED`]: the firmware was built to take the seed's protocol
+    /// unsigned all the same.
+    pub const UNSIGNED_LEGACY: u8 = 0x04;
+}
+
+/// Bytes of a MANIFEST command before the part: opcode and `offset: u16`.
+pub const MANIFEST_PART_HEADER_LEN: usize = 3;
+
+/// Encodes a MANIFEST command carrying `part`, the manifest's bytes from `offset`.
+pub fn encode_manifest_part(
+    offset: u16,
+    part: &[u8],
+    out: &mut [u8],
+) -> Result<usize, BufferTooSmall> {
+    let mut w = Writer::new(out);
+    w.u8(op::MANIFEST);
+    w.u16(offset);
+    w.bytes(part);
+    w.finish()
+}
+
+/// Splits a MANIFEST command into its offset and part (at least one byte).
+pub fn decode_manifest_part(bytes: &[u8]) -> Result<(u16, &[u8]), DecodeError> {
+    match bytes {
+        [op::MANIFEST, lo, hi, part @ ..] if !part.is_empty() => {
+            Ok((u16::from_le_bytes([*lo, *hi]), part))
+        }
+        [op::MANIFEST, ..] => Err(DecodeError::BadLength {
+            opcode: op::MANIFEST,
+            len: bytes.len(),
+        }),
+        [other, ..] => Err(DecodeError::UnknownOpcode(*other)),
+        [] => Err(DecodeError::Empty),
+    }
 }
 
 /// The head of a data chunk written to OTA Data: `[offset: u32][bytes]`.
@@ -395,6 +437,8 @@ pub struct Info {
     pub resumable: Option<Resumable>,
     /// [`features`] bits (protocol v3; 0 from an older device).
     pub features: u8,
+    /// Fingerprints of the keys the device trusts (protocol v4; empty from an older device).
+    pub trusted_keys: heapless::Vec<crate::manifest::Fingerprint, { crate::manifest::MAX_TRUSTED_KEYS }>,
 }
 
 /// A notification the device sends on OTA Control (also the value a read returns).
@@ -426,6 +470,11 @@ pub enum Response {
     ConfirmOk,
     /// ABORT done.
     AbortOk,
+    /// A MANIFEST part was taken: the device holds `received` bytes of the manifest.
+    ManifestOk {
+        /// Manifest bytes held.
+        received: u16,
+    },
     /// Every byte before `next` is written.
     Ack {
         /// Next expected offset.
@@ -466,7 +515,8 @@ impl Response {
     }
 
     /// Largest encoded response (an INFO with 17 slots and a resumable session).
-    pub const MAX_LEN: usize = 3 + 1 + 2 + 1 + 33 + 33 + 4 + 2 + 4 + 1 + 17 * 3 + 1 + 40 + 1;
+    pub const MAX_LEN: usize =
+        3 + 1 + 2 + 1 + 33 + 33 + 4 + 2 + 4 + 1 + 17 * 3 + 1 + 40 + 1 + 1 + 4 * 8;
 
     /// Encodes into `out`, returning the length.
     pub fn encode(&self, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
@@ -499,6 +549,10 @@ impl Response {
                     None => w.u8(0),
                 }
                 w.u8(info.features);
+                w.u8(info.trusted_keys.len() as u8);
+                for fp in &info.trusted_keys {
+                    w.bytes(fp);
+                }
                 let len = w.pos;
                 w.patch_u16(1, len as u16);
             }
@@ -521,6 +575,10 @@ impl Response {
             Response::RebootOk => w.u8(op::RESPONSE_FLAG | op::REBOOT),
             Response::ConfirmOk => w.u8(op::RESPONSE_FLAG | op::CONFIRM),
             Response::AbortOk => w.u8(op::RESPONSE_FLAG | op::ABORT),
+            Response::ManifestOk { received } => {
+                w.u8(op::RESPONSE_FLAG | op::MANIFEST);
+                w.u16(*received);
+            }
             Response::Ack { next } => {
                 w.u8(op::ACK);
                 w.u32(*next);
@@ -592,6 +650,10 @@ impl Response {
                 exact(0)?;
                 Response::AbortOk
             }
+            x if x == op::RESPONSE_FLAG | op::MANIFEST => {
+                exact(2)?;
+                Response::ManifestOk { received: r.u16() }
+            }
             op::ACK => {
                 exact(4)?;
                 Response::Ack { next: r.u32() }
@@ -655,6 +717,11 @@ fn decode_info(b: &[u8]) -> Option<Response> {
     };
     // v3 appends the features byte; later versions may append more, which is skipped.
     let features = r.u8().unwrap_or(0);
+    // v4 appends the trusted keys' fingerprints.
+    let mut trusted_keys = heapless::Vec::new();
+    for _ in 0..r.u8().unwrap_or(0) {
+        trusted_keys.push(r.array()?).ok()?;
+    }
     Some(Response::Info(Info {
         protocol_version,
         chip_id,
@@ -667,6 +734,7 @@ fn decode_info(b: &[u8]) -> Option<Response> {
         slots,
         resumable,
         features,
+        trusted_keys,
     }))
 }
 

@@ -92,6 +92,20 @@ reasons! {
     /// The compressed stream does not inflate to the announced image: corrupt, cut short,
     /// longer than the image, or with bytes after its end.
     BadStream = 0x1A, "the compressed image does not inflate to the announced one: update again, or without compression (--no-compress)";
+    /// The device trusts a signing key and the update came without a signed manifest (or the
+    /// seed's protocol, which has no room for one, on a device built to refuse it).
+    SignatureRequired = 0x1B, "this device only takes signed images: sign it with the device's key (ble-ota flash IMAGE --key NAME.key, or ble-ota sign and keep IMAGE.sig beside the image)";
+    /// The manifest names a key the device does not trust (`detail`: its fingerprint's first
+    /// 4 bytes).
+    UnknownKey = 0x1C, "signed with a key this device does not trust: sign with the key its firmware was built with (ble-ota info shows its fingerprint)";
+    /// The manifest's signature does not verify, or the manifest is malformed.
+    BadSignature = 0x1D, "the signature does not verify: the image or its manifest was altered or forged; sign the image again";
+    /// The manifest names another image (size, SHA-256, chip) than BEGIN announces, or the
+    /// image's app descriptor disagrees with it (version, secure_version).
+    ManifestMismatch = 0x1E, "the signed manifest belongs to another image: sign this image (ble-ota sign IMAGE --key NAME.key)";
+    /// The manifest's `secure_version` is lower than the running app's (`detail`: the running
+    /// app's).
+    Downgrade = 0x1F, "the image's secure_version is lower than the running app's: downgrades are refused; build with a secure_version at least the running one's";
 }
 
 /// First ATT application error code (Core Spec Vol 3 Part F 3.4.1.1); a refused write request

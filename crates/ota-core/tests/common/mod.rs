@@ -257,11 +257,16 @@ pub struct ImageSpec {
     pub hash: bool,
 }
 
-/// A 256-byte `esp_app_desc_t` with `name` and `version`.
+/// A 256-byte `esp_app_desc_t` with `name` and `version` (`secure_version` 7).
 pub fn app_desc(name: &str, version: &str) -> Vec<u8> {
+    app_desc_with_secure_version(name, version, 7)
+}
+
+/// A 256-byte `esp_app_desc_t` with `name`, `version` and `secure_version`.
+pub fn app_desc_with_secure_version(name: &str, version: &str, secure_version: u32) -> Vec<u8> {
     let mut d = vec![0u8; 256];
     d[0..4].copy_from_slice(&0xABCD_5432u32.to_le_bytes());
-    d[4..8].copy_from_slice(&7u32.to_le_bytes());
+    d[4..8].copy_from_slice(&secure_version.to_le_bytes());
     d[0x10..0x10 + version.len()].copy_from_slice(version.as_bytes());
     d[0x30..0x30 + name.len()].copy_from_slice(name.as_bytes());
     d[0xB4] = 16;

@@ -25,6 +25,30 @@ pub fn build_image(chip: Chip, name: &str, version: &str, filler_len: usize, see
     build_image_with_filler(chip, name, version, filler)
 }
 
+/// Like [`build_image`], with the app descriptor's `secure_version` (7 in the others).
+pub fn build_image_with_secure_version(chip: Chip, version: &str, secure_version: u32) -> Vec<u8> {
+    let mut img = build_image(chip, "app", version, 20_000, 5);
+    // Rebuild the descriptor segment: same layout, another secure_version.
+    let desc = common::app_desc_with_secure_version("app", version, secure_version);
+    img[0x20..0x20 + 256].copy_from_slice(&desc);
+    let sum_at = img.len() - 33;
+    let data_end = sum_at;
+    let mut checksum = 0xEFu8;
+    let mut at = 24;
+    for _ in 0..img[1] {
+        let len = u32::from_le_bytes(img[at + 4..at + 8].try_into().unwrap()) as usize;
+        checksum = img[at + 8..at + 8 + len].iter().fold(checksum, |c, b| c ^ b);
+        at += 8 + len;
+    }
+    assert!(at <= data_end);
+    img[sum_at] = checksum;
+    use sha2::{Digest, Sha256};
+    let body = img.len() - 32;
+    let h = Sha256::digest(&img[..body]);
+    img[body..].copy_from_slice(&h);
+    img
+}
+
 /// Like [`build_image`], with `filler` (a multiple of 4 bytes) as the second segment: a
 /// compressible one makes an image that compresses as real firmware does.
 pub fn build_image_with_filler(chip: Chip, name: &str, version: &str, filler: Vec<u8>) -> Vec<u8> {
