@@ -34,6 +34,17 @@ pub const MAX_CSV_LEN: Cap = Cap {
     limit: "1 MiB, far more than any partitions CSV",
 };
 
+/// Key files: PEM keys are a few hundred bytes.
+pub const MAX_KEY_FILE_LEN: Cap = Cap {
+    bytes: 16 << 10,
+    limit: "16 KiB, far more than any PEM key",
+};
+/// Signed manifests: exactly 152 bytes.
+pub const MAX_MANIFEST_LEN: Cap = Cap {
+    bytes: ota_core::manifest::MANIFEST_LEN as u64,
+    limit: "the 152 bytes of a signed manifest",
+};
+
 /// Reads the file at `path`, refusing one larger than `cap` without reading more than one
 /// byte past it.
 pub fn read_input(path: &Path, cap: Cap) -> Result<Vec<u8>> {

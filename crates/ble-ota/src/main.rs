@@ -7,6 +7,7 @@ mod cmd;
 
 mod exit;
 mod input;
+mod keys;
 mod parse;
 mod progress;
 mod sim;
@@ -55,6 +56,10 @@ enum Command {
     /// Work with app image files offline.
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
+    /// Make a signing key pair: NAME.key (private) and NAME.pub (for the firmware).
+    Keygen(cmd::sign::KeygenArgs),
+    /// Sign an app image: writes IMAGE.sig, which `flash` sends when it sits beside the image.
+    Sign(cmd::sign::SignArgs),
     /// Create and power the virtual ESP32.
     #[command(subcommand)]
     Sim(cmd::sim::SimCmd),
@@ -93,6 +98,8 @@ fn main() -> std::process::ExitCode {
         .into()),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Image(c) => cmd::image::run(c, json),
+        Command::Keygen(a) => cmd::sign::keygen(a, json),
+        Command::Sign(a) => cmd::sign::sign(a, json),
         Command::Sim(c) => cmd::sim::run(c, &target, json),
         Command::Device(a) => cmd::device::run(a, &target, json),
         Command::Scan(_) if target.hci.is_some() || target.sim.is_some() => Err(exit::CliError::new(

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant as WallInstant};
 use anyhow::{Context, Result};
 use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
 use ota_core::device::{ClientId, DeviceConfig, Event, Input, PreErase, Shell, UpdateEngine};
+use ota_core::manifest::MANIFEST_LEN;
 use ota_core::protocol::Characteristic;
 use ota_core::time::Instant;
 use virtual_esp32::air::{AirConfig, AirReport, update_over_air};
@@ -49,6 +50,7 @@ impl SimDevice {
     pub fn engine(&mut self, config: DeviceConfig) -> Result<UpdateEngine> {
         let config = DeviceConfig {
             chip_revision: self.dev.chip_revision(),
+            trusted_keys: self.dev.trusted_keys(),
             ..config
         };
         let running = *self
@@ -80,46 +82,43 @@ impl SimDevice {
         Ok(report)
     }
 
+    /// Erases the next update slot as the firmware does while it sits idle
+    /// (`UpdateEngine::pre_erase_step`), before any client connects.
+    pub fn pre_erase(&mut self) -> Result<()> {
+        let mut engine = self.engine(DeviceConfig::new(self.dev.chip()))?;
+        Self::pre_erase_with(&mut self.dev, &mut engine);
+        Ok(())
+    }
+
+    fn pre_erase_with(dev: &mut VirtualEsp32, engine: &mut UpdateEngine) {
+        while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
+            engine.pre_erase_step(dev.flash_mut())
+        {}
+    }
+
     /// Runs one update over the modelled link, calling `on_event` with each client event and
     /// the modelled time. `speed` paces it to the modelled time (1.0: real time; 0: as fast
     /// as the host computes).
     pub fn update_over_air(
         &mut self,
         image: &[u8],
-        legacy: bool,
-        compress: bool,
+        plan: &SendPlan<'_>,
         air: &AirConfig,
         speed: f64,
         on_event: &mut dyn FnMut(&ClientEvent, Duration),
     ) -> Result<AirReport> {
         let mut engine = self.engine(air.device_config(self.dev.chip()))?;
-        // The firmware erased the update slot while it sat idle (`UpdateEngine::pre_erase_step`):
-        // do that before the modelled connection starts, as the device would have.
-        while let Ok(PreErase::Erased { .. } | PreErase::Blank { .. }) =
-            engine.pre_erase_step(self.dev.flash_mut())
-        {}
-        let stream = (compress && !legacy).then(|| ota_core::client::compress(image));
-        let mut sender = if legacy {
-            Sender::Legacy(
-                LegacySender::new(image, air.link.att_mtu)
-                    .map_err(crate::cmd::flash::cannot_send)?,
-            )
-        } else {
-            Sender::Fast(
-                FastSender::new(
-                    image,
-                    SenderConfig {
-                        att_mtu: Some(air.link.att_mtu),
-                        ..SenderConfig::default()
-                    },
-                )
-                .and_then(|s| match &stream {
-                    Some(stream) => s.with_stream(stream),
-                    None => Ok(s),
-                })
-                .map_err(crate::cmd::flash::cannot_send)?,
-            )
-        };
+        Self::pre_erase_with(&mut self.dev, &mut engine);
+        let stream = plan.stream(image);
+        let mut sender = plan.sender(
+            image,
+            stream.as_deref(),
+            air.link.att_mtu,
+            SenderConfig {
+                att_mtu: Some(air.link.att_mtu),
+                ..SenderConfig::default()
+            },
+        )?;
         let wall = WallInstant::now();
         let report = update_over_air(&mut self.dev, &mut engine, &mut sender, air, &mut |e, t| {
             if speed > 0.0 {
@@ -131,6 +130,68 @@ impl SimDevice {
             on_event(e, t);
         });
         Ok(report)
+    }
+}
+
+/// How an image goes to a device: which protocol, compressed or not, signed or not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendPlan<'a> {
+    /// The seed's protocol.
+    pub legacy: bool,
+    /// Offer the image compressed (the fast protocol only).
+    pub compress: bool,
+    /// The image's signed manifest (the fast protocol only).
+    pub manifest: Option<&'a [u8; MANIFEST_LEN]>,
+}
+
+impl<'a> SendPlan<'a> {
+    /// The seed's protocol, as its clients send.
+    pub fn legacy() -> Self {
+        SendPlan {
+            legacy: true,
+            ..Default::default()
+        }
+    }
+
+    /// The fast protocol, compressed.
+    pub fn fast() -> Self {
+        SendPlan {
+            compress: true,
+            ..Default::default()
+        }
+    }
+
+    /// The compressed stream to offer, when compressing.
+    pub fn stream(&self, image: &[u8]) -> Option<Vec<u8>> {
+        (self.compress && !self.legacy).then(|| ota_core::client::compress(image))
+    }
+
+    /// Builds the sender: the legacy one with packets for `legacy_mtu`, or the fast one with
+    /// `config`, the stream and the manifest.
+    pub fn sender<'s>(
+        &self,
+        image: &'s [u8],
+        stream: Option<&'s [u8]>,
+        legacy_mtu: u16,
+        config: SenderConfig,
+    ) -> Result<Sender<'s>>
+    where
+        'a: 's,
+    {
+        use crate::cmd::flash::cannot_send;
+        if self.legacy {
+            return Ok(Sender::Legacy(
+                LegacySender::new(image, legacy_mtu).map_err(cannot_send)?,
+            ));
+        }
+        let mut fast = FastSender::new(image, config).map_err(cannot_send)?;
+        if let Some(stream) = stream {
+            fast = fast.with_stream(stream).map_err(cannot_send)?;
+        }
+        if let Some(m) = self.manifest {
+            fast = fast.with_manifest(m);
+        }
+        Ok(Sender::Fast(fast))
     }
 }
 

@@ -45,6 +45,8 @@ fn demo_runs_to_the_end() {
     for expected in [
         "refused by the device: BadImageChecksum",
         "rollback guard: ota_0",
+        "signed by another key: refused (UnknownKey), no byte of flash written",
+        "a downgrade: refused (Downgrade), no byte of flash written",
         "Done: every step behaved as expected",
     ] {
         assert!(

@@ -49,7 +49,9 @@ fn sign(img: &[u8], secret: &[u8; 32]) -> [u8; MANIFEST_LEN] {
 fn refused_without_a_write(dev: &mut Device, mut sender: Sender<'_>) -> Reason {
     let before = dev.flash.to_vec();
     let mut engine = dev.engine();
-    let out = run(dev, &mut engine, &mut sender, MTU, 10_000, |_| Fate::Deliver);
+    let out = run(dev, &mut engine, &mut sender, MTU, 10_000, |_| {
+        Fate::Deliver
+    });
     assert!(!out.activated());
     assert!(
         dev.flash.to_vec() == before,
@@ -187,7 +189,9 @@ fn the_seeds_request_is_refused_on_a_signed_device_unless_built_to_allow_it() {
     let before = dev.flash.to_vec();
     let mut engine = dev.engine();
     let mut s = Sender::Legacy(LegacySender::new(&img, MTU).unwrap());
-    let out = run(&mut dev, &mut engine, &mut s, MTU, 10_000, |_| Fate::Deliver);
+    let out = run(&mut dev, &mut engine, &mut s, MTU, 10_000, |_| {
+        Fate::Deliver
+    });
     assert!(matches!(out.failure(), Some(ClientError::RequestNak)));
     assert_eq!(engine.control_value(), &[legacy::REQUEST_NAK]);
     assert!(dev.flash.to_vec() == before);
@@ -289,13 +293,17 @@ fn manifest_parts_out_of_order_or_too_long_are_refused() {
         write(&mut engine, 0, &[1; 100]),
         Response::ManifestOk { received: 100 }
     );
-    let refused = |r: Response, why: Reason| {
-        matches!(r, Response::Error { opcode: fast::op::MANIFEST, reason, .. } if reason == why)
-    };
+    let refused = |r: Response, why: Reason| matches!(r, Response::Error { opcode: fast::op::MANIFEST, reason, .. } if reason == why);
     assert!(refused(write(&mut engine, 50, &[1; 10]), Reason::BadOffset));
-    assert!(refused(write(&mut engine, 100, &[1; 53]), Reason::BadLength));
+    assert!(refused(
+        write(&mut engine, 100, &[1; 53]),
+        Reason::BadLength
+    ));
     // Refused past the end: it starts over from 0.
-    assert!(refused(write(&mut engine, 100, &[1; 10]), Reason::BadOffset));
+    assert!(refused(
+        write(&mut engine, 100, &[1; 10]),
+        Reason::BadOffset
+    ));
 }
 
 #[test]

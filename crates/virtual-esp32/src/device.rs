@@ -14,6 +14,7 @@ use ota_core::esp::{
 };
 
 use embedded_storage::nor_flash::ReadNorFlash;
+use ota_core::manifest::TrustedKeys;
 
 use crate::flash::{Flash, FlashError, SECTOR_SIZE};
 
@@ -102,6 +103,17 @@ pub enum DeviceError {
         path: String,
         /// What it holds.
         content: String,
+    },
+    /// The file beside the flash that records the firmware's trusted keys is unreadable.
+    #[error(
+        "{path} does not hold up to {max} Ed25519 public keys, one 64-digit hex key per line ({why}); fix or delete it (deleted: the device takes unsigned images)",
+        max = ota_core::manifest::MAX_TRUSTED_KEYS
+    )]
+    BadTrustedKeysFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
     },
 }
 
@@ -300,6 +312,8 @@ pub struct VirtualEsp32 {
     chip: Chip,
     /// The chip revision its eFuses would report (`major * 100 + minor`); `None`: unknown.
     chip_revision: Option<u16>,
+    /// The public keys its firmware was built with (`DeviceConfig::trusted_keys`).
+    trusted_keys: TrustedKeys,
     table: PartitionTable,
     running: Option<Partition>,
     last_boot: Option<BootReport>,
@@ -430,6 +444,15 @@ impl VirtualEsp32 {
                 t => Some(parse_chip_revision(t).ok_or_else(bad)?),
             };
         }
+        if let Some(path) = dev.trusted_keys_path()
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            dev.trusted_keys =
+                parse_trusted_keys(&text).map_err(|why| DeviceError::BadTrustedKeysFile {
+                    path: path.display().to_string(),
+                    why,
+                })?;
+        }
         Ok(dev)
     }
 
@@ -438,6 +461,7 @@ impl VirtualEsp32 {
             flash,
             chip,
             chip_revision: default_chip_revision(chip),
+            trusted_keys: TrustedKeys::NONE,
             table,
             running: None,
             last_boot: None,
@@ -542,6 +566,7 @@ impl VirtualEsp32 {
             flash: Flash::in_memory(self.flash.bytes().to_vec()),
             chip: self.chip,
             chip_revision: self.chip_revision,
+            trusted_keys: self.trusted_keys,
             table: self.table.clone(),
             running: self.running,
             last_boot: self.last_boot.clone(),
@@ -636,6 +661,47 @@ impl VirtualEsp32 {
         crate::flash::write_atomically(&path, text.as_bytes()).map_err(DeviceError::Io)
     }
 
+    /// Returns the public keys the device's firmware trusts: not empty, it takes only images
+    /// whose manifest one of them signed (give them to the engine as
+    /// `DeviceConfig::trusted_keys`).
+    pub fn trusted_keys(&self) -> TrustedKeys {
+        self.trusted_keys
+    }
+
+    /// Sets the firmware's trusted keys, as if it were built with them, and records them
+    /// beside a file-backed flash so they persist with the device.
+    pub fn set_trusted_keys(&mut self, keys: TrustedKeys) -> Result<(), DeviceError> {
+        self.trusted_keys = keys;
+        self.record_trusted_keys()
+    }
+
+    /// Returns the file that records the trusted keys beside a file-backed flash (on a real
+    /// device they are built into the firmware image).
+    pub fn trusted_keys_path(&self) -> Option<std::path::PathBuf> {
+        self.flash
+            .path()
+            .map(|p| crate::flash::sibling(p, ".trusted-keys"))
+    }
+
+    fn record_trusted_keys(&self) -> Result<(), DeviceError> {
+        let Some(path) = self.trusted_keys_path() else {
+            return Ok(());
+        };
+        if self.trusted_keys.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DeviceError::Io(e)),
+                _ => Ok(()),
+            };
+        }
+        let text: String = self
+            .trusted_keys
+            .keys()
+            .iter()
+            .map(|k| format!("{}\n", hex::encode(k)))
+            .collect();
+        crate::flash::write_atomically(&path, text.as_bytes()).map_err(DeviceError::Io)
+    }
+
     /// Returns the flash size in bytes.
     pub fn flash_size(&self) -> u32 {
         self.flash.size()
@@ -706,6 +772,7 @@ impl VirtualEsp32 {
     pub fn save_as(&mut self, path: impl AsRef<Path>) -> Result<(), DeviceError> {
         self.flash.save_as(path)?;
         self.record_chip_revision()?;
+        self.record_trusted_keys()?;
         self.record_power_state()
     }
 
@@ -718,4 +785,20 @@ impl VirtualEsp32 {
             &self.flash.bytes()[start.min(end)..end],
         ))
     }
+}
+
+/// Parses the trusted-keys file: one hex public key per line, blank lines ignored.
+fn parse_trusted_keys(text: &str) -> Result<TrustedKeys, String> {
+    let mut keys = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let key: [u8; 32] = hex::decode(line)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("`{line}` is not 32 bytes of hex"))?;
+        keys.push(key);
+    }
+    if keys.len() > ota_core::manifest::MAX_TRUSTED_KEYS {
+        return Err(format!("{} keys", keys.len()));
+    }
+    Ok(TrustedKeys::new(&keys))
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ota_core::esp::Chip;
-use ota_core::protocol::fast::{Command, Info, Response, SLOT_FACTORY, SLOT_OTHER};
+use ota_core::protocol::fast::{Command, Info, Response, SLOT_FACTORY, SLOT_OTHER, features};
 use serde::Serialize;
 
 use crate::cmd::sim::print_boot;
@@ -77,6 +77,12 @@ struct InfoView {
     resumable: Option<ResumableView>,
     /// The device takes compressed images (protocol v3).
     compressed_images: bool,
+    /// The device takes only signed images (protocol v4).
+    signatures_required: bool,
+    /// With signatures required: the seed's protocol is taken unsigned all the same.
+    unsigned_legacy: bool,
+    /// Fingerprints of the keys the device trusts.
+    trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,7 +127,14 @@ fn view(i: &Info) -> InfoView {
             sha256: hex::encode(r.sha256),
             offset: r.offset,
         }),
-        compressed_images: i.features & ota_core::protocol::fast::features::COMPRESSED != 0,
+        compressed_images: i.features & features::COMPRESSED != 0,
+        signatures_required: i.features & features::SIGNATURES_REQUIRED != 0,
+        unsigned_legacy: i.features & features::UNSIGNED_LEGACY != 0,
+        trusted_keys: i
+            .trusted_keys
+            .iter()
+            .map(crate::keys::fingerprint_hex)
+            .collect(),
     }
 }
 
@@ -161,6 +174,17 @@ pub async fn info(target: &TargetArgs, json: bool) -> Result<()> {
             tags.push("boots next");
         }
         println!("  {:<8} {:<15} {}", s.slot, s.state, tags.join(", "));
+    }
+    if v.signatures_required {
+        println!(
+            "takes only signed images (keys {}){}",
+            v.trusted_keys.join(", "),
+            if v.unsigned_legacy {
+                "; the seed's protocol unsigned all the same"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(r) = &v.resumable {
         println!(

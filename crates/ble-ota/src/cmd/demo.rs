@@ -7,6 +7,7 @@ use ble_link_model::Profile;
 use ota_core::client::ClientError;
 use ota_core::esp::Chip;
 use ota_core::esp::image::verify_in_flash;
+use ota_core::manifest::{MANIFEST_LEN, Manifest, TrustedKeys, fingerprint, public_key};
 use ota_core::protocol::fast::{Command, Response};
 use virtual_esp32::air::{AirConfig, AirOutcome, AirReport};
 use virtual_esp32::{BootReport, DeviceSpec, FaultPlan, VirtualEsp32, app_image};
@@ -14,7 +15,7 @@ use virtual_esp32::{BootReport, DeviceSpec, FaultPlan, VirtualEsp32, app_image};
 use crate::cmd::image::cstr;
 use crate::cmd::sim::DEFAULT_PARTITIONS;
 use crate::progress::{Bar, rate};
-use crate::sim::{SimDevice, SimLink};
+use crate::sim::{SendPlan, SimDevice, SimLink};
 use crate::transport::command;
 
 /// Options of `demo`.
@@ -71,8 +72,23 @@ fn update(
     air: &AirConfig,
     speed: f64,
 ) -> Result<AirReport> {
-    let mut bar = Bar::modelled(if legacy { "legacy" } else { "fast" }, false);
-    let r = dev.update_over_air(image, legacy, !legacy, air, speed, &mut |e, t| {
+    let plan = if legacy {
+        SendPlan::legacy()
+    } else {
+        SendPlan::fast()
+    };
+    update_with(dev, image, &plan, air, speed)
+}
+
+fn update_with(
+    dev: &mut SimDevice,
+    image: &[u8],
+    plan: &SendPlan<'_>,
+    air: &AirConfig,
+    speed: f64,
+) -> Result<AirReport> {
+    let mut bar = Bar::modelled(if plan.legacy { "legacy" } else { "fast" }, false);
+    let r = dev.update_over_air(image, plan, air, speed, &mut |e, t| {
         bar.modelled_event(e, t)
     })?;
     match r.outcome {
@@ -225,7 +241,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "expected a rollback to 3.0.0"
     );
 
-    step(7, "Summary");
+    step(
+        7,
+        "Signed updates: the firmware trusts a vendor key (built with BLE_OTA_TRUSTED_KEYS)",
+    );
+    let dev = signed_updates(dev, &air, args.speed)?;
+
+    step(8, "Summary");
     let rt = crate::runtime()?;
     let mut link = SimLink::connect(dev)?;
     let Response::Info(info) = rt.block_on(command(&mut link, Command::Info))? else {
@@ -271,6 +293,97 @@ pub fn run(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Step 7: with a trusted key, unsigned, forged and downgraded images are refused before a
+/// byte is written, and the signed one lands.
+fn signed_updates(mut dev: SimDevice, air: &AirConfig, speed: f64) -> Result<SimDevice> {
+    let secret = |what| -> Result<[u8; 32]> {
+        let mut s = [0u8; 32];
+        getrandom::fill(&mut s).map_err(|e| anyhow::anyhow!("no OS randomness for {what}: {e}"))?;
+        Ok(s)
+    };
+    let (vendor, attacker) = (secret("the vendor key")?, secret("the attacker's key")?);
+    let vendor_pub = public_key(&vendor);
+    dev.dev.set_trusted_keys(TrustedKeys::new(&[vendor_pub]))?;
+    println!(
+        "   trusted key {} (`ble-ota keygen vendor`; vendor.pub goes into the firmware)",
+        crate::keys::fingerprint_hex(&fingerprint(&vendor_pub))
+    );
+    let with_secure_version = |version: &str, secure_version: u32, seed: u64| {
+        let mut spec = app_image::AppImageSpec::new(CHIP, "demo-app", version, 300_000, seed);
+        spec.code_like = true;
+        spec.secure_version = secure_version;
+        app_image::build_with(&spec)
+    };
+    let v5 = with_secure_version("5.0.0", 2, 5);
+    let signed = |img: &[u8], key: &[u8; 32]| -> Result<[u8; MANIFEST_LEN]> {
+        Ok(Manifest::for_image(img)
+            .map_err(|e| anyhow::anyhow!("demo image: {e}"))?
+            .sign(key)
+            .encode())
+    };
+    let refused = |dev: &mut SimDevice, img: &[u8], plan: SendPlan<'_>, what: &str| {
+        // The idle device erased its next slot already, whoever connects next.
+        dev.pre_erase()?;
+        let before = dev.dev.flash().bytes().to_vec();
+        let r = update_with(dev, img, &plan, air, 0.0)?;
+        let changed = dev.dev.flash().bytes() != before.as_slice();
+        match r.outcome {
+            AirOutcome::Failed(e) if !changed => {
+                let why = match e {
+                    ClientError::Refused { reason, .. } => format!("{reason:?}"),
+                    ClientError::RequestNak => "REQUEST_NAK".into(),
+                    other => other.to_string(),
+                };
+                println!("   {what}: refused ({why}), no byte of flash written");
+                Ok(())
+            }
+            other => bail!("{what} was not refused before writing: {other:?}"),
+        }
+    };
+    refused(&mut dev, &v5, SendPlan::fast(), "unsigned 5.0.0")?;
+    let forged = signed(&v5, &attacker)?;
+    let plan = SendPlan {
+        manifest: Some(&forged),
+        ..SendPlan::fast()
+    };
+    refused(&mut dev, &v5, plan, "5.0.0 signed by another key")?;
+    refused(
+        &mut dev,
+        &v5,
+        SendPlan::legacy(),
+        "5.0.0 over the seed's protocol (no room for a signature)",
+    )?;
+    let good = signed(&v5, &vendor)?;
+    let plan = SendPlan {
+        manifest: Some(&good),
+        ..SendPlan::fast()
+    };
+    println!("   5.0.0 (secure_version 2) signed with the vendor key:");
+    let r = update_with(&mut dev, &v5, &plan, air, speed)?;
+    ensure!(
+        matches!(r.outcome, AirOutcome::Activated { .. }),
+        "the signed update failed: {:?}",
+        r.outcome
+    );
+    let b = dev.reboot()?;
+    show(&b);
+    ensure!(b.version == "5.0.0", "expected 5.0.0 on trial");
+    let mut dev = confirm(dev)?;
+    let old = with_secure_version("3.1.0", 1, 6);
+    let old_signed = signed(&old, &vendor)?;
+    let plan = SendPlan {
+        manifest: Some(&old_signed),
+        ..SendPlan::fast()
+    };
+    refused(
+        &mut dev,
+        &old,
+        plan,
+        "3.1.0 (secure_version 1), signed with the vendor key: a downgrade",
+    )?;
+    Ok(dev)
+}
+
 /// The same 1 MiB image through both protocols on every link profile, side by side.
 fn timing_table() -> Result<()> {
     // As large as the 1 MiB slot allows (header, descriptor, checksum and hash included).
@@ -300,7 +413,11 @@ fn timing_table() -> Result<()> {
                 bootloader: Default::default(),
             };
             dev.dev.boot(dev.bootloader)?;
-            let r = dev.update_over_air(&image, legacy, false, &air, 0.0, &mut |_, _| {})?;
+            let plan = SendPlan {
+                legacy,
+                ..Default::default()
+            };
+            let r = dev.update_over_air(&image, &plan, &air, 0.0, &mut |_, _| {})?;
             ensure!(
                 matches!(r.outcome, AirOutcome::Activated { .. }),
                 "{}: {:?}",

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ble_link_model::{LinkParams, Phy, Profile, QueuePolicy};
-use ota_core::client::{ClientError, ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::client::{ClientError, ClientEvent, SenderConfig};
+use ota_core::manifest::MANIFEST_LEN;
 use serde::Serialize;
 use virtual_esp32::FaultPlan;
 use virtual_esp32::air::{AirConfig, AirOutcome};
@@ -15,7 +16,7 @@ use crate::cmd::sim::BootView;
 use crate::exit::{CliError, ExitCode};
 use crate::input::{MAX_IMAGE_LEN, read_input};
 use crate::progress::{Bar, rate};
-use crate::sim::SimDevice;
+use crate::sim::{SendPlan, SimDevice};
 use crate::target::TargetArgs;
 use crate::transport::{Progress, ble, drive};
 
@@ -36,6 +37,10 @@ pub struct FlashArgs {
     /// Send the image as it is, not compressed (compression is used when the device takes it).
     #[arg(long)]
     pub no_compress: bool,
+    /// Sign the image with this private key on the fly (NAME.key from `ble-ota keygen`).
+    /// Without it, IMAGE.sig is sent when it sits beside the image (`ble-ota sign`).
+    #[arg(long, value_name = "NAME.key")]
+    pub key: Option<PathBuf>,
     /// ATT MTU for the legacy packet size when the transport cannot tell it [default: 247].
     #[arg(long, value_parser = clap::value_parser!(u16).range(23..=517))]
     pub mtu: Option<u16>,
@@ -55,10 +60,14 @@ pub struct FlashArgs {
 }
 
 impl FlashArgs {
-    /// Whether to offer the device the image compressed: the fast protocol, unless
-    /// `--no-compress` (the seed's protocol has no compression).
-    fn compress(&self) -> bool {
-        !self.legacy && !self.no_compress
+    /// How to send the image: the protocol, compression (the fast protocol, unless
+    /// `--no-compress`) and the signed manifest.
+    fn plan<'a>(&self, manifest: Option<&'a [u8; MANIFEST_LEN]>) -> SendPlan<'a> {
+        SendPlan {
+            legacy: self.legacy,
+            compress: !self.legacy && !self.no_compress,
+            manifest,
+        }
     }
 }
 
@@ -200,6 +209,8 @@ pub struct FlashReport {
     pub throughput_bytes_per_s: f64,
     pub disconnects: u32,
     pub booted: Option<BootView>,
+    /// Fingerprint of the key whose manifest went with the image (`None`: unsigned).
+    pub signed_by: Option<String>,
 }
 
 impl FlashReport {
@@ -225,6 +236,7 @@ impl FlashReport {
             throughput_bytes_per_s: image_share / seconds.max(1e-9),
             disconnects: 0,
             booted: None,
+            signed_by: None,
         }
     }
 }
@@ -292,6 +304,11 @@ fn check_options(args: &FlashArgs, target: &TargetArgs) -> Result<()> {
             "--disconnect-at: the seed's protocol cannot resume after a dropped link; use the fast protocol (leave out --legacy)".into(),
         );
     }
+    if args.legacy && args.key.is_some() {
+        return usage(
+            "--key: the seed's protocol has no room for a signature; use the fast protocol (leave out --legacy)".into(),
+        );
+    }
     if args.legacy && args.no_reboot {
         return usage(
             "--no-reboot: the seed's protocol always reboots after DONE; use the fast protocol (leave out --legacy)".into(),
@@ -324,6 +341,14 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
         )
         .into());
     }
+    // The seed's protocol cannot carry a manifest: an IMAGE.sig beside the image is not read.
+    let signed = if args.legacy {
+        None
+    } else {
+        crate::cmd::sign::manifest_for(&image, &args.image, args.key.as_deref())?
+    };
+    let manifest = signed.map(|s| s.encode());
+    let plan = args.plan(manifest.as_ref());
     let protocol = if args.legacy { "legacy" } else { "fast" };
     let mut bar = if target.sim.is_some() {
         Bar::modelled(protocol, json).image_len(image.len())
@@ -331,8 +356,8 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
         Bar::new(protocol, json).image_len(image.len())
     };
     let result = match &target.sim {
-        Some(path) => flash_sim(&args, target, path, &image, &mut bar),
-        None => flash_ble(&args, target, &image, &mut bar).await,
+        Some(path) => flash_sim(&args, &plan, target, path, &image, &mut bar),
+        None => flash_ble(&args, &plan, target, &image, &mut bar).await,
     };
     let out = match result {
         Ok(out) => out,
@@ -341,7 +366,11 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
             return Err(e);
         }
     };
-    let out = FlashReport { protocol, ..out };
+    let out = FlashReport {
+        protocol,
+        signed_by: signed.map(|s| crate::keys::fingerprint_hex(&s.key)),
+        ..out
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -370,6 +399,7 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
 
 fn flash_sim(
     args: &FlashArgs,
+    plan: &SendPlan<'_>,
     target: &TargetArgs,
     path: &std::path::Path,
     image: &[u8],
@@ -379,23 +409,16 @@ fn flash_sim(
     let mut air = args.link.air_config()?;
     air.disconnect_at = args.disconnect_at.clone();
     if args.power_cut_at.is_some() || !args.disconnect_at.is_empty() {
-        check_fault_positions(args, &dev, image, &air)?;
+        check_fault_positions(args, plan, &dev, image, &air)?;
     }
     if let Some(n) = args.power_cut_at {
         dev.dev.flash_mut().arm(FaultPlan::cut_at(n));
     }
     let mut outcome = Outcome::default();
-    let r = dev.update_over_air(
-        image,
-        args.legacy,
-        args.compress(),
-        &air,
-        args.speed.unwrap_or(1.0),
-        &mut |e, t| {
-            outcome.event(e);
-            bar.modelled_event(e, t)
-        },
-    )?;
+    let r = dev.update_over_air(image, plan, &air, args.speed.unwrap_or(1.0), &mut |e, t| {
+        outcome.event(e);
+        bar.modelled_event(e, t)
+    })?;
     dev.dev.flash_mut().disarm();
     let slot = match r.outcome {
         AirOutcome::Activated { slot } => slot,
@@ -440,6 +463,7 @@ fn flash_sim(
 /// its flash operations and data writes.
 fn check_fault_positions(
     args: &FlashArgs,
+    plan: &SendPlan<'_>,
     dev: &SimDevice,
     image: &[u8],
     air: &virtual_esp32::air::AirConfig,
@@ -449,14 +473,7 @@ fn check_fault_positions(
         bootloader: dev.bootloader,
     };
     trial.dev.flash_mut().reset_stats();
-    let r = trial.update_over_air(
-        image,
-        args.legacy,
-        args.compress(),
-        air,
-        0.0,
-        &mut |_, _| {},
-    )?;
+    let r = trial.update_over_air(image, plan, air, 0.0, &mut |_, _| {})?;
     let ops = trial.dev.flash().mutating_ops();
     let usage = |m: String| -> Result<()> { Err(CliError::new(ExitCode::Usage, m).into()) };
     if let Some(n) = args.power_cut_at
@@ -477,6 +494,7 @@ fn check_fault_positions(
 
 async fn flash_ble(
     args: &FlashArgs,
+    plan: &SendPlan<'_>,
     target: &TargetArgs,
     image: &[u8],
     bar: &mut Bar,
@@ -489,7 +507,7 @@ async fn flash_ble(
         )
         .await?;
         link.disconnect_at = args.disconnect_at.clone();
-        let report = send(&mut link, args, image, bar).await?;
+        let report = send(&mut link, args, plan, image, bar).await?;
         return drops_reached(args, &link).map(|()| report);
     }
     let mut link = ble::BleLink::connect(
@@ -498,7 +516,7 @@ async fn flash_ble(
     )
     .await?;
     link.disconnect_at = args.disconnect_at.clone();
-    let report = send(&mut link, args, image, bar).await?;
+    let report = send(&mut link, args, plan, image, bar).await?;
     drops_reached(args, &link).map(|()| report)
 }
 
@@ -522,33 +540,22 @@ fn drops_reached<L: crate::transport::Link>(args: &FlashArgs, link: &L) -> Resul
 pub async fn send<L: crate::transport::Link>(
     link: &mut L,
     args: &FlashArgs,
+    plan: &SendPlan<'_>,
     image: &[u8],
     bar: &mut Bar,
 ) -> Result<FlashReport> {
     // Compressed when the device takes it (the sender falls back to the image as it is).
-    let stream = args.compress().then(|| ota_core::client::compress(image));
-    let mut sender = if args.legacy {
-        Sender::Legacy(
-            LegacySender::new(image, link.att_mtu().or(args.mtu).unwrap_or(247))
-                .map_err(cannot_send)?,
-        )
-    } else {
-        Sender::Fast(
-            FastSender::new(
-                image,
-                SenderConfig {
-                    att_mtu: link.att_mtu(),
-                    reboot: !args.no_reboot,
-                    ..Default::default()
-                },
-            )
-            .and_then(|s| match &stream {
-                Some(stream) => s.with_stream(stream),
-                None => Ok(s),
-            })
-            .map_err(cannot_send)?,
-        )
-    };
+    let stream = plan.stream(image);
+    let mut sender = plan.sender(
+        image,
+        stream.as_deref(),
+        link.att_mtu().or(args.mtu).unwrap_or(247),
+        SenderConfig {
+            att_mtu: link.att_mtu(),
+            reboot: !args.no_reboot,
+            ..Default::default()
+        },
+    )?;
     let start = std::time::Instant::now();
     let mut outcome = Outcome::default();
     let image_len = image.len() as u32;
@@ -660,6 +667,7 @@ mod tests {
             no_reboot: true,
             force: false,
             no_compress: false,
+            key: None,
             mtu: None,
             link: LinkArgs {
                 profile: None,
@@ -712,12 +720,25 @@ mod tests {
                 inner: &mut link,
                 writes_left: 400,
             };
-            send(&mut cut, &args, &image, &mut Bar::new("", true)).await
+            send(
+                &mut cut,
+                &args,
+                &args.plan(None),
+                &image,
+                &mut Bar::new("", true),
+            )
+            .await
         });
         assert!(first.is_err(), "the cut-off run fails");
         // The second run resumes: it reports what it sent, not the whole image.
         let second = rt
-            .block_on(send(&mut link, &args, &image, &mut Bar::new("", true)))
+            .block_on(send(
+                &mut link,
+                &args,
+                &args.plan(None),
+                &image,
+                &mut Bar::new("", true),
+            ))
             .unwrap();
         assert_eq!(second.image_bytes, image.len() as u32);
         assert!(second.resumed_from > 20_000, "{second:?}");

@@ -1,12 +1,14 @@
 //! `ble-ota image inspect`: parse and verify an app image offline, as `esptool image-info` does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ota_core::esp::Chip;
 use ota_core::esp::image::{ImageInfo, ImageValidator, Rev, Segment};
+use ota_core::manifest::Manifest;
 use serde::Serialize;
 
+use crate::cmd::sign::ManifestView;
 use crate::cmd::sim::{parse_chip, parse_revision};
 use crate::exit::{CliError, ExitCode};
 use crate::input::{MAX_IMAGE_LEN, read_input};
@@ -28,6 +30,14 @@ pub enum ImageCmd {
         /// as the bootloader checks it.
         #[arg(long, value_name = "X.Y")]
         chip_revision: Option<String>,
+        /// The image's signed manifest [default: IMAGE.sig, when it exists]: shown, and checked
+        /// against the image.
+        #[arg(long, value_name = "FILE")]
+        sig: Option<PathBuf>,
+        /// Verify the manifest's signature with this public key (NAME.pub); exits 5 unless it
+        /// verifies.
+        #[arg(long = "pub", value_name = "NAME.pub")]
+        public: Option<PathBuf>,
     },
 }
 
@@ -69,6 +79,9 @@ pub struct Report {
     pub ignored_trailing_bytes: u32,
     pub valid: bool,
     pub problems: Vec<String>,
+    /// The signed manifest beside the image (`IMAGE.sig` or `--sig`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestView>,
     /// Set when the image is invalid: `ble-ota`'s exit code, as in every failing `--json` output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
@@ -88,11 +101,14 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
         image,
         chip,
         chip_revision,
+        sig,
+        public,
     } = cmd;
     let bytes = read_input(&image, MAX_IMAGE_LEN)?;
     let expected = chip.as_deref().map(parse_chip).transpose()?;
     let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
     let mut report = inspect(&bytes, expected, revision);
+    check_manifest(&mut report, &bytes, &image, sig, public)?;
     if !report.valid {
         report.exit_code = Some(ExitCode::InvalidImage as u8);
     }
@@ -113,6 +129,53 @@ pub fn run(cmd: ImageCmd, json: bool) -> Result<()> {
         ),
     );
     Err(if json { err.reported() } else { err }.into())
+}
+
+/// Adds the image's manifest to `report`: whether it names this image and, given a public key,
+/// whether its signature verifies. Either failing is a problem of the image as signed.
+fn check_manifest(
+    report: &mut Report,
+    image: &[u8],
+    image_path: &Path,
+    sig: Option<PathBuf>,
+    public: Option<PathBuf>,
+) -> Result<()> {
+    let path = sig.unwrap_or_else(|| crate::keys::sig_path(image_path));
+    if !path.exists() {
+        if public.is_some() {
+            report.problems.push(format!(
+                "no signed manifest at {} to verify: sign the image (ble-ota sign {} --key NAME.key)",
+                path.display(),
+                image_path.display()
+            ));
+            report.valid = false;
+        }
+        return Ok(());
+    }
+    let (signed, _) = crate::keys::read_manifest(&path)?;
+    let mut view = ManifestView::new(&signed);
+    let matches = Manifest::for_image(image).ok() == Some(signed.manifest);
+    view.matches_image = Some(matches);
+    if !matches {
+        report.problems.push(format!(
+            "{} belongs to another image (size, SHA-256, chip or versions differ)",
+            path.display()
+        ));
+    }
+    if let Some(p) = public {
+        let ok = crate::cmd::sign::verifies(&signed, &p)?;
+        view.signature_valid = Some(ok);
+        if !ok {
+            report.problems.push(format!(
+                "the signature in {} does not verify with {} (another key, or altered)",
+                path.display(),
+                p.display()
+            ));
+        }
+    }
+    report.manifest = Some(view);
+    report.valid = report.problems.is_empty();
+    Ok(())
 }
 
 /// Parses and verifies `bytes` (for `chip` and chip `revision` when given); never fails, it
@@ -167,6 +230,7 @@ pub fn inspect(bytes: &[u8], chip: Option<Chip>, revision: Option<u16>) -> Repor
         exit_code: None,
         valid: false,
         problems,
+        manifest: None,
     };
     if let Some(h) = header {
         let chip = Chip::from_id(h.chip_id);
@@ -284,6 +348,12 @@ fn print_human(path: &std::path::Path, r: &Report) {
         println!("  ESP-IDF: {}", r.idf_version.as_deref().unwrap_or(""));
         println!("  secure version: {}", r.secure_version.unwrap_or(0));
         println!("  ELF SHA-256: {}", r.elf_sha256.as_deref().unwrap_or(""));
+    }
+    if let Some(m) = &r.manifest {
+        println!("Signed manifest: {}", m.line());
+        if let Some(ok) = m.signature_valid {
+            println!("  signature: {}", if ok { "valid" } else { "INVALID" });
+        }
     }
     if r.ignored_trailing_bytes > 0 {
         println!(

@@ -6,4 +6,5 @@ pub mod device;
 pub mod flash;
 pub mod image;
 pub mod scan;
+pub mod sign;
 pub mod sim;

@@ -43,6 +43,10 @@ pub enum SimCmd {
         /// refuses apps whose chip revision range excludes it.
         #[arg(long, value_name = "X.Y")]
         chip_revision: Option<String>,
+        /// Trust this public key (NAME.pub; up to 4): the device then takes only images
+        /// signed with one of them, as firmware built with BLE_OTA_TRUSTED_KEYS does.
+        #[arg(long = "key", value_name = "NAME.pub")]
+        keys: Vec<PathBuf>,
     },
     /// Reset the virtual ESP32: the bootloader picks an app and the rollback guard runs.
     Boot {
@@ -126,7 +130,9 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
             merged,
             flash_mb,
             chip_revision,
+            keys,
         } => {
+            let trusted = crate::keys::read_trusted(&keys)?;
             let named = chip.as_deref().map(parse_chip).transpose()?;
             let chip = named.unwrap_or(Chip::Esp32c3);
             let revision = chip_revision.as_deref().map(parse_revision).transpose()?;
@@ -159,6 +165,7 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
             if revision.is_some() {
                 dev.set_chip_revision(revision)?;
             }
+            dev.set_trusted_keys(trusted)?;
             let report = dev
                 .boot(target.bootloader())
                 .context("the new device does not boot; nothing was written")?;
@@ -175,6 +182,12 @@ pub fn run(cmd: SimCmd, target: &TargetArgs, json: bool) -> Result<()> {
                     dev.flash_size() >> 20,
                     path.display()
                 );
+                for k in trusted.keys() {
+                    println!(
+                        "takes only images signed by key {}",
+                        crate::keys::fingerprint_hex(&ota_core::manifest::fingerprint(k))
+                    );
+                }
             }
             print_boot(&report, json);
             Ok(())

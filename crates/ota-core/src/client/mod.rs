@@ -91,7 +91,7 @@ pub enum ClientError {
     AttError(u8),
     /// Legacy: the device answered REQUEST with NAK.
     #[error(
-        "device refused the update request (REQUEST_NAK): it may be busy, on trial or have no OTA slot; run `ble-ota info`"
+        "device refused the update request (REQUEST_NAK): it may be busy, on trial, have no OTA slot, or take only signed images (which need the fast protocol); run `ble-ota info`"
     )]
     RequestNak,
     /// Legacy: the device answered DONE with NAK.

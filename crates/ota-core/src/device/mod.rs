@@ -45,8 +45,8 @@ use crate::manifest::{MANIFEST_LEN, Manifest, ManifestError, SignedManifest, Tru
 use crate::protocol::Characteristic;
 use crate::protocol::air::{self, Phy};
 use crate::protocol::fast::{
-    self, Command, DecodeError, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo, SlotStateCode,
-    begin_flags,
+    self, Command, DecodeError, Info, Response, Resumable, SLOT_FACTORY, SLOT_OTHER, SlotInfo,
+    SlotStateCode, begin_flags,
 };
 use crate::protocol::{
     LL_DEFAULT_DATA_LEN, MAX_ATTRIBUTE_LEN, MAX_LEGACY_PACKET_SIZE, Reason, legacy, max_value_len,

@@ -438,7 +438,8 @@ pub struct Info {
     /// [`features`] bits (protocol v3; 0 from an older device).
     pub features: u8,
     /// Fingerprints of the keys the device trusts (protocol v4; empty from an older device).
-    pub trusted_keys: heapless::Vec<crate::manifest::Fingerprint, { crate::manifest::MAX_TRUSTED_KEYS }>,
+    pub trusted_keys:
+        heapless::Vec<crate::manifest::Fingerprint, { crate::manifest::MAX_TRUSTED_KEYS }>,
 }
 
 /// A notification the device sends on OTA Control (also the value a read returns).

@@ -37,7 +37,9 @@ pub fn build_image_with_secure_version(chip: Chip, version: &str, secure_version
     let mut at = 24;
     for _ in 0..img[1] {
         let len = u32::from_le_bytes(img[at + 4..at + 8].try_into().unwrap()) as usize;
-        checksum = img[at + 8..at + 8 + len].iter().fold(checksum, |c, b| c ^ b);
+        checksum = img[at + 8..at + 8 + len]
+            .iter()
+            .fold(checksum, |c, b| c ^ b);
         at += 8 + len;
     }
     assert!(at <= data_end);
