@@ -102,6 +102,8 @@ fn try_run(flash: &mut FlashStorage<'_>) -> Result<Booted, BootError> {
         esp_hal::efuse::major_chip_version() as u16 * 100
             + esp_hal::efuse::minor_chip_version() as u16,
     );
+    device.trusted_keys = config::TRUST;
+    device.unsigned_legacy = cfg!(feature = "unsigned-legacy");
     static ENGINE: StaticCell<UpdateEngine<FirmwareSha>> = StaticCell::new();
     let engine = UpdateEngine::with_hasher(flash, device, table, running).map_err(|e| {
         warn!("boot: update engine: {e}");

@@ -8,6 +8,7 @@ use embassy_time::Duration;
 use ota_core::device::trial::{ConfirmPolicy, TrialConfig};
 use ota_core::esp::Chip;
 use ota_core::esp::boot::BootloaderConfig;
+use ota_core::manifest::TrustedKeys;
 
 /// Name in advertising and in the GAP Device Name characteristic (`ble-ota scan` shows it).
 pub const DEVICE_NAME: &str = "esp-ble-ota";
@@ -71,6 +72,12 @@ pub const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(8);
 pub const BOOTLOADER: BootloaderConfig = BootloaderConfig {
     rollback: cfg!(feature = "bootloader-rollback"),
 };
+
+include!(concat!(env!("OUT_DIR"), "/trusted_keys.rs"));
+
+/// The keys the update engine trusts (empty: it takes unsigned images). With keys, the seed's
+/// protocol is refused unless the firmware is built with the `unsigned-legacy` feature.
+pub const TRUST: TrustedKeys = TrustedKeys::new(TRUSTED_KEYS);
 
 /// The chip, for the update engine (it refuses images built for another chip).
 pub const CHIP: Chip = {

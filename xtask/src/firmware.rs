@@ -51,13 +51,19 @@ pub fn firmware() -> Result<()> {
     let fw = root().join("firmware");
     let slot = smallest_app_slot(&fw.join("partitions.csv"))?;
     std::fs::create_dir_all(images_dir())?;
+    let keys = TrustedKeys::from_env()?;
     let mut lines = Vec::new();
     for chip in CHIPS {
         // Run inside firmware/ so its .cargo/config.toml (linker script, env) applies.
-        run(cargo()
+        let mut build = cargo();
+        build
             .args(["build", "--release", "--locked", "--target", chip.target])
             .args(["--no-default-features", "--features", chip.name])
-            .current_dir(&fw))?;
+            .current_dir(&fw);
+        if let Some(spec) = &keys.spec {
+            build.env(KEYS_VAR, spec);
+        }
+        run(&mut build)?;
         let elf_path = fw
             .join("target")
             .join(chip.target)
@@ -75,6 +81,12 @@ pub fn firmware() -> Result<()> {
         let out = images_dir().join(format!("{}.bin", chip.name));
         std::fs::write(&out, &image).with_context(|| format!("writing {}", out.display()))?;
         let ram = RamUse::of(&elf)?;
+        let verify = signature_check_bytes(&elf)?;
+        lines.push(format!(
+            "{:<8} signature checks: {} KiB of the image (Ed25519 verify_strict, SHA-512, manifest)",
+            chip.name,
+            verify.div_ceil(1024)
+        ));
         lines.push(format!(
             "{:<8} image {:>7} bytes ({:>4} KiB), {:>3}% of the {} KiB slot, {} KiB left for your code\n\
              \x20        static RAM {} KiB (IRAM code {} KiB, data {} KiB, bss {} KiB incl. 32 KiB heap), \
@@ -106,7 +118,93 @@ pub fn firmware() -> Result<()> {
     for line in lines {
         eprintln!("{line}");
     }
+    eprintln!("{}", keys.describe());
     Ok(())
+}
+
+/// The variable the firmware's build script reads its trusted keys from.
+const KEYS_VAR: &str = "BLE_OTA_TRUSTED_KEYS";
+
+/// The keys `BLE_OTA_TRUSTED_KEYS` names, read here to print their fingerprints.
+struct TrustedKeys {
+    /// The variable with every path made absolute (the firmware builds in `firmware/`).
+    spec: Option<String>,
+    /// Each key's path and fingerprint.
+    keys: Vec<(PathBuf, String)>,
+}
+
+impl TrustedKeys {
+    fn from_env() -> Result<Self> {
+        use ed25519_dalek::VerifyingKey;
+        use ed25519_dalek::pkcs8::DecodePublicKey;
+        let Some(spec) = std::env::var_os(KEYS_VAR) else {
+            return Ok(TrustedKeys {
+                spec: None,
+                keys: Vec::new(),
+            });
+        };
+        let spec = spec
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{KEYS_VAR} is not UTF-8"))?;
+        let cwd = std::env::current_dir()?;
+        let mut keys = Vec::new();
+        for p in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let path = cwd.join(p);
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("{KEYS_VAR}: reading {}", path.display()))?;
+            let key = VerifyingKey::from_public_key_pem(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "{KEYS_VAR}: {} is not an Ed25519 public key ({e}); give NAME.pub from `ble-ota keygen NAME`",
+                    path.display()
+                )
+            })?;
+            let fp = ota_core::manifest::fingerprint(&key.to_bytes());
+            keys.push((path, ota_core::manifest::Hex(&fp).to_string()));
+        }
+        ensure!(
+            keys.len() <= ota_core::manifest::MAX_TRUSTED_KEYS,
+            "{KEYS_VAR}: at most {} keys",
+            ota_core::manifest::MAX_TRUSTED_KEYS
+        );
+        let joined: Vec<String> = keys.iter().map(|(p, _)| p.display().to_string()).collect();
+        Ok(TrustedKeys {
+            spec: Some(joined.join(",")),
+            keys,
+        })
+    }
+
+    fn describe(&self) -> String {
+        if self.keys.is_empty() {
+            return format!(
+                "trusted keys: none, the firmware takes unsigned images (set {KEYS_VAR}=NAME.pub to require signatures)"
+            );
+        }
+        let list: Vec<String> = self
+            .keys
+            .iter()
+            .map(|(p, fp)| format!("{fp} ({})", p.display()))
+            .collect();
+        format!(
+            "trusted keys: {}; the firmware takes only images signed by one of them",
+            list.join(", ")
+        )
+    }
+}
+
+/// Bytes of the ELF's code and data that check signatures: the symbols of curve25519-dalek,
+/// ed25519-dalek, SHA-512 and the manifest (code inlined into them counted with them).
+fn signature_check_bytes(elf: &[u8]) -> Result<u64> {
+    use object::ObjectSymbol;
+    let file = object::File::parse(elf).context("parsing the firmware ELF")?;
+    let markers = ["curve25519_dalek", "ed25519", "sha512", "8manifest"];
+    Ok(file
+        .symbols()
+        .filter(|s| {
+            s.name()
+                .is_ok_and(|n| markers.iter().any(|m| n.contains(m)))
+        })
+        .map(|s| s.size())
+        .sum())
 }
 
 /// Converts an ELF into an app image (what `espflash save-image --chip <chip>
