@@ -959,3 +959,94 @@ fn an_idle_central_is_dropped_so_another_can_get_in() {
     assert_eq!(report["outcome"], "activated");
     assert_booted(&mut dev, &sim, "9.0.0", &img);
 }
+
+/// Writes a C3 app image with `secure_version` to `dir/name`.
+fn image_with_secure_version(dir: &Path, name: &str, version: &str, sv: u32) -> (PathBuf, Vec<u8>) {
+    let mut spec = virtual_esp32::app_image::AppImageSpec::new(
+        Chip::Esp32c3,
+        "e2e-app",
+        version,
+        80_000,
+        u64::from(sv) + 40,
+    );
+    spec.secure_version = sv;
+    let img = virtual_esp32::app_image::build_with(&spec);
+    let path = dir.join(name);
+    std::fs::write(&path, &img).unwrap();
+    (path, img)
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn a_device_with_a_key_over_bumble_takes_only_the_signed_image() {
+    let _serial = serial();
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let in_dir = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    in_dir(&["keygen", "vendor"]);
+    in_dir(&["keygen", "attacker"]);
+    // The running app has secure_version 3.
+    image_with_secure_version(d, "factory.bin", "1.0.0", 3);
+    in_dir(&[
+        "sim",
+        "create",
+        "esp32.bin",
+        "--factory",
+        "factory.bin",
+        "--key",
+        "vendor.pub",
+    ]);
+    let sim = d.join("esp32.bin");
+    // The seed's client leaves its link up when refused; the device drops it after 3 idle s.
+    let mut dev = device(ports[0], &sim, &["--idle-timeout", "3"]);
+    let (app, img) = image_with_secure_version(d, "app.bin", "2.0.0", 3);
+    let (old, _) = image_with_secure_version(d, "old.bin", "0.9.0", 1);
+    let key = |k: &str| d.join(k).to_str().unwrap().to_string();
+    let refused = |out: Output, reason: &str| {
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(reason),
+            "expected {reason}: {}",
+            text(&out)
+        );
+    };
+    refused(flash_hci(ports[1], &app, &[]), "SignatureRequired");
+    refused(
+        flash_hci(ports[1], &app, &["--key", &key("attacker.key")]),
+        "UnknownKey",
+    );
+    refused(
+        flash_hci(ports[1], &old, &["--key", &key("vendor.key")]),
+        "Downgrade",
+    );
+    // The seed's client, which cannot carry a signature.
+    let out = seed_client(ports[1], 247, &app);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "legacy_client.py: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("refused the OTA request"),
+        "{}",
+        text(&out)
+    );
+    // Nothing of the refused ones reached the slot the next update writes.
+    assert!(
+        slot_bytes(&sim, "ota_0", 4096).iter().all(|b| *b == 0xFF),
+        "refused updates must leave ota_0 erased"
+    );
+    let report = flash_json(&flash_hci(ports[1], &app, &["--key", &key("vendor.key")]));
+    assert_eq!(report["outcome"], "activated");
+    assert!(report["signed_by"].is_string(), "{report}");
+    assert_booted(&mut dev, &sim, "2.0.0", &img);
+}
