@@ -5,6 +5,7 @@
 //!   fmt and clippy (the firmware's too).
 //! - `cargo xtask setup`: only the installs (Rust targets, the Python venv with Bumble and esptool).
 //! - `cargo xtask bench`: the benchmarks; writes BENCHMARKS.md (see `crates/ota-bench`).
+//! - `cargo xtask fuzz`: long fuzz runs (the bounded one is part of `test`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,7 +39,23 @@ enum Task {
         #[arg(long)]
         firmware: Option<PathBuf>,
     },
+    /// Fuzz long: the targets' bodies (crates/ota-fuzz) on seeded random inputs, on stable
+    /// Rust; with --libfuzzer, coverage-guided with cargo-fuzz on a nightly toolchain.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Only this target (wire, partition_table, image, manifest, engine).
+        #[arg(long)]
+        target: Option<String>,
+        /// Use libFuzzer through `cargo +nightly fuzz run` (install: `cargo install cargo-fuzz`).
+        #[arg(long)]
+        libfuzzer: bool,
+    },
 }
+
+/// Seconds per target of the bounded fuzz run in `cargo xtask test`.
+const TEST_FUZZ_SECONDS: &str = "4";
 
 /// Rust targets of the RISC-V ESP32 chips built in CI.
 const TARGETS: &[&str] = &[
@@ -52,7 +69,36 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Firmware => firmware::firmware(),
         Task::Bench { firmware } => bench::bench(firmware),
+        Task::Fuzz {
+            seconds,
+            target,
+            libfuzzer,
+        } => fuzz(seconds, target, libfuzzer),
     }
+}
+
+fn fuzz(seconds: u64, target: Option<String>, libfuzzer: bool) -> Result<()> {
+    if !libfuzzer {
+        let mut cmd = cargo();
+        cmd.args(["run", "--release", "--locked", "-p", "ota-fuzz", "--"])
+            .args(["--seconds", &seconds.to_string()]);
+        if let Some(t) = &target {
+            cmd.args(["--target", t]);
+        }
+        return run(cmd.current_dir(root()));
+    }
+    let all = ["wire", "partition_table", "image", "manifest", "engine"];
+    let names: Vec<String> = match target {
+        Some(t) => vec![t],
+        None => all.iter().map(|s| s.to_string()).collect(),
+    };
+    for name in names {
+        run(cargo()
+            .args(["+nightly", "fuzz", "run", &name, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(root()))?;
+    }
+    Ok(())
 }
 
 fn root() -> PathBuf {
@@ -128,7 +174,13 @@ fn test() -> Result<()> {
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
-    // The fuzz targets must keep building (running them is a task of its own: `cargo fuzz`).
+    // The fuzz targets' bodies on seeded random inputs, a few seconds each (it prints the
+    // executions; a crash fails the run and is kept as a regression input); and libFuzzer's
+    // targets must keep building (long runs: `cargo xtask fuzz`).
+    run(cargo()
+        .args(["run", "--locked", "-p", "ota-fuzz", "--"])
+        .args(["--seconds", TEST_FUZZ_SECONDS])
+        .current_dir(root()))?;
     run(cargo()
         .args(["build", "--locked"])
         .current_dir(root().join("fuzz")))?;
