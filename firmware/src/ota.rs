@@ -26,7 +26,9 @@ pub async fn run(
             Timer::after_secs(3600).await;
         }
     };
-    let controller: ExternalController<_, 20> = ExternalController::new(connector);
+    // The guard cuts ATT PDUs longer than the MTU, which trouble-host would drop unanswered.
+    let controller: ExternalController<_, 20> =
+        ExternalController::new(ota_gatt::OversizeGuard::new(connector));
     let mac = esp_hal::efuse::base_mac_address();
     let m = mac.as_bytes();
     let mut gatt = GattConfig::new(

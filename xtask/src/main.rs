@@ -160,6 +160,9 @@ fn setup() -> Result<PathBuf> {
 
 fn test() -> Result<()> {
     let python = setup()?;
+    // Figures the tests record for this run, printed at the end.
+    let figures_dir = root().join("target/figures");
+    let _ = std::fs::remove_dir_all(&figures_dir);
     // The firmware first: the host tests below load its app images into the virtual ESP32.
     firmware::firmware()?;
     // Host workspace: unit, vector, property and CLI tests, plus those needing Python tools.
@@ -177,10 +180,12 @@ fn test() -> Result<()> {
     // The fuzz targets' bodies on seeded random inputs, a few seconds each (it prints the
     // executions; a crash fails the run and is kept as a regression input); and libFuzzer's
     // targets must keep building (long runs: `cargo xtask fuzz`).
-    run(cargo()
-        .args(["run", "--locked", "-p", "ota-fuzz", "--"])
-        .args(["--seconds", TEST_FUZZ_SECONDS])
-        .current_dir(root()))?;
+    let fuzz = output(
+        cargo()
+            .args(["run", "--locked", "-p", "ota-fuzz", "--"])
+            .args(["--seconds", TEST_FUZZ_SECONDS])
+            .current_dir(root()),
+    )?;
     run(cargo()
         .args(["build", "--locked"])
         .current_dir(root().join("fuzz")))?;
@@ -206,5 +211,61 @@ fn test() -> Result<()> {
         .args(["--no-default-features", "--features", fw.name])
         .args(["--", "-D", "warnings"])
         .current_dir(root().join("firmware")))?;
+    print_figures(&figures_dir, &fuzz)
+}
+
+/// Runs `cmd`, passing its output through, and returns its standard output.
+fn output(cmd: &mut Command) -> Result<String> {
+    eprintln!("+ {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{stdout}");
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(stdout)
+}
+
+/// Prints what this run measured of the device's defences: the hostile-client suite and the
+/// signed-update refusals (recorded by the e2e tests) and the fuzz run.
+fn print_figures(dir: &Path, fuzz: &str) -> Result<()> {
+    let read = |name: &str| -> Result<serde_json::Value> {
+        let path = dir.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} was not written by the e2e tests", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let hostile = read("hostile")?;
+    let signed = read("signed")?;
+    let refused = signed["refused"].as_array().map_or(0, Vec::len);
+    println!("\n== Figures of this run");
+    println!(
+        "hostile clients over Bumble: {} cases tried, {} device crashes, running slot changed {} times, {} without their documented answer",
+        hostile["cases"],
+        hostile["device_crashes"],
+        hostile["running_slot_changed"],
+        hostile["failed"]
+    );
+    println!(
+        "signed updates over Bumble: {refused} bad updates tried ({}), {} accepted",
+        signed["refused"]
+            .as_array()
+            .map(|v| v
+                .iter()
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        signed["accepted"]
+    );
+    println!(
+        "{}",
+        fuzz.lines()
+            .find(|l| l.starts_with("fuzz:"))
+            .unwrap_or("fuzz: no report")
+    );
     Ok(())
 }

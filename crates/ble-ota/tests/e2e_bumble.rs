@@ -1027,6 +1027,18 @@ fn a_device_with_a_key_over_bumble_takes_only_the_signed_image() {
         flash_hci(ports[1], &old, &["--key", &key("vendor.key")]),
         "Downgrade",
     );
+    // A forged signature: the vendor's manifest with one bit of its signature flipped.
+    let sign = Command::new(BIN)
+        .current_dir(d)
+        .args(["sign", "app.bin", "--key", "vendor.key"])
+        .output()
+        .unwrap();
+    assert!(sign.status.success(), "{}", text(&sign));
+    let mut forged = std::fs::read(d.join("app.bin.sig")).unwrap();
+    forged[100] ^= 1;
+    std::fs::write(d.join("app.bin.sig"), &forged).unwrap();
+    refused(flash_hci(ports[1], &app, &[]), "BadSignature");
+    std::fs::remove_file(d.join("app.bin.sig")).unwrap();
     // The seed's client, which cannot carry a signature.
     let out = seed_client(ports[1], 247, &app);
     assert_eq!(
@@ -1045,8 +1057,74 @@ fn a_device_with_a_key_over_bumble_takes_only_the_signed_image() {
         slot_bytes(&sim, "ota_0", 4096).iter().all(|b| *b == 0xFF),
         "refused updates must leave ota_0 erased"
     );
+    record_figures(
+        "signed",
+        &serde_json::json!({
+            "refused": ["unsigned", "another key", "downgrade", "forged", "seed protocol"],
+            "accepted": 0,
+        }),
+    );
     let report = flash_json(&flash_hci(ports[1], &app, &["--key", &key("vendor.key")]));
     assert_eq!(report["outcome"], "activated");
     assert!(report["signed_by"].is_string(), "{report}");
+    assert_booted(&mut dev, &sim, "2.0.0", &img);
+}
+
+/// Records a figure of this run in `target/figures/NAME.json`, which `cargo xtask test` prints
+/// at its end.
+fn record_figures(name: &str, figures: &Value) {
+    let dir = Path::new(ROOT).join("target/figures");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.json")), figures.to_string()).unwrap();
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn hostile_clients_leave_the_device_alive_and_the_running_slot_intact() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
+    let factory_before = slot_bytes(&sim, "factory", 0x10_0000);
+    let (path, img) = image(dir.path(), "app.bin", "2.0.0", 80_000, 21);
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/hostile_client.py"))
+        .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+        .arg("--file")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("hostile_client.py: {e}: {}", text(&out)));
+    let cases = report["cases"].as_array().unwrap();
+    let failed: Vec<&Value> = cases.iter().filter(|c| c["ok"] != true).collect();
+    // The device process is still up and advertises again.
+    let crashed = dev.child.try_wait().unwrap().is_some();
+    dev.wait_event("advertising", Duration::from_secs(10));
+    let running_changed = slot_bytes(&sim, "factory", 0x10_0000) != factory_before;
+    record_figures(
+        "hostile",
+        &serde_json::json!({
+            "cases": cases.len(),
+            "failed": failed.len(),
+            "device_crashes": u32::from(crashed),
+            "running_slot_changed": u32::from(running_changed),
+        }),
+    );
+    assert!(
+        failed.is_empty(),
+        "cases without their documented answer: {failed:#?}"
+    );
+    assert!(!crashed && !running_changed);
+    assert!(cases.len() >= 20, "{} cases", cases.len());
+    // And it still updates: the image the last case cut off at END goes through (resumed, or
+    // answered again if END had completed).
+    let report = flash_json(&flash_hci(ports[1], &path, &[]));
+    assert_eq!(report["outcome"], "activated");
     assert_booted(&mut dev, &sim, "2.0.0", &img);
 }

@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod fmt;
+pub mod guard;
 pub mod pool;
 
 use core::cell::{Cell, RefCell};
@@ -82,6 +83,7 @@ use trouble_host::att::AttClient;
 use trouble_host::prelude::*;
 
 use crate::fmt::{debug, warning};
+pub use crate::guard::OversizeGuard;
 pub use crate::pool::{ATT_MTU, OtaPacketPool};
 
 /// Data chunks the device announces it can hold (the engine's window is this many chunks).

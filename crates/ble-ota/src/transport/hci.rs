@@ -22,7 +22,7 @@ use ota_core::protocol::{
     CONTROL_CHAR_UUID, Characteristic as Ch, DATA_CHAR_UUID, LL_MAX_DATA_LEN, LL_MAX_TX_TIME_US,
     OTA_SERVICE_UUID,
 };
-use ota_gatt::OtaPacketPool;
+use ota_gatt::{OtaPacketPool, OversizeGuard};
 use tokio::sync::{mpsc, oneshot};
 use trouble_host::prelude::*;
 use trouble_host::scan::{LeAdvReportsIter, LeExtAdvReportsIter};
@@ -85,8 +85,10 @@ impl HciSpec {
 
 type Reader = FromTokio<Box<dyn tokio::io::AsyncRead + Unpin + Send>>;
 type Writer = FromTokio<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>;
-/// The controller type both roles use.
-pub type HciController = ExternalController<SerialTransport<NoopRawMutex, Reader, Writer>, 10>;
+/// The controller type both roles use (behind the guard the firmware uses too, which cuts ATT
+/// PDUs longer than the device's MTU so they get an ATT error, not silence).
+pub type HciController =
+    ExternalController<OversizeGuard<SerialTransport<NoopRawMutex, Reader, Writer>>, 10>;
 
 /// Opens the controller (H4 framing over TCP or a serial port).
 pub async fn open_controller(spec: &HciSpec) -> Result<HciController> {
@@ -125,7 +127,7 @@ pub async fn open_controller(spec: &HciSpec) -> Result<HciController> {
         }
     };
     let transport = SerialTransport::new(FromTokio::new(reader), FromTokio::new(writer));
-    Ok(ExternalController::new(transport))
+    Ok(ExternalController::new(OversizeGuard::new(transport)))
 }
 
 /// A link-layer event the central saw (for `--verbose` output and the tests).

@@ -233,6 +233,9 @@ struct ClientLink {
     id: ClientId,
     /// ATT MTU.
     mtu: u16,
+    /// The shell told the MTU ([`UpdateEngine::handle_mtu`]): writes longer than it carries
+    /// are refused.
+    mtu_known: bool,
     /// Link-layer data length from the client to the device, in octets.
     data_length: u16,
     /// PHY and connection interval (µs), once the shell knows them.
@@ -253,6 +256,7 @@ impl ClientLink {
         let mut link = ClientLink {
             id,
             mtu: 23,
+            mtu_known: false,
             data_length: LL_DEFAULT_DATA_LEN,
             timing: None,
             value_len: 0,
@@ -569,6 +573,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         self.handle_connected(client);
         if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
             link.mtu = mtu.max(23);
+            link.mtu_known = true;
             link.update_value_len();
         }
     }
@@ -639,6 +644,13 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         if let Some(link) = self.clients.iter_mut().find(|c| c.id == client) {
             link.last_write = Some(now);
         }
+        if let Err(reason) = self.check_write_len(client, data) {
+            let notify = self.is_fast_client(client) || self.link(client).speaks_fast;
+            if characteristic == Characteristic::Data && notify {
+                self.notify_error(client, 0, reason, data.len() as u32);
+            }
+            return Err(reason);
+        }
         match characteristic {
             Characteristic::Control => {
                 self.handle_control_write(flash, client, data, now);
@@ -646,6 +658,20 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             }
             Characteristic::Data => self.handle_data_write(flash, client, data, now),
         }
+    }
+
+    /// Refuses an empty write (no command or chunk is empty; it is also what an ATT PDU longer
+    /// than the MTU is cut to before it reaches the GATT layer, see ota-gatt's
+    /// `OversizeGuard`) and one longer than the client's ATT MTU carries.
+    fn check_write_len(&self, client: ClientId, data: &[u8]) -> Result<(), Reason> {
+        if data.is_empty() {
+            return Err(Reason::BadLength);
+        }
+        let link = self.link(client);
+        if link.mtu_known && data.len() > max_value_len(link.mtu) {
+            return Err(Reason::ChunkTooLarge);
+        }
+        Ok(())
     }
 
     /// `client` wrote `data` to OTA Control. Answers come as notifications.
