@@ -1128,3 +1128,41 @@ fn hostile_clients_leave_the_device_alive_and_the_running_slot_intact() {
     assert_eq!(report["outcome"], "activated");
     assert_booted(&mut dev, &sim, "2.0.0", &img);
 }
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn while_one_central_idles_connected_another_updates_the_device() {
+    let _serial = serial();
+    let (_ctl, ports) = controllers(3);
+    let dir = tempfile::tempdir().unwrap();
+    let sim = create_sim(dir.path());
+    // Long enough that the idle central stays connected through the whole update.
+    let mut dev = device(ports[0], &sim, &["--idle-timeout", "60"]);
+    let mut idle = Proc::spawn(
+        "idle_client.py",
+        Command::new(python())
+            .arg(Path::new(ROOT).join("e2e/idle_client.py"))
+            .args(["--hci", &format!("tcp-client:127.0.0.1:{}", ports[1])])
+            .args(["--wait", "60"]),
+    );
+    let first = dev.wait_event("connected", Duration::from_secs(20));
+    // The device advertises again with one connection held.
+    dev.wait_event("advertising", Duration::from_secs(10));
+    let (path, img) = image(dir.path(), "app.bin", "2.0.0", 120_000, 31);
+    let report = flash_json(&flash_hci(ports[2], &path, &[]));
+    assert_eq!(report["outcome"], "activated");
+    assert_booted(&mut dev, &sim, "2.0.0", &img);
+    let events = dev.drain();
+    let connected: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "connected")
+        .collect();
+    assert_eq!(connected.len(), 2, "two centrals at once: {events:?}");
+    assert_ne!(connected[1]["handle"], first["handle"]);
+    // The idle central was still connected when the update finished: not dropped for it.
+    assert!(
+        !events.iter().any(|e| e["event"] == "dropped_idle"),
+        "{events:?}"
+    );
+    drop(idle.child.kill());
+}

@@ -1,7 +1,7 @@
 //! The BLE OTA GATT service on [trouble-host](https://docs.rs/trouble-host), shared by the
 //! ESP32 firmware and the virtual ESP32 (`ble-ota device`).
 //!
-//! [`run`] advertises the device, serves one central at a time, and drives `ota-core`'s
+//! [`run`] advertises the device, serves up to two centrals at once ([`CONNECTIONS`]), and drives `ota-core`'s
 //! [`UpdateEngine`]: writes go to the engine, refused write requests get the engine's ATT
 //! error, its notifications go out on OTA Control, a read of OTA Control returns
 //! [`UpdateEngine::control_value`], and it returns when the engine asks for a reboot. It also
@@ -58,7 +58,7 @@ use core::pin::pin;
 
 use bt_hci::cmd::le::{LeReadLocalSupportedFeatures, LeSetDataLength, LeSetPhy};
 use bt_hci::controller::{ControllerCmdAsync, ControllerCmdSync};
-use embassy_futures::select::{Either, Either3, Either4, select, select3, select4};
+use embassy_futures::select::{Either3, Either4, select3, select4};
 use embassy_futures::yield_now;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::channel::Channel;
@@ -95,6 +95,10 @@ pub const QUEUE_DEPTH: usize = RX_QUEUE_CHUNKS as usize + 8;
 pub const MAX_VALUE_LEN: usize = ota_core::protocol::MAX_ATTRIBUTE_LEN;
 /// Attribute table entries: GAP and GATT services, OTA service, Device Information.
 const ATT_TABLE_SIZE: usize = 32;
+/// Centrals served at once. The engine lets one of them update; the other can ask INFO, wait
+/// its turn, or idle until it is dropped, without locking anyone out: the device advertises
+/// again as soon as a connection is free.
+pub const CONNECTIONS: usize = 2;
 
 /// Returns the engine configuration that fits this crate's receive queue.
 pub const fn device_config(chip: Chip) -> DeviceConfig {
@@ -320,6 +324,8 @@ enum Item<'s, 'v> {
     },
     ReadControl(ReadEvent<'s, 'v, OtaPacketPool>),
     Disconnected,
+    /// Not from the link: the connection's mailbox has something.
+    Mail,
 }
 
 /// How a connection ended.
@@ -356,12 +362,18 @@ struct Shared<'a, F, H: Sha256Hasher> {
     observer: Observer<'a>,
     /// The engine asked for a reboot.
     reboot: Cell<bool>,
-    /// An update runs (true: ask for the short connection interval).
-    busy: Signal<NoopRawMutex, bool>,
+    /// An update runs (true: ask for the short connection interval), one per connection's
+    /// link tuning.
+    busy: [Signal<NoopRawMutex, bool>; CONNECTIONS],
     /// The trial task has something new to look at.
     trial_wake: Signal<NoopRawMutex, ()>,
-    /// A central is connected: no idle pre-erase.
-    connected: Cell<bool>,
+    /// Centrals connected: no idle pre-erase while any is.
+    connected: Cell<u8>,
+    /// What each connection must send or do: the engine may answer one client while serving
+    /// another's input (a tick's ACK for the session owner, an idle client to drop).
+    mailboxes: [Mailbox; CONNECTIONS],
+    /// A connection ended: the advertiser may take another central.
+    slot_free: Signal<NoopRawMutex, ()>,
     /// The idle pre-erase may have work again (a central left, an image was confirmed, a
     /// session ended).
     idle_wake: Signal<NoopRawMutex, ()>,
@@ -370,6 +382,28 @@ struct Shared<'a, F, H: Sha256Hasher> {
 /// Notifications the driver hands over while a write is served, sent once the write is
 /// answered (sending awaits the link; serving must not).
 const NOTE_QUEUE: usize = 8;
+
+/// A connection's mail from the driver.
+struct Mailbox {
+    /// The client this connection serves; `None` while the slot is free.
+    client: Cell<Option<ClientId>>,
+    notes: RefCell<heapless09::Deque<heapless09::Vec<u8, NOTE_LEN>, NOTE_QUEUE>>,
+    /// The engine asked to drop this connection (it idled).
+    drop_link: Cell<bool>,
+    /// Something arrived for it.
+    wake: Signal<NoopRawMutex, ()>,
+}
+
+impl Mailbox {
+    const fn new() -> Self {
+        Mailbox {
+            client: Cell::new(None),
+            notes: RefCell::new(heapless09::Deque::new()),
+            drop_link: Cell::new(false),
+            wake: Signal::new(),
+        }
+    }
+}
 /// The longest notification the engine sends.
 const NOTE_LEN: usize = Response::MAX_LEN;
 
@@ -377,11 +411,6 @@ const NOTE_LEN: usize = Response::MAX_LEN;
 /// to the observer, notifications queue for sending, events go to [`Shared::handle_event`].
 struct GattShell<'s, 'a, F, H: Sha256Hasher> {
     shared: &'s Shared<'a, F, H>,
-    /// This connection's client.
-    client: ClientId,
-    /// The engine asked to drop this connection (it idled).
-    drop_link: bool,
-    notes: heapless09::Deque<heapless09::Vec<u8, NOTE_LEN>, NOTE_QUEUE>,
 }
 
 impl<F: NorFlash, H: Sha256Hasher> GattShell<'_, '_, F, H> {
@@ -400,23 +429,21 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for GattShell<'_, '_, F, H> {
             note(&self.shared.observer, Note::FlashWork(work));
         }
     }
-    fn notify(&mut self, _client: ClientId, value: &[u8]) {
-        if self.notes.is_full() {
+    fn notify(&mut self, client: ClientId, value: &[u8]) {
+        let Some(mailbox) = self.shared.mailbox(client) else {
+            return; // its connection is gone
+        };
+        let mut notes = mailbox.notes.borrow_mut();
+        if notes.is_full() {
             // The engine's own outbox keeps the newest as well.
-            self.notes.pop_front();
+            notes.pop_front();
         }
         if let Ok(v) = heapless09::Vec::from_slice(value) {
-            let _ = self.notes.push_back(v);
+            let _ = notes.push_back(v);
         }
+        mailbox.wake.signal(());
     }
     fn event(&mut self, event: Event) {
-        if event
-            == (Event::DropClient {
-                client: self.client,
-            })
-        {
-            self.drop_link = true;
-        }
         self.shared.handle_event(event);
     }
 }
@@ -444,6 +471,13 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for TaskShell<'_, '_, F, H> {
 impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
     /// Hands the engine's flash work and events on after a call outside [`UpdateEngine::serve`]
     /// (pre-erase, confirm).
+    /// Returns the mailbox of `client`'s connection.
+    fn mailbox(&self, client: ClientId) -> Option<&Mailbox> {
+        self.mailboxes
+            .iter()
+            .find(|m| m.client.get() == Some(client))
+    }
+
     fn hand_over(&self) {
         let mut engine = self.engine.borrow_mut();
         engine.hand_over(&mut TaskShell(self));
@@ -455,9 +489,9 @@ impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
         note(&self.observer, Note::Engine(e));
         match e {
             Event::RebootRequested => self.reboot.set(true),
-            Event::UpdateStarted { .. } => self.busy.signal(true),
+            Event::UpdateStarted { .. } => self.busy.iter().for_each(|b| b.signal(true)),
             Event::UpdateActivated { .. } | Event::UpdateFailed { .. } => {
-                self.busy.signal(false);
+                self.busy.iter().for_each(|b| b.signal(false));
                 self.idle_wake.signal(());
             }
             Event::Confirmed => {
@@ -465,8 +499,13 @@ impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
                 self.trial_wake.signal(());
                 self.idle_wake.signal(());
             }
-            // The connection it names acts on it (`GattShell`).
-            Event::DropClient { .. } => {}
+            // The connection it names drops its link.
+            Event::DropClient { client } => {
+                if let Some(m) = self.mailbox(client) {
+                    m.drop_link.set(true);
+                    m.wake.signal(());
+                }
+            }
         }
     }
 }
@@ -481,7 +520,7 @@ impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
 ///   (auto policy), and `run` confirms the image itself.
 /// - `observer` hears what happens on the link.
 ///
-/// One central is served at a time; the engine refuses a second updater anyway.
+/// Up to [`CONNECTIONS`] centrals are served at once; the engine lets one of them update.
 pub async fn run<C, F, T, H>(
     controller: C,
     flash: &mut F,
@@ -508,15 +547,17 @@ where
         trial: RefCell::new(trial),
         observer: RefCell::new(observer),
         reboot: Cell::new(false),
-        busy: Signal::new(),
+        busy: [const { Signal::new() }; CONNECTIONS],
         trial_wake: Signal::new(),
-        connected: Cell::new(false),
+        connected: Cell::new(0),
+        mailboxes: [const { Mailbox::new() }; CONNECTIONS],
+        slot_free: Signal::new(),
         idle_wake: Signal::new(),
     };
 
     let mut address = config.address;
     address[5] |= 0xC0; // static random address
-    let mut resources: HostResources<OtaPacketPool, 1, 2> = HostResources::new();
+    let mut resources: HostResources<OtaPacketPool, CONNECTIONS, 2> = HostResources::new();
     let stack = trouble_host::new(controller, &mut resources)
         .set_random_address(Address::random(address))
         .build();
@@ -575,7 +616,7 @@ where
         dis.add_characteristic_ro(characteristic::FIRMWARE_REVISION_STRING, version.as_str());
         dis.build();
     }
-    let server: AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, 1> =
+    let server: AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, CONNECTIONS> =
         AttributeServer::new(table);
 
     // Advertising data: flags, the OTA service, as much of the name as fits; the scan
@@ -609,11 +650,16 @@ where
         ..Default::default()
     };
 
-    let serve_loop = async {
+    // Accepted connections, on their way to a free slot.
+    let incoming: Channel<NoopRawMutex, GattConnection<'_, '_, OtaPacketPool>, 1> = Channel::new();
+    let advertise_loop = async {
         loop {
+            while usize::from(shared.connected.get()) >= CONNECTIONS {
+                shared.slot_free.wait().await;
+            }
             // `advertise` returns once the controller accepted advertising enable: only then
             // is BLE up, for the log and for the trial policy.
-            let advertiser = peripheral
+            let advertised = peripheral
                 .advertise(
                     &params,
                     Advertisement::ConnectableScannableUndirected {
@@ -621,40 +667,79 @@ where
                         scan_data: &scan_data[..scan_len],
                     },
                 )
-                .await?;
+                .await;
+            let advertiser = match advertised {
+                Ok(a) => a,
+                Err(e) => break Err::<core::convert::Infallible, RunError>(e.into()),
+            };
             note(&shared.observer, Note::Advertising);
             shared.trial.borrow_mut().handle_advertising(now());
             shared.trial_wake.signal(());
-            let conn = advertiser.accept().await?;
-            shared.connected.set(true);
-            let conn = conn.with_attribute_server(&server)?;
-            let served = serve(
-                &stack,
-                &conn,
-                &server,
-                &control,
-                data_handle,
-                &shared,
-                config,
-            )
-            .await;
-            shared.connected.set(false);
-            shared.idle_wake.signal(());
-            if let Served::Reboot = served {
-                // Let the last notification reach the air, then drop the link as a reset does.
-                Timer::after_millis(250).await;
-                conn.raw().disconnect();
-                let _ = with_timeout(Duration::from_secs(3), async {
-                    loop {
-                        if let GattConnectionEvent::Disconnected { reason } = conn.next().await {
-                            note(&shared.observer, Note::Disconnected(reason.into_inner()));
-                            break;
-                        }
-                    }
-                })
+            let conn = match advertiser.accept().await {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            };
+            shared.connected.set(shared.connected.get() + 1);
+            let conn = match conn.with_attribute_server(&server) {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            };
+            incoming.send(conn).await;
+        }
+    };
+    let slot = |index: usize| {
+        let (stack, server, control, shared, incoming) =
+            (&stack, &server, &control, &shared, &incoming);
+        async move {
+            let mailbox = &shared.mailboxes[index];
+            loop {
+                let conn = incoming.receive().await;
+                let client = ClientId(conn.raw().handle().raw());
+                mailbox.client.set(Some(client));
+                let served = serve(
+                    stack,
+                    &conn,
+                    server,
+                    control,
+                    data_handle,
+                    shared,
+                    config,
+                    index,
+                )
                 .await;
-                return Ok::<Exit, RunError>(Exit::Reboot);
+                mailbox.client.set(None);
+                mailbox.notes.borrow_mut().clear();
+                mailbox.drop_link.set(false);
+                if let Served::Disconnected = served {
+                    shared.connected.set(shared.connected.get() - 1);
+                    shared.slot_free.signal(());
+                    shared.idle_wake.signal(());
+                }
+                if let Served::Reboot = served {
+                    // Let the last notification reach the air, then drop the link as a reset
+                    // does.
+                    Timer::after_millis(250).await;
+                    conn.raw().disconnect();
+                    let _ = with_timeout(Duration::from_secs(3), async {
+                        loop {
+                            if let GattConnectionEvent::Disconnected { reason } = conn.next().await
+                            {
+                                note(&shared.observer, Note::Disconnected(reason.into_inner()));
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return Exit::Reboot;
+                }
             }
+        }
+    };
+    let serve_loop = async {
+        match select3(advertise_loop, slot(0), slot(1)).await {
+            Either3::First(Err(e)) => Err(e),
+            Either3::First(Ok(never)) => match never {},
+            Either3::Second(exit) | Either3::Third(exit) => Ok(exit),
         }
     };
     match select4(
@@ -708,7 +793,7 @@ async fn erase_while_idle<F: NorFlash, H: Sha256Hasher>(
 ) -> core::convert::Infallible {
     let mut erased = 0u32;
     loop {
-        if shared.connected.get() {
+        if shared.connected.get() > 0 {
             shared.idle_wake.wait().await;
             continue;
         }
@@ -801,16 +886,20 @@ async fn supervise_trial<F: NorFlash, H: Sha256Hasher>(
     }
 }
 
-/// Serves one connection until it drops or the engine asks for a reboot.
+/// Serves one connection, in slot `index`, until it drops or the engine asks for a reboot.
+#[allow(clippy::too_many_arguments)]
 async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
     stack: &Stack<'_, C, OtaPacketPool>,
     conn: &GattConnection<'s, 'v, OtaPacketPool>,
-    server: &AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, 1>,
+    server: &AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, CONNECTIONS>,
     control: &Characteristic<heapless09::Vec<u8, MAX_VALUE_LEN>>,
     data_handle: u16,
     shared: &Shared<'_, F, H>,
     config: &GattConfig<'_>,
+    index: usize,
 ) -> Served {
+    let mailbox = &shared.mailboxes[index];
+    let busy = &shared.busy[index];
     let observer = &shared.observer;
     let client = ClientId(conn.raw().handle().raw());
     let peer = conn.raw().peer_address();
@@ -822,7 +911,7 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
         },
     );
     shared.engine.borrow_mut().handle_connected(client);
-    shared.busy.reset();
+    busy.reset();
     let queue: Channel<NoopRawMutex, Item<'s, 'v>, QUEUE_DEPTH> = Channel::new();
     // The data length from the central, as the controller last reported it, and the PHY
     // and interval (µs) once known: they decide the value length the engine announces.
@@ -939,23 +1028,20 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
     // The engine, through the device driver: one queue entry at a time, yielding in between.
     let work = async {
         let mut link = (0u16, 0u16, None);
-        let mut shell = GattShell {
-            shared,
-            client,
-            drop_link: false,
-            notes: heapless09::Deque::new(),
-        };
+        let mut shell = GattShell { shared };
         loop {
             let timeout = shared.engine.borrow().poll_timeout();
-            let item = match timeout {
-                Some(at) => {
-                    let wait = at.0.saturating_sub(now().0);
-                    match select(queue.receive(), Timer::after_millis(wait)).await {
-                        Either::First(item) => Some(item),
-                        Either::Second(()) => None,
-                    }
+            let timer = async {
+                match timeout {
+                    Some(at) => Timer::after_millis(at.0.saturating_sub(now().0)).await,
+                    None => core::future::pending().await,
                 }
-                None => Some(queue.receive().await),
+            };
+            // Another connection's input may leave mail for this one (a tick's ACK).
+            let item = match select3(queue.receive(), timer, mailbox.wake.wait()).await {
+                Either3::First(item) => Some(item),
+                Either3::Second(()) => None,
+                Either3::Third(()) => Some(Item::Mail),
             };
             let current = (
                 conn.raw().att_mtu(),
@@ -980,6 +1066,7 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
                 None => {
                     let _ = shell.serve(Input::Tick);
                 }
+                Some(Item::Mail) => {}
                 Some(Item::Write {
                     target,
                     request,
@@ -1026,7 +1113,10 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
                     ended = true;
                 }
             }
-            while let Some(value) = shell.notes.pop_front() {
+            loop {
+                let Some(value) = mailbox.notes.borrow_mut().pop_front() else {
+                    break;
+                };
                 if let Ok(Response::Rewind { next }) = Response::decode(&value) {
                     note(observer, Note::Gap { next });
                 }
@@ -1040,8 +1130,9 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
             if shared.reboot.get() {
                 return Served::Reboot;
             }
-            if core::mem::take(&mut shell.drop_link) {
-                // An idle central holds the only connection, and nobody else can get in
+            if mailbox.drop_link.replace(false) {
+                // An idle central holds one of the device's connections; with every one
+                // held, nobody else can get in: drop it.
                 // while it does: drop it (its session, if any, stays resumable).
                 note(observer, Note::DroppedIdle);
                 conn.raw().disconnect();
@@ -1090,7 +1181,7 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
                 note(observer, Note::TuningFailed("connection interval"));
             }
             loop {
-                let wanted = shared.busy.wait().await;
+                let wanted = busy.wait().await;
                 if wanted != fast {
                     fast = wanted;
                     break;

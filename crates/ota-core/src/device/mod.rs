@@ -96,7 +96,8 @@ pub struct DeviceConfig {
     pub program_batch_pages: u8,
     /// Drop a client that sent nothing for this long ([`Event::DropClient`]); 0: never.
     /// Default 30 s: a central that connects and idles, or stalls, would otherwise hold the
-    /// device's only connection, and the device does not advertise while connected.
+    /// device's connections (a device serves a few at most), and it does not advertise while
+    /// all are held.
     pub idle_timeout_ms: u32,
     /// Public keys whose signed manifests the device takes ([`crate::manifest`]). Not empty:
     /// every fast-protocol update must come with a manifest one of them signed, checked at
