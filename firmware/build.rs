@@ -14,6 +14,7 @@ use ed25519_dalek::VerifyingKey;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 
 const KEYS_VAR: &str = "BLE_OTA_TRUSTED_KEYS";
+const PASSKEY_VAR: &str = "BLE_OTA_PASSKEY";
 
 fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -53,6 +54,29 @@ fn main() {
         let _ = writeln!(out, "    {bytes:?}, // {}", path.display());
     }
     out.push_str("];\n");
+
+    // The pairing passkey of the `secure-link` feature.
+    println!("cargo:rerun-if-env-changed={PASSKEY_VAR}");
+    let passkey = std::env::var(PASSKEY_VAR).ok();
+    let secure = std::env::var_os("CARGO_FEATURE_SECURE_LINK").is_some();
+    let passkey = match (secure, passkey.as_deref().map(str::trim)) {
+        (false, _) => "None".to_string(),
+        (true, Some(p)) if p.len() == 6 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!(
+                "Some({})",
+                p.trim_start_matches('0').parse::<u32>().unwrap_or(0)
+            )
+        }
+        (true, Some(p)) => panic!("{PASSKEY_VAR}: `{p}` is not 6 digits"),
+        (true, None) => panic!(
+            "the secure-link feature needs {PASSKEY_VAR}=NNNNNN, the 6-digit passkey a user types to pair"
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "/// The passkey of LE Secure Connections pairing (`secure-link`, `BLE_OTA_PASSKEY`).\n\
+         pub const PASSKEY: Option<u32> = {passkey};"
+    );
     let file = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("trusted_keys.rs");
     std::fs::write(&file, out).expect("writing trusted_keys.rs");

@@ -39,6 +39,7 @@ pub async fn run(
     gatt.manufacturer = config::MANUFACTURER;
     gatt.model = config::MODEL;
     gatt.hardware_revision = config::HARDWARE_REVISION;
+    gatt.passkey = config::PASSKEY;
 
     let mut observer = |n: Note| match n {
         Note::Advertising => info!("ota: advertising as {}", config::DEVICE_NAME),
@@ -46,6 +47,8 @@ pub async fn run(
         Note::Connected { peer, .. } => info!("ota: connected to {peer:02x?}"),
         Note::Disconnected(reason) => info!("ota: disconnected ({reason:#04x})"),
         Note::TuningFailed(what) => warn!("ota: link tuning: {what} refused"),
+        Note::Passkey(key) => info!("ota: pairing, passkey {key:06}"),
+        Note::PairingFailed => warn!("ota: pairing failed (a wrong passkey?)"),
         Note::PreErased { erased_sectors } => {
             info!("ota: next update slot erased ahead ({erased_sectors} sectors)")
         }

@@ -211,6 +211,14 @@ fn test() -> Result<()> {
         .args(["--no-default-features", "--features", fw.name])
         .args(["--", "-D", "warnings"])
         .current_dir(root().join("firmware")))?;
+    // And with its optional paired links (LE Secure Connections), which pull in P-256.
+    run(cargo()
+        .args(["clippy", "--release", "--locked", "--target", fw.target])
+        .args(["--no-default-features", "--features"])
+        .arg(format!("{},secure-link", fw.name))
+        .args(["--", "-D", "warnings"])
+        .env("BLE_OTA_PASSKEY", "123456")
+        .current_dir(root().join("firmware")))?;
     print_figures(&figures_dir, &fuzz)
 }
 

@@ -164,6 +164,14 @@ pub struct GattConfig<'a> {
     pub adv_interval_ms: u32,
     /// Link tuning requests.
     pub tuning: LinkTuning,
+    /// Require an encrypted, authenticated link for writes to OTA Control and OTA Data: LE
+    /// Secure Connections pairing by passkey entry, the device displaying this 6-digit passkey
+    /// (printed on the product, say) and the central's user typing it. Until the link is
+    /// paired such writes get ATT error Insufficient Authentication (0x05), on which BlueZ,
+    /// Android and iOS pair and retry; the device also asks to pair as soon as a central
+    /// connects. Needs the `security` feature. `None`: no pairing (signatures keep foreign
+    /// images out either way).
+    pub passkey: Option<u32>,
 }
 
 impl<'a> GattConfig<'a> {
@@ -177,6 +185,7 @@ impl<'a> GattConfig<'a> {
             hardware_revision: "0",
             adv_interval_ms: 30,
             tuning: LinkTuning::for_chip(chip),
+            passkey: None,
         }
     }
 }
@@ -251,6 +260,17 @@ pub enum Note {
     },
     /// The central disconnected (HCI reason code).
     Disconnected(u8),
+    /// Pairing: the passkey the device displays for the central's user to type.
+    Passkey(u32),
+    /// Pairing ended: the link is encrypted, and authenticated (MITM-protected) or not.
+    Paired {
+        /// The passkey was typed: the central is who the user meant.
+        authenticated: bool,
+    },
+    /// Pairing failed (a wrong passkey, or the central gave up).
+    PairingFailed,
+    /// A write to OTA Control or Data refused because the link is not paired.
+    NotPaired,
     /// The slot the next update goes to is erased ahead of time, as far as it goes.
     PreErased {
         /// Sectors this boot had to erase (the others read blank).
@@ -323,7 +343,9 @@ enum Item<'s, 'v> {
         event: WriteEvent<'s, 'v, OtaPacketPool>,
     },
     ReadControl(ReadEvent<'s, 'v, OtaPacketPool>),
-    Disconnected,
+    /// The link dropped (HCI reason): noted once everything queued before it was served, so
+    /// the observer knows the device is done with the connection.
+    Disconnected(u8),
     /// Not from the link: the connection's mailbox has something.
     Mail,
 }
@@ -558,9 +580,22 @@ where
     let mut address = config.address;
     address[5] |= 0xC0; // static random address
     let mut resources: HostResources<OtaPacketPool, CONNECTIONS, 2> = HostResources::new();
-    let stack = trouble_host::new(controller, &mut resources)
-        .set_random_address(Address::random(address))
-        .build();
+    let builder =
+        trouble_host::new(controller, &mut resources).set_random_address(Address::random(address));
+    #[cfg(feature = "security")]
+    let builder = match config.passkey {
+        Some(passkey) => builder
+            .set_io_capabilities(IoCapabilities::DisplayOnly)
+            .set_passkey(Some(passkey)),
+        None => builder,
+    };
+    #[cfg(not(feature = "security"))]
+    if config.passkey.is_some() {
+        return Err(RunError::Config(
+            "a passkey needs ota-gatt's `security` feature",
+        ));
+    }
+    let stack = builder.build();
     let mut runner = stack.runner();
     let mut peripheral = stack.peripheral();
 
@@ -912,6 +947,18 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
     );
     shared.engine.borrow_mut().handle_connected(client);
     busy.reset();
+    // Ask the central to pair at once (an SMP Security Request), before it writes.
+    #[cfg(feature = "security")]
+    if config.passkey.is_some() && conn.raw().request_security().is_err() {
+        warning!("[ota-gatt] cannot ask the central to pair");
+    }
+    let paired = || match config.passkey {
+        None => true,
+        Some(_) => conn
+            .raw()
+            .security_level()
+            .is_ok_and(|level| level.authenticated()),
+    };
     let queue: Channel<NoopRawMutex, Item<'s, 'v>, QUEUE_DEPTH> = Channel::new();
     // The data length from the central, as the controller last reported it, and the PHY
     // and interval (µs) once known: they decide the value length the engine announces.
@@ -924,11 +971,26 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
         loop {
             match conn.next().await {
                 GattConnectionEvent::Disconnected { reason } => {
-                    note(observer, Note::Disconnected(reason.into_inner()));
-                    queue.send(Item::Disconnected).await;
+                    queue.send(Item::Disconnected(reason.into_inner())).await;
                     core::future::pending::<()>().await;
                 }
                 GattConnectionEvent::Gatt { event } => match event {
+                    // OTA writes on a link that must be paired and is not: refused, requests with
+                    // Insufficient Authentication, on which a central pairs and retries.
+                    GattEvent::Write(event)
+                        if (event.handle() == control.handle || event.handle() == data_handle)
+                            && !paired() =>
+                    {
+                        note(observer, Note::NotPaired);
+                        if matches!(event.payload().incoming(), AttClient::Request(_)) {
+                            match event.reject(AttErrorCode::INSUFFICIENT_AUTHENTICATION) {
+                                Ok(reply) => reply.send().await,
+                                Err(_e) => warning!("[ota-gatt] cannot answer: {:?}", _e),
+                            }
+                        } else {
+                            drop(event.into_payload());
+                        }
+                    }
                     GattEvent::Write(event)
                         if event.handle() == control.handle || event.handle() == data_handle =>
                     {
@@ -975,6 +1037,19 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
                         Err(_e) => warning!("[ota-gatt] cannot answer: {:?}", _e),
                     },
                 },
+                #[cfg(feature = "security")]
+                GattConnectionEvent::PassKeyDisplay(key) => {
+                    note(observer, Note::Passkey(key.value()))
+                }
+                #[cfg(feature = "security")]
+                GattConnectionEvent::PairingComplete { security_level, .. } => note(
+                    observer,
+                    Note::Paired {
+                        authenticated: security_level.authenticated(),
+                    },
+                ),
+                #[cfg(feature = "security")]
+                GattConnectionEvent::PairingFailed(_) => note(observer, Note::PairingFailed),
                 GattConnectionEvent::PhyUpdated {
                     tx_phy,
                     rx_phy: phy,
@@ -1108,7 +1183,8 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
                         Err(_e) => warning!("[ota-gatt] cannot answer a read: {:?}", _e),
                     }
                 }
-                Some(Item::Disconnected) => {
+                Some(Item::Disconnected(reason)) => {
+                    note(observer, Note::Disconnected(reason));
                     let _ = shell.serve(Input::Disconnected(client));
                     ended = true;
                 }

@@ -52,9 +52,14 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub self_test_fails: bool,
     /// Drop a central that sends nothing for this many seconds (0: never), as the firmware
-    /// does after 30 s, so an idle central cannot hold the only connection.
+    /// does after 30 s, so idle centrals cannot hold the device's connections.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(0..=86_400))]
     pub idle_timeout: u32,
+    /// Require LE Secure Connections pairing with this 6-digit passkey (the device displays
+    /// it, the central's user types it) before writes to OTA Control and Data, as firmware
+    /// built with the `secure-link` feature does.
+    #[arg(long, value_name = "NNNNNN", value_parser = clap::value_parser!(u32).range(0..=999_999))]
+    pub passkey: Option<u32>,
 }
 
 /// `--confirm`.
@@ -153,6 +158,26 @@ fn report(json_out: bool, n: Note) {
             json!({"event": "dropped_idle"}),
             "dropped an idle central (no OTA traffic for the idle timeout)".into(),
         ),
+        Note::Passkey(key) => (
+            json!({"event": "passkey", "passkey": format!("{key:06}")}),
+            format!("pairing: passkey {key:06}"),
+        ),
+        Note::Paired { authenticated } => (
+            json!({"event": "paired", "authenticated": authenticated}),
+            format!(
+                "paired ({})",
+                if authenticated {
+                    "authenticated"
+                } else {
+                    "not authenticated: OTA writes stay refused"
+                }
+            ),
+        ),
+        Note::PairingFailed => (json!({"event": "pairing_failed"}), "pairing failed".into()),
+        Note::NotPaired => (
+            json!({"event": "not_paired"}),
+            "refused an OTA write on a link that is not paired".into(),
+        ),
         // Flash work paces the device (`--flash-timing`); it is not news.
         Note::FlashWork(_) => return,
     };
@@ -241,6 +266,7 @@ pub fn run(args: DeviceArgs, target: &TargetArgs, json_out: bool) -> Result<()> 
         if args.no_tuning {
             config.tuning = LinkTuning::NONE;
         }
+        config.passkey = args.passkey;
         let mut boots = 0u32;
         loop {
             if let Some(boot) = dev.dev.last_boot() {
