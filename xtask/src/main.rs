@@ -61,7 +61,12 @@ const TEST_FUZZ_SECONDS: &str = "4";
 const TARGETS: &[&str] = &[
     "riscv32imc-unknown-none-elf",
     "riscv32imac-unknown-none-elf",
+    // The browser's client core (crates/ota-web).
+    WASM_TARGET,
 ];
+
+/// The target of the browser's client core.
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 fn main() -> Result<()> {
     match Cli::parse().task {
@@ -175,6 +180,17 @@ fn test() -> Result<()> {
     run(cargo()
         .args([
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
+        ])
+        .current_dir(root()))?;
+    // The client core must keep building for the browser.
+    run(cargo()
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "ota-web",
+            "--target",
+            WASM_TARGET,
         ])
         .current_dir(root()))?;
     // The fuzz targets' bodies on seeded random inputs, a few seconds each (it prints the
