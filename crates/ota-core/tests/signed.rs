@@ -376,3 +376,43 @@ proptest! {
         prop_assert!(ok.is_err());
     }
 }
+
+#[test]
+fn one_central_cannot_overwrite_another_centrals_manifest() {
+    let mut dev = signed_device();
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 3);
+    let manifest = sign(&img, &DEVICE_SECRET);
+    let mut engine = dev.engine();
+    let mut flash = MemFlash::new(&mut dev.flash);
+    let (a, b) = (ClientId(1), ClientId(2));
+    let now = Instant(0);
+    for c in [a, b] {
+        engine.handle_connected(c);
+        engine.handle_mtu(c, MTU);
+    }
+    let mut buf = [0u8; 300];
+    let n = fast::encode_manifest_part(0, &manifest, &mut buf).unwrap();
+    engine.handle_control_write(&mut flash, a, &buf[..n], now);
+    // B starts a manifest of its own, all zeros, and does not touch A's.
+    let n = fast::encode_manifest_part(0, &[0; MANIFEST_LEN], &mut buf).unwrap();
+    engine.handle_control_write(&mut flash, b, &buf[..n], now);
+    let begin = fast::Command::Begin {
+        size: img.len() as u32,
+        sha256: <sha2::Sha256 as sha2::Digest>::digest(&img).into(),
+        flags: fast::begin_flags::SIGNED_MANIFEST,
+        stream: None,
+    };
+    let n = begin.encode(&mut buf).unwrap();
+    engine.handle_control_write(&mut flash, a, &buf[..n], now);
+    let mut note = [0u8; 600];
+    let mut answers = Vec::new();
+    while let Some((c, len)) = engine.poll_notification(&mut note) {
+        answers.push((c, Response::decode(&note[..len]).unwrap()));
+    }
+    assert!(
+        answers
+            .iter()
+            .any(|(c, r)| *c == a && matches!(r, Response::BeginOk { .. })),
+        "{answers:?}"
+    );
+}

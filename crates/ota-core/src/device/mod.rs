@@ -342,14 +342,15 @@ pub struct UpdateEngine<H: Sha256Hasher = sha2::Sha256> {
     bufs: transfer::Buffers,
     /// The running app's `secure_version`: a signed image with a lower one is a downgrade.
     running_secure_version: u32,
-    /// The signed manifest a client is writing with MANIFEST commands, for its next BEGIN.
-    manifest: ManifestUpload,
+    /// The signed manifests clients are writing with MANIFEST commands, for their next BEGIN:
+    /// one per client, so a central cannot overwrite another's.
+    manifests: [ManifestUpload; MAX_CLIENTS],
 }
 
 /// A manifest as MANIFEST commands bring it, part by part.
 #[derive(Debug)]
 struct ManifestUpload {
-    /// Who writes it; another client's part starts over.
+    /// Who writes it; `None`: free.
     client: Option<ClientId>,
     len: usize,
     bytes: [u8; MANIFEST_LEN],
@@ -362,28 +363,22 @@ impl ManifestUpload {
         bytes: [0; MANIFEST_LEN],
     };
 
-    /// Takes `part` at `offset`: 0 starts a manifest, anything else continues this client's.
-    fn take(&mut self, client: ClientId, offset: u16, part: &[u8]) -> Result<u16, Reason> {
+    /// Takes `part` at `offset`: 0 starts the manifest over, anything else continues it.
+    fn take(&mut self, offset: u16, part: &[u8]) -> Result<u16, Reason> {
         let offset = offset as usize;
         if offset == 0 {
-            *self = ManifestUpload::EMPTY;
-            self.client = Some(client);
-        } else if self.client != Some(client) || offset != self.len {
+            self.len = 0;
+        } else if offset != self.len {
             return Err(Reason::BadOffset);
         }
         let end = offset + part.len();
         if end > MANIFEST_LEN {
-            *self = ManifestUpload::EMPTY;
+            self.len = 0;
             return Err(Reason::BadLength);
         }
         self.bytes[offset..end].copy_from_slice(part);
         self.len = end;
         Ok(end as u16)
-    }
-
-    /// Returns `client`'s whole manifest.
-    fn of(&self, client: ClientId) -> Option<&[u8]> {
-        (self.client == Some(client)).then_some(&self.bytes[..self.len])
     }
 }
 
@@ -437,7 +432,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             cpu_work: CpuWork::default(),
             bufs: transfer::Buffers::new(),
             running_secure_version,
-            manifest: ManifestUpload::EMPTY,
+            manifests: [const { ManifestUpload::EMPTY }; MAX_CLIENTS],
         };
         engine.control_value[0] = legacy::NOP;
         Ok(engine)
@@ -601,8 +596,12 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
     /// `client` disconnected. A fast session it owned stays resumable; a legacy one ends.
     pub fn handle_disconnected(&mut self, client: ClientId) {
         self.clients.retain(|c| c.id != client);
-        if self.manifest.client == Some(client) {
-            self.manifest = ManifestUpload::EMPTY;
+        for m in self
+            .manifests
+            .iter_mut()
+            .filter(|m| m.client == Some(client))
+        {
+            *m = ManifestUpload::EMPTY;
         }
         self.outbox_retain(client);
         match &mut self.session {
@@ -706,7 +705,16 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                 self.mark_fast(client);
                 let taken = fast::decode_manifest_part(data)
                     .map_err(DecodeError::reason)
-                    .and_then(|(offset, part)| self.manifest.take(client, offset, part));
+                    .and_then(|(offset, part)| {
+                        let missing = if offset == 0 {
+                            Reason::Busy
+                        } else {
+                            Reason::BadOffset
+                        };
+                        self.manifest_upload(client, offset == 0)
+                            .ok_or(missing)?
+                            .take(offset, part)
+                    });
                 match taken {
                     Ok(received) => self.respond(client, Response::ManifestOk { received }),
                     Err(reason) => {
@@ -725,6 +733,26 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
                 }
             },
         }
+    }
+
+    /// Returns `client`'s manifest upload; with `start`, a free one (or one of a client gone)
+    /// when it has none.
+    fn manifest_upload(&mut self, client: ClientId, start: bool) -> Option<&mut ManifestUpload> {
+        let i = match self.manifests.iter().position(|m| m.client == Some(client)) {
+            Some(i) => i,
+            None if start => {
+                let clients = &self.clients;
+                let i = self.manifests.iter().position(|m| {
+                    m.client
+                        .is_none_or(|c| !clients.iter().any(|link| link.id == c))
+                })?;
+                self.manifests[i] = ManifestUpload::EMPTY;
+                self.manifests[i].client = Some(client);
+                i
+            }
+            None => return None,
+        };
+        Some(&mut self.manifests[i])
     }
 
     /// `client` sent a fast-protocol command: refused data writes are told by notification.
@@ -1308,8 +1336,9 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             // Nothing to verify against: the manifest is not looked at.
             return Ok(None);
         }
-        let bytes = match self.manifest.of(client) {
-            Some(b) if flags & begin_flags::SIGNED_MANIFEST != 0 => b,
+        let upload = self.manifests.iter().find(|m| m.client == Some(client));
+        let bytes = match upload {
+            Some(m) if flags & begin_flags::SIGNED_MANIFEST != 0 => &m.bytes[..m.len],
             _ => return Err(Reason::SignatureRequired),
         };
         let signed = SignedManifest::decode(bytes).map_err(|_| Reason::BadSignature)?;
