@@ -6,6 +6,8 @@
 //! - `cargo xtask setup`: only the installs (Rust targets, the Python venv with Bumble and esptool).
 //! - `cargo xtask bench`: the benchmarks; writes BENCHMARKS.md (see `crates/ota-bench`).
 //! - `cargo xtask fuzz`: long fuzz runs (the bounded one is part of `test`).
+//! - `cargo xtask web`: the browser's client core, built, bound and run in Node.js (also part
+//!   of `test`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +41,9 @@ enum Task {
         #[arg(long)]
         firmware: Option<PathBuf>,
     },
+    /// Build the browser's client core (crates/ota-web) for wasm, bind it with wasm-bindgen
+    /// (target/web/node) and run it in Node.js.
+    Web,
     /// Fuzz long: the targets' bodies (crates/ota-fuzz) on seeded random inputs, on stable
     /// Rust; with --libfuzzer, coverage-guided with cargo-fuzz on a nightly toolchain.
     Fuzz {
@@ -74,6 +79,7 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Firmware => firmware::firmware(),
         Task::Bench { firmware } => bench::bench(firmware),
+        Task::Web => web_bindings(),
         Task::Fuzz {
             seconds,
             target,
@@ -182,17 +188,8 @@ fn test() -> Result<()> {
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
-    // The client core must keep building for the browser.
-    run(cargo()
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            "ota-web",
-            "--target",
-            WASM_TARGET,
-        ])
-        .current_dir(root()))?;
+    // The browser's client core, built for wasm, bound by wasm-bindgen and run in Node.js.
+    web_bindings()?;
     // The fuzz targets' bodies on seeded random inputs, a few seconds each (it prints the
     // executions; a crash fails the run and is kept as a regression input); and libFuzzer's
     // targets must keep building (long runs: `cargo xtask fuzz`).
@@ -236,6 +233,68 @@ fn test() -> Result<()> {
         .env("BLE_OTA_PASSKEY", "123456")
         .current_dir(root().join("firmware")))?;
     print_figures(&figures_dir, &fuzz)
+}
+
+/// Builds `crates/ota-web` for the browser, generates its JavaScript bindings with
+/// wasm-bindgen (the CLI of the version Cargo.lock pins, installed under `target/tools`), and
+/// runs them in Node.js (`crates/ota-web/js/node_smoke.mjs`).
+fn web_bindings() -> Result<()> {
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "ota-web",
+            "--target",
+            WASM_TARGET,
+        ])
+        .current_dir(root()))?;
+    let version = locked_version("wasm-bindgen")?;
+    let tools = root().join("target/tools");
+    let bindgen = tools.join("bin/wasm-bindgen");
+    let installed = Command::new(&bindgen)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&version));
+    if !installed {
+        // Its own lockfile pins a yanked crate, so it is resolved afresh at this exact version.
+        run(cargo()
+            .args(["install", "wasm-bindgen-cli", "--version"])
+            .arg(format!("={version}"))
+            .arg("--root")
+            .arg(&tools))?;
+    }
+    let wasm = root().join(format!("target/{WASM_TARGET}/release/ota_web.wasm"));
+    let node_out = root().join("target/web/node");
+    run(Command::new(&bindgen)
+        .args(["--target", "nodejs", "--out-dir"])
+        .arg(&node_out)
+        .arg(&wasm))?;
+    let node = Command::new("node").arg("--version").output();
+    if node.is_err() {
+        bail!(
+            "node (Node.js) is not installed: install it (Debian: apt-get install nodejs) to run the browser client's bindings"
+        );
+    }
+    run(Command::new("node")
+        .arg(root().join("crates/ota-web/js/node_smoke.mjs"))
+        .arg(&node_out)
+        .arg(root().join("crates/ota-core/tests/fixtures/tiny_c3_app.bin")))
+}
+
+/// The version of `package` that Cargo.lock pins.
+fn locked_version(package: &str) -> Result<String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock"))?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == format!("name = \"{package}\"")
+            && let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = "))
+        {
+            return Ok(v.trim_matches('"').to_string());
+        }
+    }
+    bail!("Cargo.lock pins no {package}")
 }
 
 /// Runs `cmd`, passing its output through, and returns its standard output.
