@@ -166,7 +166,26 @@ fn setup() -> Result<PathBuf> {
             .arg(&requirements))?;
         std::fs::write(&stamp, wanted)?;
     }
+    install_debian_tool("dbus-daemon", "dbus-daemon")?;
     Ok(python)
+}
+
+/// Installs Debian's `package` when `tool` is missing (the BlueZ stand-in's private bus needs
+/// dbus-daemon); fails with what to do when it cannot.
+fn install_debian_tool(tool: &str, package: &str) -> Result<()> {
+    if Command::new(tool).arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", package])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        bail!(
+            "{tool} is missing and `apt-get install {package}` failed: install it (the e2e tests need it)"
+        );
+    }
+    Ok(())
 }
 
 fn test() -> Result<()> {

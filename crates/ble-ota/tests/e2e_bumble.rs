@@ -1213,3 +1213,77 @@ fn ota_writes_need_a_link_paired_by_passkey_when_the_device_asks_for_one() {
     assert_ne!(v["after"]["ok"], true, "{v}");
     dev.wait_event("pairing_failed", Duration::from_secs(10));
 }
+
+/// A private D-Bus bus (the system bus's stand-in) and the BlueZ stand-in on it, as a Bumble
+/// central on the controller at `port`; returns them and the bus address.
+fn bluez_standin(dir: &Path, port: u16) -> (Proc, Proc, String) {
+    let address = format!("unix:path={}", dir.join("system_bus").display());
+    let mut bus = Proc::spawn(
+        "dbus-daemon",
+        Command::new("dbus-daemon")
+            .arg("--config-file")
+            .arg(Path::new(ROOT).join("e2e/dbus-private.conf"))
+            .arg(format!("--address={address}"))
+            .args(["--nofork", "--print-address"]),
+    );
+    bus.wait_line(Duration::from_secs(10), |l| l.starts_with("unix:"));
+    let mut standin = Proc::spawn(
+        "bluez_standin.py",
+        Command::new(python())
+            .arg(Path::new(ROOT).join("e2e/bluez_standin.py"))
+            .args(["--hci", &format!("tcp-client:127.0.0.1:{port}")])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &address),
+    );
+    standin.wait_line(Duration::from_secs(20), |l| l.contains("ready"));
+    (bus, standin, address)
+}
+
+/// `ble-ota --json ARGS` with the default transport (btleplug on BlueZ) on the bus at `bus`.
+fn over_bluez(bus: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--json")
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+        .output()
+        .expect("ble-ota runs")
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn btleplug_scans_shows_and_updates_through_a_bluez_standin_with_a_resume() {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&[]);
+    let (_bus, _standin, bus) = bluez_standin(dir.path(), ports[1]);
+    // scan: the device, by the name it advertises.
+    let out = over_bluez(&bus, &["scan", "--scan-timeout", "3"]);
+    assert!(out.status.success(), "scan: {}", text(&out));
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    // info: INFO written and its notification received through BlueZ's D-Bus API.
+    let out = over_bluez(&bus, &["info", "--scan-timeout", "3"]);
+    assert!(out.status.success(), "info: {}", text(&out));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["protocol_version"], 4, "{info}");
+    assert_eq!(info["running"], "factory");
+    // flash, with the link dropped on the way: it resumes and the device boots the image.
+    let (path, img) = image(dir.path(), "app.bin", "6.0.0", 150_000, 41);
+    let args = [
+        "flash",
+        path.to_str().unwrap(),
+        "--scan-timeout",
+        "3",
+        "--disconnect-at",
+        "40",
+    ];
+    let out = over_bluez(&bus, &args);
+    let report = flash_json(&out);
+    assert_eq!(report["outcome"], "activated");
+    assert_eq!(report["disconnects"], 1, "{report}");
+    assert_booted(&mut dev, &sim, "6.0.0", &img);
+}
