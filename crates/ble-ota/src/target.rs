@@ -18,6 +18,11 @@ pub struct TargetArgs {
     /// Seconds to scan for the device.
     #[arg(long, default_value_t = 5.0, global = true, value_parser = crate::parse::scan_seconds)]
     pub scan_timeout: f64,
+    /// Pair by LE Secure Connections, typing this 6-digit passkey, with a device that asks for
+    /// it (firmware built with `secure-link`). HCI transport; over the system's Bluetooth its
+    /// pairing agent asks for the passkey instead.
+    #[arg(long, value_name = "NNNNNN", global = true, value_parser = clap::value_parser!(u32).range(0..=999_999))]
+    pub passkey: Option<u32>,
     /// The virtual ESP32's bootloader has rollback support (espflash's stock one has not).
     #[arg(long, global = true)]
     pub rollback_bootloader: bool,

@@ -1190,8 +1190,9 @@ fn ota_writes_need_a_link_paired_by_passkey_when_the_device_asks_for_one() {
     let Rig {
         _ctl,
         ports,
+        dir,
+        sim,
         mut dev,
-        ..
     } = Rig::start(&["--passkey", "024680"]);
     // The right passkey: refused before pairing, answered after.
     let v = secure_client(ports[1], "24680");
@@ -1212,6 +1213,15 @@ fn ota_writes_need_a_link_paired_by_passkey_when_the_device_asks_for_one() {
     assert_eq!(v["paired"], false, "{v}");
     assert_ne!(v["after"]["ok"], true, "{v}");
     dev.wait_event("pairing_failed", Duration::from_secs(10));
+    // ble-ota's own central (trouble-host) pairs with --passkey: a wrong one is refused
+    // before a byte is sent, the right one updates the device.
+    let (path, img) = image(dir.path(), "app.bin", "8.0.0", 60_000, 51);
+    let out = flash_hci(ports[1], &path, &["--passkey", "111111"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("pairing failed"), "{}", text(&out));
+    let report = flash_json(&flash_hci(ports[1], &path, &["--passkey", "024680"]));
+    assert_eq!(report["outcome"], "activated");
+    assert_booted(&mut dev, &sim, "8.0.0", &img);
 }
 
 /// A private D-Bus bus (the system bus's stand-in) and the BlueZ stand-in on it, as a Bumble

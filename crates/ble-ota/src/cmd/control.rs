@@ -27,6 +27,7 @@ async fn ask(target: &TargetArgs, cmd: Command) -> Result<(Response, Option<SimL
                 target.hci.as_deref().unwrap_or_default(),
                 target.device.as_deref(),
                 Duration::from_secs_f64(target.scan_timeout),
+                target.passkey,
             )
             .await?;
             let r = command(&mut link, cmd).await?;

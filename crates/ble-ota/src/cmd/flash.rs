@@ -504,6 +504,7 @@ async fn flash_ble(
             spec,
             target.device.as_deref(),
             Duration::from_secs_f64(target.scan_timeout),
+            target.passkey,
         )
         .await?;
         link.disconnect_at = args.disconnect_at.clone();

@@ -133,10 +133,22 @@ pub async fn open_controller(spec: &HciSpec) -> Result<HciController> {
 /// A link-layer event the central saw (for `--verbose` output and the tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkNote {
-    Connected { mtu: u16 },
-    DataLength { tx: u16, rx: u16 },
-    Phy { tx: String, rx: String },
-    ConnParams { interval_us: u64 },
+    Connected {
+        mtu: u16,
+    },
+    DataLength {
+        tx: u16,
+        rx: u16,
+    },
+    Phy {
+        tx: String,
+        rx: String,
+    },
+    ConnParams {
+        interval_us: u64,
+    },
+    /// Paired by LE Secure Connections, the link encrypted and authenticated.
+    Paired,
     Disconnected,
 }
 
@@ -178,14 +190,16 @@ pub struct HciLink {
 /// advertising the OTA service) through the HCI controller at `spec`.
 #[allow(dead_code)] // API for other callers; the commands pass a scan timeout
 pub async fn connect_hci(spec: &str, selector: Option<&str>) -> Result<HciLink> {
-    connect_hci_with(spec, selector, Duration::from_secs(10)).await
+    connect_hci_with(spec, selector, Duration::from_secs(10), None).await
 }
 
-/// [`connect_hci`] with a scan timeout.
+/// [`connect_hci`] with a scan timeout, pairing with `passkey` (LE Secure Connections,
+/// passkey entry) when given.
 pub async fn connect_hci_with(
     spec: &str,
     selector: Option<&str>,
     scan_timeout: Duration,
+    passkey: Option<u32>,
 ) -> Result<HciLink> {
     let spec = HciSpec::parse(spec)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -197,6 +211,7 @@ pub async fn connect_hci_with(
         spec,
         selector: selector.map(str::to_string),
         scan_timeout,
+        passkey,
         connected: connected.clone(),
         link_notes: link_notes.clone(),
         notes: note_tx,
@@ -351,6 +366,8 @@ struct Central {
     spec: HciSpec,
     selector: Option<String>,
     scan_timeout: Duration,
+    /// Pair with this passkey right after connecting.
+    passkey: Option<u32>,
     connected: Arc<AtomicBool>,
     link_notes: Arc<std::sync::Mutex<Vec<LinkNote>>>,
     notes: mpsc::UnboundedSender<Vec<u8>>,
@@ -424,6 +441,52 @@ enum SessionEnd {
 }
 
 impl Central {
+    /// Pairs by LE Secure Connections, typing `passkey` when the device asks for it; fails
+    /// unless the link ends up encrypted and authenticated.
+    async fn pair(
+        &self,
+        conn: &Connection<'_, OtaPacketPool>,
+        passkey: u32,
+    ) -> std::result::Result<(), CliError> {
+        let refused = |m: String| CliError::new(ExitCode::Refused, m);
+        if conn.security_level().is_ok_and(|l| l.authenticated()) {
+            return Ok(());
+        }
+        conn.request_security()
+            .map_err(|e| failed(format!("cannot start pairing: {e:?}")))?;
+        let paired = embassy_time::with_timeout(embassy_time::Duration::from_secs(30), async {
+            loop {
+                match conn.next().await {
+                    ConnectionEvent::PassKeyInput => {
+                        conn.pass_key_input(passkey)
+                            .map_err(|e| failed(format!("cannot enter the passkey: {e:?}")))?;
+                    }
+                    ConnectionEvent::PairingComplete { security_level, .. } => {
+                        return if security_level.authenticated() {
+                            Ok(())
+                        } else {
+                            Err(refused("pairing did not authenticate the link (no passkey was asked): the device does not require one".into()))
+                        };
+                    }
+                    ConnectionEvent::PairingFailed(e) => {
+                        return Err(refused(format!(
+                            "pairing failed ({e:?}): is the passkey the one the device shows?"
+                        )));
+                    }
+                    ConnectionEvent::Disconnected { reason } => {
+                        return Err(failed(format!("the device dropped the link while pairing ({reason:?})")));
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| failed("pairing timed out after 30 s".into()))?;
+        paired?;
+        self.note(LinkNote::Paired);
+        Ok(())
+    }
+
     fn note(&self, n: LinkNote) {
         log::info!("hci: {n:?}");
         self.link_notes.lock().unwrap().push(n);
@@ -452,9 +515,14 @@ impl Central {
             let b = t.to_le_bytes();
             [b[0], b[1], b[2], b[3], b[4], b[5] | 0xC0]
         };
-        let stack = trouble_host::new(controller, &mut resources)
-            .set_random_address(Address::random(address))
-            .build();
+        let builder = trouble_host::new(controller, &mut resources)
+            .set_random_address(Address::random(address));
+        // A user at a keyboard: passkey entry when the device displays one.
+        let builder = match self.passkey {
+            Some(_) => builder.set_io_capabilities(IoCapabilities::KeyboardOnly),
+            None => builder,
+        };
+        let stack = builder.build();
         let mut runner = stack.runner();
         let mut central = stack.central();
         let handler = ScanHandler {
@@ -573,6 +641,9 @@ impl Central {
         .await
         .map_err(|_| failed("connecting timed out".to_string()))?
         .map_err(|e| failed(format!("cannot connect: {e:?}")))?;
+        if let Some(passkey) = self.passkey {
+            self.pair(&conn, passkey).await?;
+        }
         let client = GattClient::<HciController, OtaPacketPool, 8>::new(stack, &conn)
             .await
             .map_err(|e| failed(format!("ATT MTU exchange failed: {e:?}")))?;
