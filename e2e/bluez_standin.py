@@ -8,7 +8,8 @@ by `ble-ota device`, the bytes crossing ota-gatt and trouble-host as they would 
     DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/bus python e2e/bluez_standin.py --hci tcp-client:127.0.0.1:PORT
     DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/bus ble-ota flash app.bin
 
-It implements what btleplug 0.13 (bluez-async 0.9) calls: ObjectManager on "/", one adapter
+It implements what btleplug 0.13 (bluez-async 0.9) calls, the way BlueZ answers (a read of a
+characteristic also signals a change of its Value, as BlueZ does): ObjectManager on "/", one adapter
 `/org/bluez/hci0` (Adapter1: Powered, SetDiscoveryFilter with UUIDs, Start/StopDiscovery),
 devices (Device1: Connect, Disconnect, the properties it parses), and for a connected device
 its GATT services, characteristics and descriptors (GattCharacteristic1: ReadValue,
@@ -324,9 +325,14 @@ class GattCharacteristic1(ServiceInterface):
     @method()
     async def ReadValue(self, options: "a{sv}") -> "ay":
         try:
-            return bytes(await self.characteristic.read_value())
+            value = bytes(await self.characteristic.read_value())
         except Exception as error:
             raise att_failure(error)
+        # BlueZ caches what it read in Value and signals the change, as it does for a
+        # notification: a client sees its read come back as a value change too.
+        self._Value = value
+        self.emit_properties_changed({"Value": value})
+        return value
 
     @method()
     async def WriteValue(self, value: "ay", options: "a{sv}"):

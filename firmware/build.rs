@@ -62,10 +62,7 @@ fn main() {
     let passkey = match (secure, passkey.as_deref().map(str::trim)) {
         (false, _) => "None".to_string(),
         (true, Some(p)) if p.len() == 6 && p.bytes().all(|b| b.is_ascii_digit()) => {
-            format!(
-                "Some({})",
-                p.trim_start_matches('0').parse::<u32>().unwrap_or(0)
-            )
+            format!("Some({})", p.parse::<u32>().unwrap_or(0))
         }
         (true, Some(p)) => panic!("{PASSKEY_VAR}: `{p}` is not 6 digits"),
         (true, None) => panic!(

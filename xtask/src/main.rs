@@ -171,7 +171,8 @@ fn setup() -> Result<PathBuf> {
 }
 
 /// Installs Debian's `package` when `tool` is missing (the BlueZ stand-in's private bus needs
-/// dbus-daemon); fails with what to do when it cannot.
+/// dbus-daemon, the browser client's bindings run in Node.js); fails with what to do when it
+/// cannot.
 fn install_debian_tool(tool: &str, package: &str) -> Result<()> {
     if Command::new(tool).arg("--version").output().is_ok() {
         return Ok(());
@@ -290,12 +291,7 @@ fn web_bindings() -> Result<()> {
         .args(["--target", "nodejs", "--out-dir"])
         .arg(&node_out)
         .arg(&wasm))?;
-    let node = Command::new("node").arg("--version").output();
-    if node.is_err() {
-        bail!(
-            "node (Node.js) is not installed: install it (Debian: apt-get install nodejs) to run the browser client's bindings"
-        );
-    }
+    install_debian_tool("node", "nodejs")?;
     run(Command::new("node")
         .arg(root().join("crates/ota-web/js/node_smoke.mjs"))
         .arg(&node_out)

@@ -15,9 +15,7 @@ use ed25519_dalek::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use ota_core::manifest::{
-    Fingerprint, Hex, MANIFEST_LEN, PublicKey, SignedManifest, TrustedKeys, fingerprint,
-};
+use ota_core::manifest::{Fingerprint, Hex, PublicKey, SignedManifest, TrustedKeys, fingerprint};
 
 use crate::exit::{CliError, ExitCode};
 use crate::input::{MAX_KEY_FILE_LEN, MAX_MANIFEST_LEN, read_input};
@@ -159,13 +157,13 @@ pub fn read_trusted(paths: &[PathBuf]) -> Result<TrustedKeys> {
 }
 
 /// Reads a manifest file (`IMAGE.sig`).
-pub fn read_manifest(path: &Path) -> Result<(SignedManifest, [u8; MANIFEST_LEN])> {
+pub fn read_manifest(path: &Path) -> Result<SignedManifest> {
     let bytes = read_input(path, MAX_MANIFEST_LEN)?;
-    let signed = SignedManifest::decode(&bytes).map_err(|e| {
+    SignedManifest::decode(&bytes).map_err(|e| {
         CliError::new(
             ExitCode::InvalidImage,
             format!("{} is not a signed manifest: {e}", path.display()),
         )
-    })?;
-    Ok((signed, signed.encode()))
+        .into()
+    })
 }

@@ -100,6 +100,11 @@ pub enum ManifestError {
     /// A format version this code does not know.
     #[error("manifest format version {0} is not supported (this build reads version 1)")]
     UnsupportedVersion(u8),
+    /// The reserved byte is not 0: a manifest of a later format revision, or a corrupt one.
+    #[error(
+        "the manifest's reserved byte is {0:#04x}, not 0: a newer or corrupt manifest; sign the image again with this version of ble-ota"
+    )]
+    Reserved(u8),
     /// Signed by a key that is not trusted.
     #[error("signed by key {} that is not trusted", Hex(.0))]
     UnknownKey(Fingerprint),
@@ -180,8 +185,11 @@ impl SignedManifest {
         if b[0..4] != MAGIC {
             return Err(ManifestError::BadMagic);
         }
-        if b[4] != FORMAT_VERSION || b[5] != 0 {
+        if b[4] != FORMAT_VERSION {
             return Err(ManifestError::UnsupportedVersion(b[4]));
+        }
+        if b[5] != 0 {
+            return Err(ManifestError::Reserved(b[5]));
         }
         let arr = |r: core::ops::Range<usize>| -> [u8; 4] { b[r].try_into().unwrap_or([0; 4]) };
         let mut sha256 = [0; 32];

@@ -343,6 +343,12 @@ fn decode_refuses_what_is_not_a_version_1_manifest() {
         SignedManifest::decode(&bad),
         Err(ManifestError::UnsupportedVersion(2))
     );
+    let mut bad = good;
+    bad[5] = 1;
+    assert_eq!(
+        SignedManifest::decode(&bad),
+        Err(ManifestError::Reserved(1))
+    );
     let decoded = SignedManifest::decode(&good).unwrap();
     assert_eq!(decoded.encode(), good);
     let keys = TrustedKeys::new(&[public_key(&DEVICE_SECRET)]);

@@ -29,7 +29,9 @@
 //! The window the engine announces is [`RX_QUEUE_CHUNKS`] chunks, less than that queue, and the
 //! packet pool ([`pool`]) holds the whole queue plus room for replies and reassembly. A client
 //! that overruns the window anyway loses chunks in trouble-host's queue; the engine sees the
-//! gap and asks for the rest again (REWIND).
+//! gap and asks for the rest again (REWIND). Each of the [`CONNECTIONS`] has its own queue, but
+//! the pool is one: a second central that floods writes while another updates can take its
+//! packets, which costs the updater REWINDs (time), never bytes.
 //!
 //! Every flash command stops the BLE controller (esp-storage masks interrupts around it), so
 //! [`run`] erases the next update slot only while no central is connected, one sector at a time
@@ -429,8 +431,10 @@ impl Mailbox {
 /// The longest notification the engine sends.
 const NOTE_LEN: usize = Response::MAX_LEN;
 
-/// The GATT server's side of the device driver ([`UpdateEngine::serve`]): flash work goes
-/// to the observer, notifications queue for sending, events go to [`Shared::handle_event`].
+/// The GATT server's side of the device driver ([`UpdateEngine::serve`], and
+/// [`UpdateEngine::hand_over`] after the trial task's confirm and the idle pre-erase): flash
+/// work goes to the observer, notifications to the mailbox of the client's connection, events
+/// to [`Shared::handle_event`].
 struct GattShell<'s, 'a, F, H: Sha256Hasher> {
     shared: &'s Shared<'a, F, H>,
 }
@@ -470,29 +474,7 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for GattShell<'_, '_, F, H> {
     }
 }
 
-/// The trial task's and the idle pre-erase's side of the driver: flash work to the observer,
-/// events to [`Shared::handle_event`]. Confirming and pre-erasing notify no client, and every
-/// client input goes through [`GattShell`], which sends its notifications at once, so none
-/// can be waiting when this hands over.
-struct TaskShell<'s, 'a, F, H: Sha256Hasher>(&'s Shared<'a, F, H>);
-
-impl<F: NorFlash, H: Sha256Hasher> Shell for TaskShell<'_, '_, F, H> {
-    fn flash_work(&mut self, work: FlashWork) {
-        if work != FlashWork::default() {
-            note(&self.0.observer, Note::FlashWork(work));
-        }
-    }
-    fn notify(&mut self, _client: ClientId, _value: &[u8]) {
-        debug_assert!(false, "a notification outside a client's input");
-    }
-    fn event(&mut self, event: Event) {
-        self.0.handle_event(event);
-    }
-}
-
 impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
-    /// Hands the engine's flash work and events on after a call outside [`UpdateEngine::serve`]
-    /// (pre-erase, confirm).
     /// Returns the mailbox of `client`'s connection.
     fn mailbox(&self, client: ClientId) -> Option<&Mailbox> {
         self.mailboxes
@@ -500,9 +482,11 @@ impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
             .find(|m| m.client.get() == Some(client))
     }
 
+    /// Hands the engine's flash work and events on after a call outside [`UpdateEngine::serve`]
+    /// (pre-erase, confirm).
     fn hand_over(&self) {
         let mut engine = self.engine.borrow_mut();
-        engine.hand_over(&mut TaskShell(self));
+        engine.hand_over(&mut GattShell { shared: self });
     }
 
     /// Hands an engine event on: to the shell's observer, the trial policy, the link tuning
@@ -749,10 +733,9 @@ where
                     shared.connected.set(shared.connected.get() - 1);
                     shared.slot_free.signal(());
                     shared.idle_wake.signal(());
-                }
-                if let Served::Reboot = served {
-                    // Let the last notification reach the air, then drop the link as a reset
-                    // does.
+                } else {
+                    // Served::Reboot. Let the last notification reach the air, then drop the
+                    // link as a reset does.
                     Timer::after_millis(250).await;
                     conn.raw().disconnect();
                     let _ = with_timeout(Duration::from_secs(3), async {
@@ -770,6 +753,7 @@ where
             }
         }
     };
+    const _: () = assert!(CONNECTIONS == 2, "one slot future per connection below");
     let serve_loop = async {
         match select3(advertise_loop, slot(0), slot(1)).await {
             Either3::First(Err(e)) => Err(e),

@@ -232,7 +232,7 @@ impl Updater {
     }
 
     /// The next event as JSON: `{"event": "started", "offset", "total", "chunk_size",
-    /// "window", "compressed"}`, `progress` (`acked`, `total`), `activated` (`slot`),
+    /// "window", "compressed", "signed"}`, `progress` (`acked`, `total`), `activated` (`slot`),
     /// `rebooting`, or `failed` (`error`: what went wrong and what to do).
     #[wasm_bindgen(js_name = pollEvent)]
     pub fn poll_event(&mut self) -> Option<String> {
@@ -266,8 +266,10 @@ fn event_json(e: &ClientEvent) -> serde_json::Value {
             chunk_size,
             window,
             compressed,
+            signed,
         } => json!({"event": "started", "offset": offset, "total": total,
-            "chunk_size": chunk_size, "window": window, "compressed": compressed}),
+            "chunk_size": chunk_size, "window": window, "compressed": compressed,
+            "signed": signed}),
         ClientEvent::Progress { acked, total } => {
             json!({"event": "progress", "acked": acked, "total": total})
         }

@@ -107,6 +107,7 @@ fn the_seeds_protocol_and_a_signed_image_go_through_too() {
     let mut dev = device();
     let mut u = Updater::create(img.clone(), true, false, None, Some(manifest)).unwrap();
     let events = drive(&mut dev, config, &mut u, 247);
+    assert!(has(&events, r#""signed":true"#), "{events:?}");
     assert!(has(&events, r#""event":"activated""#), "{events:?}");
     // Unsigned on that device: a failure the page can show as it is.
     let mut dev = device();

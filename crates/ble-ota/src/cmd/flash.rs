@@ -209,15 +209,28 @@ pub struct FlashReport {
     pub throughput_bytes_per_s: f64,
     pub disconnects: u32,
     pub booted: Option<BootView>,
-    /// Fingerprint of the key whose manifest went with the image (`None`: unsigned).
+    /// Fingerprint of the key whose manifest the device took (`None`: unsigned).
     pub signed_by: Option<String>,
+    /// The device took the manifest (a device older than protocol v4 gets the image
+    /// unsigned).
+    #[serde(skip)]
+    went_signed: bool,
 }
 
 impl FlashReport {
     /// A successful run that carried what `outcome` saw, in `seconds`.
     fn activated(image_len: u32, outcome: &Outcome, seconds: f64, modelled: bool) -> Self {
-        let (resumed_from, wire_bytes, compressed) =
-            outcome.started.unwrap_or((0, image_len, false));
+        let Started {
+            offset: resumed_from,
+            total: wire_bytes,
+            compressed,
+            signed,
+        } = outcome.started.unwrap_or(Started {
+            offset: 0,
+            total: image_len,
+            compressed: false,
+            signed: false,
+        });
         let resumed_from = resumed_from.min(wire_bytes);
         let sent = wire_bytes - resumed_from;
         let image_share = image_len as f64 * sent as f64 / wire_bytes.max(1) as f64;
@@ -237,6 +250,7 @@ impl FlashReport {
             disconnects: 0,
             booted: None,
             signed_by: None,
+            went_signed: signed,
         }
     }
 }
@@ -366,9 +380,16 @@ pub async fn run(args: FlashArgs, target: &TargetArgs, json: bool) -> Result<()>
             return Err(e);
         }
     };
+    if signed.is_some() && !out.went_signed && !json {
+        eprintln!(
+            "note: the device checks no signatures (firmware older than protocol v4): the image went unsigned"
+        );
+    }
     let out = FlashReport {
         protocol,
-        signed_by: signed.map(|s| crate::keys::fingerprint_hex(&s.key)),
+        signed_by: signed
+            .filter(|_| out.went_signed)
+            .map(|s| crate::keys::fingerprint_hex(&s.key)),
         ..out
     };
     if json {
@@ -583,8 +604,17 @@ struct Outcome {
     slot: Option<u8>,
     failed: Option<ClientError>,
     /// The first Started: where this run began on the wire, the wire's length, and whether
-    /// the image went compressed.
-    started: Option<(u32, u32, bool)>,
+    /// the image went compressed and signed.
+    started: Option<Started>,
+}
+
+/// What the device accepted at the start of a run.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    offset: u32,
+    total: u32,
+    compressed: bool,
+    signed: bool,
 }
 
 impl Outcome {
@@ -596,9 +626,15 @@ impl Outcome {
                 offset,
                 total,
                 compressed,
+                signed,
                 ..
             } => {
-                self.started.get_or_insert((offset, total, compressed));
+                self.started.get_or_insert(Started {
+                    offset,
+                    total,
+                    compressed,
+                    signed,
+                });
             }
             _ => {}
         }

@@ -152,7 +152,7 @@ fn check_manifest(
         }
         return Ok(());
     }
-    let (signed, _) = crate::keys::read_manifest(&path)?;
+    let signed = crate::keys::read_manifest(&path)?;
     let mut view = ManifestView::new(&signed);
     let matches = Manifest::for_image(image).ok() == Some(signed.manifest);
     view.matches_image = Some(matches);

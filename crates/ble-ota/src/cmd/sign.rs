@@ -155,7 +155,7 @@ pub fn manifest_for(
             if !path.exists() {
                 return Ok(None);
             }
-            let (signed, _) = keys::read_manifest(&path)?;
+            let signed = keys::read_manifest(&path)?;
             if Manifest::for_image(image).ok() != Some(signed.manifest) {
                 return Err(CliError::new(
                     ExitCode::InvalidImage,

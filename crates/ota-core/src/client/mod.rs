@@ -54,6 +54,9 @@ pub enum ClientEvent {
         window: u32,
         /// The image goes as a compressed stream: `offset` and `total` count stream bytes.
         compressed: bool,
+        /// The device took the image's signed manifest (false for one older than protocol
+        /// v4, to which the image goes unsigned).
+        signed: bool,
     },
     /// Every byte before `acked` is on the device.
     Progress {
@@ -358,6 +361,7 @@ impl<'a> LegacySender<'a> {
                     chunk_size: self.packet_size,
                     window: self.packet_size as u32,
                     compressed: false,
+                    signed: false,
                 });
             }
             (LegacyState::AwaitRequestAck, [legacy::REQUEST_NAK]) => {
@@ -733,6 +737,7 @@ impl<'a> FastSender<'a> {
                     chunk_size: self.chunk,
                     window: self.window,
                     compressed: self.stream.is_some(),
+                    signed: self.manifest.is_some(),
                 });
             }
             Response::Ack { next }

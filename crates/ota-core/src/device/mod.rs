@@ -411,7 +411,7 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
             None
         };
         let (app_name, app_version, running_secure_version) =
-            read_app_strings(flash, &running, config.chip);
+            read_app_identity(flash, &running, config.chip);
         let mut engine = UpdateEngine {
             config,
             slots,
@@ -1519,8 +1519,9 @@ fn slot_number(p: &Partition) -> u8 {
     }
 }
 
-/// Reads the project name and version from the app descriptor of the image in `part`.
-fn read_app_strings<F: NorFlash>(
+/// Reads the project name, version and `secure_version` from the app descriptor of the image
+/// in `part`.
+fn read_app_identity<F: NorFlash>(
     flash: &mut F,
     part: &Partition,
     chip: Chip,
