@@ -489,15 +489,15 @@ class Standin:
         dev.gatt_paths = []
         for s_index, service in enumerate(peer.services):
             s_path = f"{dev.path}/service{s_index:04x}"
-            self.add(s_path, [GattService1(full_uuid(service.uuid), dev.path)])
+            self.add(s_path, [GattService1(full_uuid(service.uuid), dev.path)], announce=True)
             dev.gatt_paths.append(s_path)
             for c_index, characteristic in enumerate(service.characteristics):
                 c_path = f"{s_path}/char{c_index:04x}"
-                self.add(c_path, [GattCharacteristic1(characteristic, s_path, mtu)])
+                self.add(c_path, [GattCharacteristic1(characteristic, s_path, mtu)], announce=True)
                 dev.gatt_paths.append(c_path)
                 for d_index, descriptor in enumerate(characteristic.descriptors):
                     d_path = f"{c_path}/desc{d_index:04x}"
-                    self.add(d_path, [GattDescriptor1(descriptor, c_path)])
+                    self.add(d_path, [GattDescriptor1(descriptor, c_path)], announce=True)
                     dev.gatt_paths.append(d_path)
         dev._Connected = dev._ServicesResolved = True
         dev.emit_properties_changed({"Connected": True, "ServicesResolved": True})

@@ -291,11 +291,31 @@ fn web_bindings() -> Result<()> {
         .args(["--target", "nodejs", "--out-dir"])
         .arg(&node_out)
         .arg(&wasm))?;
+    // The page: crates/ota-web/www beside the bindings for browsers, a folder to host anywhere.
+    let site = web_site();
+    let _ = std::fs::remove_dir_all(&site);
+    run(Command::new(&bindgen)
+        .args(["--target", "web", "--out-dir"])
+        .arg(site.join("pkg"))
+        .arg(&wasm))?;
+    for entry in std::fs::read_dir(root().join("crates/ota-web/www"))? {
+        let path = entry?.path();
+        std::fs::copy(&path, site.join(path.file_name().unwrap_or_default()))?;
+    }
+    eprintln!(
+        "the page is in {} (serve it with `ble-ota web`)",
+        site.display()
+    );
     install_debian_tool("node", "nodejs")?;
     run(Command::new("node")
         .arg(root().join("crates/ota-web/js/node_smoke.mjs"))
         .arg(&node_out)
         .arg(root().join("crates/ota-core/tests/fixtures/tiny_c3_app.bin")))
+}
+
+/// Where `cargo xtask web` puts the page (`ble-ota web` serves it from there by default).
+fn web_site() -> PathBuf {
+    root().join("target/web/site")
 }
 
 /// The version of `package` that Cargo.lock pins.

@@ -9,6 +9,9 @@
 //! Nothing here touches the radio or a clock: times are the page's milliseconds
 //! (`performance.now()`).
 //!
+//! [`encode_command`] and [`answer`] carry one command outside an update (INFO before it,
+//! CONFIRM after the device rebooted into the new image), as `ble-ota info` and `confirm` do.
+//!
 //! [`inspect`] checks an image with the same validator as `ble-ota image inspect` and the
 //! device, so a page refuses a file that is not an app image before it connects.
 //!
@@ -19,6 +22,9 @@ use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConf
 use ota_core::esp::{Chip, ImageValidator};
 use ota_core::manifest::{MANIFEST_LEN, SignedManifest};
 use ota_core::protocol::Characteristic;
+use ota_core::protocol::fast::{
+    Command, Info, Response, SLOT_FACTORY, SLOT_OTHER, features, is_cut_info,
+};
 use ota_core::time::Instant;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -277,4 +283,105 @@ fn event_json(e: &ClientEvent) -> serde_json::Value {
         ClientEvent::Rebooting => json!({"event": "rebooting"}),
         ClientEvent::Failed(err) => json!({"event": "failed", "error": err.to_string()}),
     }
+}
+
+/// A command by the name a page uses for it.
+fn command_named(name: &str) -> Result<Command, String> {
+    Ok(match name {
+        "info" => Command::Info,
+        "confirm" => Command::Confirm,
+        "reboot" => Command::Reboot,
+        "abort" => Command::Abort,
+        "status" => Command::Status,
+        other => {
+            return Err(format!(
+                "unknown command {other:?}: use info, confirm, reboot, abort or status"
+            ));
+        }
+    })
+}
+
+/// The bytes to write (with response) to OTA Control for the command `name`: `"info"`,
+/// `"confirm"`, `"reboot"`, `"abort"` or `"status"`.
+#[wasm_bindgen(js_name = encodeCommand)]
+pub fn encode_command(name: &str) -> Result<Vec<u8>, JsError> {
+    encode_command_bytes(name).map_err(|e| JsError::new(&e))
+}
+
+/// [`encode_command`] with a plain error, for native callers and tests.
+pub fn encode_command_bytes(name: &str) -> Result<Vec<u8>, String> {
+    let mut buf = [0u8; 64];
+    let n = command_named(name)?
+        .encode(&mut buf)
+        .map_err(|e| e.to_string())?;
+    Ok(buf[..n].to_vec())
+}
+
+/// What an OTA Control notification `value` says to the command `name`, as JSON:
+/// `{"answers": false}` when it answers something else (keep waiting), `{"answers": true,
+/// "cut": true}` when it is an INFO cut short by the ATT MTU (read OTA Control for the whole
+/// value and ask again), else `{"answers": true, "ok": bool, ...}`: for INFO the device as
+/// `ble-ota info --json` shows it, for a refusal `error`.
+#[wasm_bindgen]
+pub fn answer(name: &str, value: &[u8]) -> Result<String, JsError> {
+    answer_json(name, value).map_err(|e| JsError::new(&e))
+}
+
+/// [`answer`] with a plain error, for native callers and tests.
+pub fn answer_json(name: &str, value: &[u8]) -> Result<String, String> {
+    let opcode = command_named(name)?.opcode();
+    if opcode == Command::Info.opcode() && is_cut_info(value) {
+        return Ok(json!({"answers": true, "cut": true}).to_string());
+    }
+    let Ok(resp) = Response::decode(value) else {
+        return Ok(json!({"answers": false}).to_string());
+    };
+    if !resp.answers(opcode) {
+        return Ok(json!({"answers": false}).to_string());
+    }
+    let out = match resp {
+        Response::Info(info) => {
+            let mut v = info_json(&info);
+            v["answers"] = true.into();
+            v["ok"] = true.into();
+            v
+        }
+        Response::Error { reason, .. } => {
+            json!({"answers": true, "ok": false, "error": format!("the device refused: {reason}")})
+        }
+        _ => json!({"answers": true, "ok": true}),
+    };
+    Ok(out.to_string())
+}
+
+fn slot_name(n: u8) -> String {
+    match n {
+        SLOT_FACTORY => "factory".into(),
+        SLOT_OTHER => "other".into(),
+        n => format!("ota_{n}"),
+    }
+}
+
+/// INFO with the field names of `ble-ota info --json`.
+fn info_json(i: &Info) -> serde_json::Value {
+    let running_state = i.slots.iter().find(|s| s.running).map(|s| s.state.name());
+    json!({
+        "protocol_version": i.protocol_version,
+        "chip": Chip::from_id(i.chip_id).map(|c| c.name()),
+        "running": slot_name(i.running_slot),
+        "running_state": running_state,
+        "app_name": i.app_name.as_str(),
+        "app_version": i.app_version.as_str(),
+        "max_image_size": i.max_image_size,
+        "slots": i.slots.iter().map(|s| json!({
+            "slot": slot_name(s.slot),
+            "state": s.state.name(),
+            "running": s.running,
+            "boots_next": s.boot,
+        })).collect::<Vec<_>>(),
+        "resumable": i.resumable.map(|r| json!({"size": r.size, "offset": r.offset})),
+        "compressed_images": i.features & features::COMPRESSED != 0,
+        "signatures_required": i.features & features::SIGNATURES_REQUIRED != 0,
+        "unsigned_legacy": i.features & features::UNSIGNED_LEGACY != 0,
+    })
 }

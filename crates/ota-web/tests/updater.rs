@@ -136,3 +136,56 @@ fn inspect_checks_an_image_as_the_device_does() {
     assert!(Updater::create(Vec::new(), true, false, None, None).is_err());
     assert!(Updater::create(img, true, false, None, Some(vec![1, 2, 3])).is_err());
 }
+
+/// Writes `name` to OTA Control as a page does and returns the engine's answer, as JSON.
+fn ask(dev: &mut VirtualEsp32, name: &str, mtu: u16) -> serde_json::Value {
+    let running = *dev.running_partition().unwrap();
+    let table = dev.partition_table().clone();
+    let config = DeviceConfig::new(Chip::Esp32c3);
+    let mut engine = UpdateEngine::new(dev.flash_mut(), config, table, running).unwrap();
+    engine.handle_connected(CLIENT);
+    engine.handle_mtu(CLIENT, mtu);
+    let bytes = ota_web::encode_command_bytes(name).unwrap();
+    engine
+        .handle_write(
+            dev.flash_mut(),
+            CLIENT,
+            Characteristic::Control,
+            &bytes,
+            Instant(0),
+        )
+        .unwrap();
+    let mut note = [0u8; 600];
+    let (_, len) = engine.poll_notification(&mut note).expect("an answer");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&ota_web::answer_json(name, &note[..len]).unwrap()).unwrap();
+    if v["cut"] == true {
+        // The page reads OTA Control for the whole value, as `ble-ota info` does.
+        let whole = engine.control_value().to_vec();
+        v = serde_json::from_str(&ota_web::answer_json(name, &whole).unwrap()).unwrap();
+    }
+    v
+}
+
+#[test]
+fn info_and_confirm_answers_read_as_the_cli_shows_them() {
+    let mut dev = device();
+    let info = ask(&mut dev, "info", 247);
+    assert_eq!(info["ok"], true, "{info}");
+    assert_eq!(info["app_version"], "1.0.0");
+    assert_eq!(info["running"], "factory");
+    assert_eq!(info["compressed_images"], true);
+    // At the seed's MTU INFO does not fit a notification: the page is told to read it.
+    let cut = ask(&mut dev, "info", 23);
+    assert_eq!(cut["app_version"], "1.0.0", "{cut}");
+    // A factory app has nothing to confirm: a refusal in words, not a code.
+    let confirm = ask(&mut dev, "confirm", 247);
+    assert_eq!(confirm["answers"], true, "{confirm}");
+    assert!(
+        confirm["ok"] == true || confirm["error"].is_string(),
+        "{confirm}"
+    );
+    assert!(ota_web::encode_command_bytes("format").is_err());
+    let not_ours = ota_web::answer_json("confirm", &[0x81, 0, 0, 0, 0]).unwrap();
+    assert_eq!(not_ours, r#"{"answers":false}"#);
+}
