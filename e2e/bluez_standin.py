@@ -17,9 +17,16 @@ WriteValue with type request or command, StartNotify/StopNotify, notifications a
 PropertiesChanged of Value; GattDescriptor1: ReadValue). A refused write request is
 org.bluez.Error.Failed "Operation failed with ATT error: 0xNN", as BlueZ words it.
 
-Left out: pairing and agents, bonding, LE privacy, connection parameters, AcquireWrite and
-AcquireNotify (file-descriptor based writes and notifications), InterfacesRemoved, several
-adapters, and BR/EDR. Prints {"ready": true} once it owns the name.
+Chromium's Web Bluetooth needs the GATT objects announced (InterfacesAdded) and removed with
+the link (InterfacesRemoved, as BlueZ does for a device it has not bonded with); it fires a
+value change for its own reads, which a page must tell from notifications. `--drop-at N,M`
+drops the link at the Nth write command, as a radio losing it would.
+
+Left out: pairing and agents (Chromium's UnregisterAgent at exit gets UnknownMethod), bonding
+and the GATT cache, LE privacy, connection parameters, AcquireWrite and AcquireNotify
+(file-descriptor based writes and notifications), several adapters, and BR/EDR. ATT errors are
+all org.bluez.Error.Failed with the code in the message (BlueZ maps a few codes to NotPermitted
+or NotAuthorized). Prints {"ready": true} once it owns the name.
 """
 
 from __future__ import annotations
@@ -66,6 +73,10 @@ class ObjectManager(ServiceInterface):
 
     @signal()
     def InterfacesAdded(self, path: "o", interfaces: "a{sa{sv}}") -> "oa{sa{sv}}":
+        return [path, interfaces]
+
+    @signal()
+    def InterfacesRemoved(self, path: "o", interfaces: "as") -> "oas":
         return [path, interfaces]
 
 
@@ -263,8 +274,10 @@ class GattService1(ServiceInterface):
         return self._Device
 
 
-def att_failure(error: Exception) -> DBusError:
-    """A GATT failure as BlueZ reports it."""
+def att_failure(error: BaseException) -> DBusError:
+    """A GATT failure as BlueZ reports it (a request the link's end cancelled: Not connected)."""
+    if isinstance(error, asyncio.CancelledError):
+        return DBusError("org.bluez.Error.Failed", "Not connected")
     if isinstance(error, ATT_Error):
         return DBusError(
             "org.bluez.Error.Failed",
@@ -276,9 +289,10 @@ def att_failure(error: Exception) -> DBusError:
 class GattCharacteristic1(ServiceInterface):
     PROPS = {"UUID": "s", "Service": "o", "Flags": "as", "Notifying": "b", "MTU": "q", "Value": "ay"}
 
-    def __init__(self, characteristic: Characteristic, service: str, mtu: int):
+    def __init__(self, characteristic: Characteristic, service: str, mtu: int, device=None):
         super().__init__("org.bluez.GattCharacteristic1")
         self.characteristic = characteristic
+        self.device = device
         p = characteristic.properties
         flags = []
         for bit, name in (
@@ -326,7 +340,7 @@ class GattCharacteristic1(ServiceInterface):
     async def ReadValue(self, options: "a{sv}") -> "ay":
         try:
             value = bytes(await self.characteristic.read_value())
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
         # BlueZ caches what it read in Value and signals the change, as it does for a
         # notification: a client sees its read come back as a value change too.
@@ -338,9 +352,14 @@ class GattCharacteristic1(ServiceInterface):
     async def WriteValue(self, value: "ay", options: "a{sv}"):
         kind = options.get("type")
         with_response = kind is None or kind.value != "command"
+        if not with_response and self.device is not None:
+            # A drop the test asked for, as a radio losing the link: BlueZ took the write
+            # command (it answers those once queued), but it never leaves.
+            if await self.device.standin.count_data_write(self.device):
+                return
         try:
             await self.characteristic.write_value(bytes(value), with_response=with_response)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
 
     @method()
@@ -354,7 +373,7 @@ class GattCharacteristic1(ServiceInterface):
 
         try:
             await self.characteristic.subscribe(on_value)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
         self._Notifying = True
         self.emit_properties_changed({"Notifying": True})
@@ -388,7 +407,7 @@ class GattDescriptor1(ServiceInterface):
     async def ReadValue(self, options: "a{sv}") -> "ay":
         try:
             return bytes(await self.descriptor.read_value())
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
 
 
@@ -399,9 +418,11 @@ def full_uuid(uuid) -> str:
 
 
 class Standin:
-    def __init__(self, bus: MessageBus, host: Device):
+    def __init__(self, bus: MessageBus, host: Device, drop_at: list[int] = ()):
         self.bus = bus
         self.host = host
+        self.drop_at = set(drop_at)
+        self.data_writes = 0
         self.objects: dict[str, list[ServiceInterface]] = {}
         self.manager = ObjectManager(self)
         self.adapter = Adapter1(self)
@@ -420,8 +441,11 @@ class Standin:
             )
 
     def remove(self, path: str) -> None:
-        for i in self.objects.pop(path, []):
+        interfaces = self.objects.pop(path, [])
+        for i in interfaces:
             self.bus.unexport(path, i)
+        if interfaces:
+            self.manager.InterfacesRemoved(path, [i.name for i in interfaces])
 
     def managed_objects(self) -> dict:
         return {
@@ -493,7 +517,9 @@ class Standin:
             dev.gatt_paths.append(s_path)
             for c_index, characteristic in enumerate(service.characteristics):
                 c_path = f"{s_path}/char{c_index:04x}"
-                self.add(c_path, [GattCharacteristic1(characteristic, s_path, mtu)], announce=True)
+                self.add(
+                    c_path, [GattCharacteristic1(characteristic, s_path, mtu, dev)], announce=True
+                )
                 dev.gatt_paths.append(c_path)
                 for d_index, descriptor in enumerate(characteristic.descriptors):
                     d_path = f"{c_path}/desc{d_index:04x}"
@@ -502,10 +528,27 @@ class Standin:
         dev._Connected = dev._ServicesResolved = True
         dev.emit_properties_changed({"Connected": True, "ServicesResolved": True})
 
+    async def count_data_write(self, dev: Device1) -> bool:
+        """Counts a write command; at a count in `--drop-at`, drops the link and returns True."""
+        self.data_writes += 1
+        if self.data_writes not in self.drop_at or dev.connection is None:
+            return False
+        print(json.dumps({"dropped_at": self.data_writes}), flush=True)
+        try:
+            await asyncio.wait_for(dev.connection.disconnect(), 5)
+        except Exception:  # already gone
+            pass
+        self.disconnected(dev)
+        return True
+
     def disconnected(self, dev: Device1) -> None:
         if not dev._Connected:
             return
         dev.connection = None
+        # As BlueZ for a device it has not bonded with: its GATT objects go with the link.
+        for path in dev.gatt_paths:
+            self.remove(path)
+        dev.gatt_paths = []
         dev._Connected = dev._ServicesResolved = False
         dev.emit_properties_changed({"Connected": False, "ServicesResolved": False})
 
@@ -523,7 +566,7 @@ async def run(args: argparse.Namespace) -> int:
             transport.sink,
         )
         await host.power_on()
-        Standin(bus, host)
+        Standin(bus, host, args.drop_at)
         await bus.request_name("org.bluez")
         print(json.dumps({"ready": True}), flush=True)
         await asyncio.get_running_loop().create_future()
@@ -533,6 +576,12 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="org.bluez on a private bus, carried to Bumble.")
     parser.add_argument("--hci", required=True, help="Bumble transport, e.g. tcp-client:127.0.0.1:PORT")
+    parser.add_argument(
+        "--drop-at",
+        type=lambda v: [int(n) for n in v.split(",")],
+        default=[],
+        help="drop the link at these write commands (counted over the run, from 1), as a radio would",
+    )
     return asyncio.run(run(parser.parse_args()))
 
 

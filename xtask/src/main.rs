@@ -167,6 +167,8 @@ fn setup() -> Result<PathBuf> {
         std::fs::write(&stamp, wanted)?;
     }
     install_debian_tool("dbus-daemon", "dbus-daemon")?;
+    // The web updater's test drives Debian's Chromium (Web Bluetooth over the stand-in).
+    install_debian_tool("chromium", "chromium")?;
     Ok(python)
 }
 
@@ -196,6 +198,9 @@ fn test() -> Result<()> {
     let _ = std::fs::remove_dir_all(&figures_dir);
     // The firmware first: the host tests below load its app images into the virtual ESP32.
     firmware::firmware()?;
+    // The browser's client core, built for wasm, bound by wasm-bindgen and run in Node.js; and
+    // the page, which the web updater's e2e test serves to Chromium.
+    web_bindings()?;
     // Host workspace: unit, vector, property and CLI tests, plus those needing Python tools.
     run(cargo()
         .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
@@ -208,8 +213,6 @@ fn test() -> Result<()> {
             "build", "--locked", "-p", "ota-core", "-p", "ota-gatt", "--target", TARGETS[0],
         ])
         .current_dir(root()))?;
-    // The browser's client core, built for wasm, bound by wasm-bindgen and run in Node.js.
-    web_bindings()?;
     // The fuzz targets' bodies on seeded random inputs, a few seconds each (it prints the
     // executions; a crash fails the run and is kept as a regression input); and libFuzzer's
     // targets must keep building (long runs: `cargo xtask fuzz`).

@@ -65,6 +65,8 @@ enum Command {
     Sim(cmd::sim::SimCmd),
     /// Run the virtual ESP32 (`--sim`) as a BLE peripheral on an HCI controller (`--hci`).
     Device(cmd::device::DeviceArgs),
+    /// Serve the web updater on localhost: update from Chrome or Edge, nothing to install.
+    Web(cmd::web::WebArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -102,6 +104,7 @@ fn main() -> std::process::ExitCode {
         Command::Sign(a) => cmd::sign::sign(a, json),
         Command::Sim(c) => cmd::sim::run(c, &target, json),
         Command::Device(a) => cmd::device::run(a, &target, json),
+        Command::Web(a) => cmd::web::run(a, json),
         Command::Scan(_) if target.hci.is_some() || target.sim.is_some() => Err(exit::CliError::new(
             exit::ExitCode::Usage,
             "`scan` lists what the system's Bluetooth adapter sees; over --hci or --sim there is nothing to list: `ble-ota info --hci SPEC` (or --sim FILE) finds the device and shows it",

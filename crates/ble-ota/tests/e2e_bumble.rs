@@ -1226,7 +1226,7 @@ fn ota_writes_need_a_link_paired_by_passkey_when_the_device_asks_for_one() {
 
 /// A private D-Bus bus (the system bus's stand-in) and the BlueZ stand-in on it, as a Bumble
 /// central on the controller at `port`; returns them and the bus address.
-fn bluez_standin(dir: &Path, port: u16) -> (Proc, Proc, String) {
+fn bluez_standin(dir: &Path, port: u16, extra: &[&str]) -> (Proc, Proc, String) {
     let address = format!("unix:path={}", dir.join("system_bus").display());
     let mut bus = Proc::spawn(
         "dbus-daemon",
@@ -1242,6 +1242,7 @@ fn bluez_standin(dir: &Path, port: u16) -> (Proc, Proc, String) {
         Command::new(python())
             .arg(Path::new(ROOT).join("e2e/bluez_standin.py"))
             .args(["--hci", &format!("tcp-client:127.0.0.1:{port}")])
+            .args(extra)
             .env("DBUS_SYSTEM_BUS_ADDRESS", &address),
     );
     standin.wait_line(Duration::from_secs(20), |l| l.contains("ready"));
@@ -1269,7 +1270,7 @@ fn btleplug_scans_shows_and_updates_through_a_bluez_standin_with_a_resume() {
         sim,
         mut dev,
     } = Rig::start(&[]);
-    let (_bus, _standin, bus) = bluez_standin(dir.path(), ports[1]);
+    let (_bus, _standin, bus) = bluez_standin(dir.path(), ports[1], &[]);
     // scan: the device, by the name it advertises.
     let out = over_bluez(&bus, &["scan", "--scan-timeout", "3"]);
     assert!(out.status.success(), "scan: {}", text(&out));
@@ -1296,4 +1297,106 @@ fn btleplug_scans_shows_and_updates_through_a_bluez_standin_with_a_resume() {
     assert_eq!(report["outcome"], "activated");
     assert_eq!(report["disconnects"], 1, "{report}");
     assert_booted(&mut dev, &sim, "6.0.0", &img);
+}
+
+#[test]
+#[ignore = "needs the Python venv, Chromium and the built page: run via cargo xtask test"]
+fn the_web_page_in_headless_chromium_updates_with_both_protocols_resumes_and_refuses_a_corrupt_image()
+ {
+    let _serial = serial();
+    let Rig {
+        _ctl,
+        ports,
+        dir,
+        sim,
+        mut dev,
+    } = Rig::start(&["--confirm", "strict"]);
+    // The stand-in drops the link at the 30th write command, as a radio would.
+    let (_bus, mut standin, bus) = bluez_standin(dir.path(), ports[1], &["--drop-at", "30"]);
+    let mut web = Proc::spawn(
+        "ble-ota web",
+        Command::new(BIN)
+            .args(["--json", "web", "--port", "0", "--site"])
+            .arg(Path::new(ROOT).join("target/web/site")),
+    );
+    let url = web.wait_event("serving", Duration::from_secs(10))["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (fast, fast_img) = image(dir.path(), "app2.bin", "2.0.0", 150_000, 51);
+    let corrupt = dir.path().join("corrupt.bin");
+    let (legacy, legacy_img) = image(dir.path(), "app3.bin", "3.0.0", 60_000, 52);
+    let mut bad = fast_img.clone();
+    bad[100] ^= 1;
+    std::fs::write(&corrupt, &bad).unwrap();
+    let shot = Path::new(ROOT).join("target/figures/web-updater.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(Path::new(ROOT).join("e2e/web_page.py"))
+        .args(["--url", &url, "--legacy-mtu", "247"])
+        .arg("--corrupt")
+        .arg(&corrupt)
+        .arg("--fast")
+        .arg(&fast)
+        .arg("--legacy")
+        .arg(&legacy)
+        .arg("--screenshot")
+        .arg(&shot)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+        .output()
+        .expect("web_page.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let page: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("web_page.py JSON: {e}: {}", text(&out)));
+    assert!(page["exception"].is_null(), "{page:#}\n{}", text(&out));
+    assert_eq!(page["unavailable"], false, "{page:#}");
+    assert_eq!(
+        page["offered"].as_array().map(Vec::len),
+        Some(1),
+        "{page:#}"
+    );
+    let device = page["device"].as_str().unwrap();
+    assert!(device.contains("1.0.0 from factory"), "{device}");
+    // The corrupt image: refused on the page, Update stays disabled, nothing sent.
+    assert_eq!(page["corrupt"]["start_disabled"], true, "{page:#}");
+    let refusal = page["corrupt"]["error"].as_str().unwrap();
+    assert!(refusal.contains("not an app image"), "{refusal}");
+    // The fast protocol: the link dropped once and the update resumed; the device booted the
+    // image on trial, and the page's Confirm made it stay.
+    standin.wait_line(Duration::from_secs(1), |l| l.contains("dropped_at"));
+    let f = &page["fast"];
+    assert_eq!(f["state"], "rebooted", "{page:#}");
+    assert_eq!(f["report"]["reconnects"], 1, "{page:#}");
+    // Its bytes are checked by the device's SHA-256 at END; once 3.0.0 is confirmed below, the
+    // device pre-erases this slot for the next update, so only the boot is checked here.
+    let boot = dev.wait_event("boot", Duration::from_secs(10));
+    assert_eq!(
+        (&boot["version"], &boot["slot"]),
+        (&"2.0.0".into(), &"ota_0".into())
+    );
+    assert!(
+        f["device_after"].as_str().unwrap().contains("on trial"),
+        "{f:#}"
+    );
+    assert_eq!(f["confirmed"], true, "{f:#}");
+    assert!(
+        f["device_confirmed"]
+            .as_str()
+            .unwrap()
+            .contains("2.0.0 from ota_0"),
+        "{f:#}"
+    );
+    // The seed's protocol, packets of MTU - 3 as the seed's clients send them.
+    let l = &page["legacy"];
+    assert_eq!(l["state"], "rebooted", "{page:#}");
+    assert_booted(&mut dev, &sim, "3.0.0", &legacy_img);
+    assert_eq!(l["confirmed"], true, "{l:#}");
+    assert!(
+        l["device_confirmed"]
+            .as_str()
+            .unwrap()
+            .contains("3.0.0 from ota_1"),
+        "{l:#}"
+    );
+    assert!(shot.is_file(), "the screenshot of the page mid-update");
 }

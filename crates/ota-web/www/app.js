@@ -51,12 +51,13 @@ function list(dl, rows) {
   dl.hidden = false;
 }
 
-function stateWords(state) {
+function stateWords(state, running) {
+  if (running === "factory") return "the factory app";
   return {
     "pending-verify": "on trial: confirm it, or it rolls back at the next reset",
     valid: "confirmed",
     new: "selected, not booted yet",
-  }[state] ?? state ?? "factory app";
+  }[state] ?? state;
 }
 
 function showDevice() {
@@ -65,7 +66,7 @@ function showDevice() {
     ["Name", page.device.name ?? "(no name)"],
     ["Chip", i.chip ?? "unknown"],
     ["Running", `${i.app_name} ${i.app_version} from ${i.running}`],
-    ["State", stateWords(i.running_state)],
+    ["State", stateWords(i.running_state, i.running)],
     ["Largest image", kb(i.max_image_size)],
     ["Takes", [i.compressed_images && "compressed images", i.signatures_required && "signed images only"].filter(Boolean).join(", ") || "plain images"],
   ]);
@@ -187,7 +188,8 @@ $("start").addEventListener("click", async () => {
     const options = {
       compress: $("compress").checked,
       legacy: $("legacy").checked,
-      attMtu: Number($("mtu").value) || 23,
+      // The seed's packets are MTU - 3; the fast protocol takes the device's chunk size.
+      attMtu: $("legacy").checked ? Number($("mtu").value) || 23 : undefined,
       manifest: page.manifest,
       onEvent,
       signal: stopper.signal,
@@ -204,7 +206,7 @@ $("start").addEventListener("click", async () => {
       say(`Running ${i.app_version} from ${i.running}, on trial. Check it works, then keep it.`, "ok");
       $("confirm").hidden = false;
     } else {
-      say(`Running ${i.app_version} from ${i.running} (${stateWords(i.running_state)}).`, "ok");
+      say(`Running ${i.app_version} from ${i.running} (${stateWords(i.running_state, i.running)}).`, "ok");
     }
   } catch (e) {
     fail(e);

@@ -99,7 +99,10 @@ class Link {
       this.queue.push(new Uint8Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength)));
       this.wake?.();
     };
-    this.onDisconnected = () => this.wake?.();
+    this.onDisconnected = () => {
+      this.wake?.();
+      this.dropped?.();
+    };
     device.addEventListener("gattserverdisconnected", this.onDisconnected);
   }
 
@@ -119,6 +122,8 @@ class Link {
         this.control.removeEventListener("characteristicvaluechanged", this.onValue);
         this.control.addEventListener("characteristicvaluechanged", this.onValue);
         this.queue = [];
+        // Settles when this connection drops: a write in flight then may never settle itself.
+        this.lost = new Promise((resolve) => (this.dropped = resolve));
         await this.control.startNotifications();
         return;
       } catch (e) {
@@ -137,14 +142,23 @@ class Link {
     const ch = which === "control" ? this.control : this.data;
     if (!this.connected) throw new LinkLost();
     try {
-      if (withResponse) await ch.writeValueWithResponse(bytes);
-      else await ch.writeValueWithoutResponse(bytes);
+      const write = withResponse ? ch.writeValueWithResponse(bytes) : ch.writeValueWithoutResponse(bytes);
+      write.catch(() => {}); // settled by the race below, or ignored once the link is gone
+      if ((await Promise.race([write.then(() => "written"), this.lost])) !== "written") {
+        throw new LinkLost();
+      }
       return undefined;
     } catch (e) {
       if (!this.connected || e.name === "NetworkError") throw new LinkLost();
       if (!withResponse) throw e;
       return UNLIKELY_ERROR;
     }
+  }
+
+  /** Waits up to `ms` for this connection to drop (a device rebooting). */
+  async droppedWithin(ms) {
+    if (!this.connected) return;
+    await Promise.race([this.lost, sleep(ms)]);
   }
 
   /** The next queued notification, if any. */
@@ -262,6 +276,7 @@ export async function update(device, image, options = {}) {
       }
     }
     drain();
+    if (report.rebooting) await link.droppedWithin(10_000);
   } finally {
     link.close();
     updater.free();
@@ -277,6 +292,19 @@ export async function update(device, image, options = {}) {
  */
 export async function command(device, name, { timeoutMs = 5000 } = {}) {
   await load();
+  // Every command but REBOOT may be sent again when the link drops before the answer.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await commandOnce(device, name, timeoutMs);
+    } catch (e) {
+      if (!(e instanceof LinkLost)) throw e;
+      if (name === "reboot") return { answers: true, ok: true };
+      if (attempt === 3) throw new OtaError(`The link dropped three times during ${name}. Move closer and try again.`);
+    }
+  }
+}
+
+async function commandOnce(device, name, timeoutMs) {
   const bytes = encodeCommand(name);
   const link = new Link(device);
   try {
@@ -296,12 +324,6 @@ export async function command(device, name, { timeoutMs = 5000 } = {}) {
       return a;
     }
     throw new OtaError(`No answer to ${name} within ${timeoutMs / 1000} s: does the device's firmware speak the fast protocol?`);
-  } catch (e) {
-    if (e instanceof LinkLost) {
-      if (name === "reboot") return { answers: true, ok: true };
-      throw new OtaError(`The link dropped during ${name}. Try again.`);
-    }
-    throw e;
   } finally {
     link.close();
   }

@@ -8,3 +8,4 @@ pub mod image;
 pub mod scan;
 pub mod sign;
 pub mod sim;
+pub mod web;
