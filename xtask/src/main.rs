@@ -79,7 +79,13 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Firmware => firmware::firmware(),
         Task::Bench { firmware } => bench::bench(firmware),
-        Task::Web => web_bindings(),
+        Task::Web => {
+            // On its own (`cargo xtask web`), the one target it needs.
+            if Command::new("rustup").arg("--version").output().is_ok() {
+                run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+            }
+            web_bindings()
+        }
         Task::Fuzz {
             seconds,
             target,
