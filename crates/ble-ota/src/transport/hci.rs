@@ -641,8 +641,17 @@ impl Central {
         .await
         .map_err(|_| failed("connecting timed out".to_string()))?
         .map_err(|e| failed(format!("cannot connect: {e:?}")))?;
-        if let Some(passkey) = self.passkey {
-            self.pair(&conn, passkey).await?;
+        if let Some(passkey) = self.passkey
+            && let Err(e) = self.pair(&conn, passkey).await
+        {
+            // Leave the device free for the next run: disconnect and wait until the controllers
+            // agree, rather than exit with the link still up on the device's side.
+            conn.disconnect();
+            let _ = embassy_time::with_timeout(embassy_time::Duration::from_secs(2), async {
+                while !matches!(conn.next().await, ConnectionEvent::Disconnected { .. }) {}
+            })
+            .await;
+            return Err(e);
         }
         let client = GattClient::<HciController, OtaPacketPool, 8>::new(stack, &conn)
             .await
