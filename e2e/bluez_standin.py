@@ -20,7 +20,8 @@ org.bluez.Error.Failed "Operation failed with ATT error: 0xNN", as BlueZ words i
 Chromium's Web Bluetooth needs the GATT objects announced (InterfacesAdded) and removed with
 the link (InterfacesRemoved, as BlueZ does for a device it has not bonded with); it fires a
 value change for its own reads, which a page must tell from notifications. `--drop-at N,M`
-drops the link at the Nth write command, as a radio losing it would.
+drops the link at the Nth write command, as a radio losing it would; `--mtu` asks for a smaller
+ATT MTU than BlueZ's 517. Prints a JSON line for each characteristic read.
 
 Left out: pairing and agents (Chromium's UnregisterAgent at exit gets UnknownMethod), bonding
 and the GATT cache, LE privacy, connection parameters, AcquireWrite and AcquireNotify
@@ -342,6 +343,7 @@ class GattCharacteristic1(ServiceInterface):
             value = bytes(await self.characteristic.read_value())
         except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
+        print(json.dumps({"read": self._UUID, "len": len(value)}), flush=True)
         # BlueZ caches what it read in Value and signals the change, as it does for a
         # notification: a client sees its read come back as a value change too.
         self._Value = value
@@ -418,9 +420,10 @@ def full_uuid(uuid) -> str:
 
 
 class Standin:
-    def __init__(self, bus: MessageBus, host: Device, drop_at: list[int] = ()):
+    def __init__(self, bus: MessageBus, host: Device, drop_at: list[int] = (), mtu: int = 517):
         self.bus = bus
         self.host = host
+        self.mtu = mtu
         self.drop_at = set(drop_at)
         self.data_writes = 0
         self.objects: dict[str, list[ServiceInterface]] = {}
@@ -505,8 +508,9 @@ class Standin:
         dev.connection = connection
         connection.on("disconnection", lambda _reason: self.disconnected(dev))
         peer = Peer(connection)
-        # BlueZ asks for the largest MTU at once; the device grants what it takes.
-        mtu = await peer.request_mtu(517)
+        # BlueZ asks for the largest MTU at once (`--mtu` stands in for a stack that asks for
+        # less); the device grants what it takes.
+        mtu = await peer.request_mtu(self.mtu)
         await peer.discover_all()
         for path in dev.gatt_paths:
             self.remove(path)
@@ -566,7 +570,7 @@ async def run(args: argparse.Namespace) -> int:
             transport.sink,
         )
         await host.power_on()
-        Standin(bus, host, args.drop_at)
+        Standin(bus, host, args.drop_at, args.mtu)
         await bus.request_name("org.bluez")
         print(json.dumps({"ready": True}), flush=True)
         await asyncio.get_running_loop().create_future()
@@ -576,6 +580,9 @@ async def run(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description="org.bluez on a private bus, carried to Bumble.")
     parser.add_argument("--hci", required=True, help="Bumble transport, e.g. tcp-client:127.0.0.1:PORT")
+    parser.add_argument(
+        "--mtu", type=int, default=517, help="ATT MTU to ask for (BlueZ asks for 517)"
+    )
     parser.add_argument(
         "--drop-at",
         type=lambda v: [int(n) for n in v.split(",")],

@@ -2,7 +2,7 @@
 """The web updater in headless Chromium, as a user clicks through it: choose the device (the
 browser's chooser, answered through the DevTools protocol), refuse a corrupt image, update with
 the fast protocol (the link drops on the way: it resumes), confirm, then update again with the
-seed's protocol and confirm. Chromium reaches the device through BlueZ's D-Bus API, here the
+seed's protocol and confirm (the corrupt, signed and seed's-protocol steps when given). Chromium reaches the device through BlueZ's D-Bus API, here the
 BlueZ stand-in (e2e/bluez_standin.py) on the bus in DBUS_SYSTEM_BUS_ADDRESS.
 
     python e2e/web_page.py --url http://localhost:PORT/ --corrupt bad.bin \\
@@ -85,27 +85,41 @@ def run(args: argparse.Namespace, page: Page, out: dict) -> None:
     page.wait_for_selector("#device", state="visible", timeout=60_000)
     out["device"] = page.inner_text("#device")
 
-    # A corrupt image: refused on the page, before anything is sent.
-    page.set_input_files("#image", args.corrupt)
-    page.wait_for_selector("#error", state="visible")
-    out["corrupt"] = {
-        "error": page.inner_text("#error"),
-        "start_disabled": page.is_disabled("#start"),
-    }
+    if args.corrupt:
+        # A corrupt image: refused on the page, before anything is sent.
+        page.set_input_files("#image", args.corrupt)
+        page.wait_for_selector("#error", state="visible")
+        out["corrupt"] = {
+            "error": page.inner_text("#error"),
+            "start_disabled": page.is_disabled("#start"),
+        }
+
+    if args.sig:
+        # A device that takes signed images only: the image alone is refused on the page, with
+        # the image's .sig it goes.
+        page.set_input_files("#image", args.fast)
+        page.wait_for_selector("#error", state="visible")
+        out["unsigned"] = {
+            "error": page.inner_text("#error"),
+            "start_disabled": page.is_disabled("#start"),
+        }
+        page.set_input_files("#signature", args.sig)
 
     out["fast"] = update_with(page, args.fast, args.screenshot)
-    page.click("summary")  # Options
-    page.check("#legacy")
-    page.fill("#mtu", str(args.legacy_mtu))
-    out["legacy"] = update_with(page, args.legacy)
+    if args.legacy:
+        page.click("summary")  # Options
+        page.check("#legacy")
+        page.fill("#mtu", str(args.legacy_mtu))
+        out["legacy"] = update_with(page, args.legacy)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="The web updater, clicked through in Chromium.")
     parser.add_argument("--url", required=True)
-    parser.add_argument("--corrupt", required=True)
-    parser.add_argument("--fast", required=True)
-    parser.add_argument("--legacy", required=True)
+    parser.add_argument("--corrupt", help="a corrupt image the page must refuse")
+    parser.add_argument("--fast", required=True, help="an image to send with the fast protocol")
+    parser.add_argument("--sig", help="the fast image's .sig, for a device that requires one")
+    parser.add_argument("--legacy", help="then an image to send with the seed's protocol")
     parser.add_argument("--legacy-mtu", type=int, default=23)
     parser.add_argument("--screenshot")
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))

@@ -1313,16 +1313,6 @@ fn the_web_page_in_headless_chromium_updates_with_both_protocols_resumes_and_ref
     } = Rig::start(&["--confirm", "strict"]);
     // The stand-in drops the link at the 30th write command, as a radio would.
     let (_bus, mut standin, bus) = bluez_standin(dir.path(), ports[1], &["--drop-at", "30"]);
-    let mut web = Proc::spawn(
-        "ble-ota web",
-        Command::new(BIN)
-            .args(["--json", "web", "--port", "0", "--site"])
-            .arg(Path::new(ROOT).join("target/web/site")),
-    );
-    let url = web.wait_event("serving", Duration::from_secs(10))["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let (fast, fast_img) = image(dir.path(), "app2.bin", "2.0.0", 150_000, 51);
     let corrupt = dir.path().join("corrupt.bin");
     let (legacy, legacy_img) = image(dir.path(), "app3.bin", "3.0.0", 60_000, 52);
@@ -1331,24 +1321,16 @@ fn the_web_page_in_headless_chromium_updates_with_both_protocols_resumes_and_ref
     std::fs::write(&corrupt, &bad).unwrap();
     let shot = Path::new(ROOT).join("target/figures/web-updater.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
-    let out = Command::new(python())
-        .arg(Path::new(ROOT).join("e2e/web_page.py"))
-        .args(["--url", &url, "--legacy-mtu", "247"])
-        .arg("--corrupt")
-        .arg(&corrupt)
-        .arg("--fast")
-        .arg(&fast)
-        .arg("--legacy")
-        .arg(&legacy)
-        .arg("--screenshot")
-        .arg(&shot)
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
-        .output()
-        .expect("web_page.py runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let page: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("web_page.py JSON: {e}: {}", text(&out)));
-    assert!(page["exception"].is_null(), "{page:#}\n{}", text(&out));
+    let (_web, page) = click_through_the_page(
+        &bus,
+        &[
+            ("--corrupt", corrupt.as_path()),
+            ("--fast", &fast),
+            ("--legacy", &legacy),
+            ("--screenshot", &shot),
+        ],
+        &["--legacy-mtu", "247"],
+    );
     assert_eq!(page["unavailable"], false, "{page:#}");
     assert_eq!(
         page["offered"].as_array().map(Vec::len),
@@ -1399,4 +1381,89 @@ fn the_web_page_in_headless_chromium_updates_with_both_protocols_resumes_and_ref
         "{l:#}"
     );
     assert!(shot.is_file(), "the screenshot of the page mid-update");
+}
+
+/// Serves the page with `ble-ota web` and clicks through it in headless Chromium
+/// (`e2e/web_page.py` with `files` and `args`) over the BlueZ stand-in on `bus`; returns the
+/// server and what the page showed, which must hold no exception.
+fn click_through_the_page(bus: &str, files: &[(&str, &Path)], args: &[&str]) -> (Proc, Value) {
+    let mut web = Proc::spawn(
+        "ble-ota web",
+        Command::new(BIN)
+            .args(["--json", "web", "--port", "0", "--site"])
+            .arg(Path::new(ROOT).join("target/web/site")),
+    );
+    let url = web.wait_event("serving", Duration::from_secs(10))["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cmd = Command::new(python());
+    cmd.arg(Path::new(ROOT).join("e2e/web_page.py"))
+        .args(["--url", &url])
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus);
+    for (flag, path) in files {
+        cmd.arg(flag).arg(path);
+    }
+    let out = cmd.output().expect("web_page.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let page: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("web_page.py JSON: {e}: {}", text(&out)));
+    assert!(page["exception"].is_null(), "{page:#}\n{}", text(&out));
+    (web, page)
+}
+
+#[test]
+#[ignore = "needs the Python venv, Chromium and the built page: run via cargo xtask test"]
+fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole() {
+    let _serial = serial();
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let in_dir = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    in_dir(&["keygen", "vendor"]);
+    in_dir(&["sim", "create", "esp32.bin", "--key", "vendor.pub"]);
+    let sim = d.join("esp32.bin");
+    let mut dev = device(ports[0], &sim, &["--confirm", "strict"]);
+    let (app, img) = image(d, "app.bin", "4.0.0", 40_000, 61);
+    in_dir(&["sign", "app.bin", "--key", "vendor.key"]);
+    // An ATT MTU of 50: INFO (56 bytes here) does not fit a notification, so the page reads OTA Control whole,
+    // and Chromium's handling of the value change that follows a read is in the way.
+    let (_bus, mut standin, bus) = bluez_standin(d, ports[1], &["--mtu", "50"]);
+    let (_web, page) = click_through_the_page(
+        &bus,
+        &[("--fast", app.as_path()), ("--sig", &d.join("app.bin.sig"))],
+        &[],
+    );
+    let device_text = page["device"].as_str().unwrap();
+    assert!(device_text.contains("signed images only"), "{device_text}");
+    // The cut INFO was read whole from OTA Control (longer than a 47-byte notification).
+    let read: Value = serde_json::from_str(
+        &standin.wait_line(Duration::from_secs(1), |l| l.contains("\"read\"")),
+    )
+    .unwrap();
+    assert!(read["len"].as_u64().unwrap() > 47, "{read}");
+    assert_eq!(page["unsigned"]["start_disabled"], true, "{page:#}");
+    let refusal = page["unsigned"]["error"].as_str().unwrap();
+    assert!(refusal.contains("signed images only"), "{refusal}");
+    let f = &page["fast"];
+    assert_eq!(f["state"], "rebooted", "{page:#}");
+    assert_eq!(f["report"]["signed"], true, "{f:#}");
+    assert!(f["status"].as_str().unwrap().contains("on trial"), "{f:#}");
+    assert_booted(&mut dev, &sim, "4.0.0", &img);
+    assert_eq!(f["confirmed"], true, "{f:#}");
+    assert!(
+        f["device_confirmed"]
+            .as_str()
+            .unwrap()
+            .contains("4.0.0 from ota_0"),
+        "{f:#}"
+    );
 }

@@ -57,6 +57,10 @@ export interface UpdateReport {
   reconnects: number;
   bytes: number;
   seconds: number;
+  /** The image went deflated. */
+  compressed: boolean;
+  /** The device took the signed manifest. */
+  signed: boolean;
 }
 
 /** Sends the image; the device reboots into it once verified and selected. */

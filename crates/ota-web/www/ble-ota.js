@@ -215,7 +215,8 @@ function sleep(ms) {
  * `started`, `progress`, `reconnecting`, `activated`, `rebooting`), `signal` (an AbortSignal).
  *
  * The device reboots into the image once it is verified and selected.
- * Resolves to `{slot, rebooting, reconnects, bytes, seconds}`; rejects with an OtaError.
+ * Resolves to `{slot, rebooting, reconnects, bytes, seconds, compressed, signed}` (`signed`:
+ * the device took the manifest); rejects with an OtaError.
  */
 export async function update(device, image, options = {}) {
   const { compress = true, legacy = false, attMtu, manifest, onEvent = () => {}, signal } = options;
@@ -229,11 +230,23 @@ export async function update(device, image, options = {}) {
   const link = new Link(device);
   const t0 = performance.now();
   const now = () => performance.now() - t0;
-  const report = { slot: undefined, rebooting: false, reconnects: 0, bytes: 0, seconds: 0 };
+  const report = {
+    slot: undefined,
+    rebooting: false,
+    reconnects: 0,
+    bytes: 0,
+    seconds: 0,
+    compressed: false,
+    signed: false,
+  };
   let failure;
   const drain = () => {
     for (let e = updater.pollEvent(); e; e = updater.pollEvent()) {
       const event = JSON.parse(e);
+      if (event.event === "started") {
+        report.compressed = event.compressed;
+        report.signed = event.signed;
+      }
       if (event.event === "activated") report.slot = event.slot;
       if (event.event === "rebooting") report.rebooting = true;
       if (event.event === "progress") report.bytes = event.acked;
