@@ -60,6 +60,13 @@ def update_with(page: Page, image: str, screenshot: str | None = None) -> dict:
     return step
 
 
+def refused_on_page(page: Page, image: str) -> dict:
+    """Picks `image`, which the page must refuse: its error, and whether Update stays off."""
+    page.set_input_files("#image", image)
+    page.wait_for_selector("#error", state="visible")
+    return {"error": page.inner_text("#error"), "start_disabled": page.is_disabled("#start")}
+
+
 def run(args: argparse.Namespace, page: Page, out: dict) -> None:
     page.on("console", lambda m: print(f"page: {m.text}", file=sys.stderr))
     page.on("pageerror", lambda e: print(f"page error: {e}", file=sys.stderr))
@@ -87,22 +94,12 @@ def run(args: argparse.Namespace, page: Page, out: dict) -> None:
 
     if args.corrupt:
         # A corrupt image: refused on the page, before anything is sent.
-        page.set_input_files("#image", args.corrupt)
-        page.wait_for_selector("#error", state="visible")
-        out["corrupt"] = {
-            "error": page.inner_text("#error"),
-            "start_disabled": page.is_disabled("#start"),
-        }
+        out["corrupt"] = refused_on_page(page, args.corrupt)
 
     if args.sig:
         # A device that takes signed images only: the image alone is refused on the page, with
         # the image's .sig it goes.
-        page.set_input_files("#image", args.fast)
-        page.wait_for_selector("#error", state="visible")
-        out["unsigned"] = {
-            "error": page.inner_text("#error"),
-            "start_disabled": page.is_disabled("#start"),
-        }
+        out["unsigned"] = refused_on_page(page, args.fast)
         page.set_input_files("#signature", args.sig)
 
     out["fast"] = update_with(page, args.fast, args.screenshot)

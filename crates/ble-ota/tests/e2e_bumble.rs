@@ -165,6 +165,16 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("ble-ota runs")
 }
 
+/// `ble-ota ARGS` in `dir`, which must succeed (key and image files named relative to it).
+fn run_in(dir: &Path, args: &[&str]) {
+    let out = Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("ble-ota runs");
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -987,14 +997,7 @@ fn a_device_with_a_key_over_bumble_takes_only_the_signed_image() {
     let (_ctl, ports) = controllers(2);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let in_dir = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .current_dir(d)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-    };
+    let in_dir = |args: &[&str]| run_in(d, args);
     in_dir(&["keygen", "vendor"]);
     in_dir(&["keygen", "attacker"]);
     // The running app has secure_version 3.
@@ -1420,14 +1423,7 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
     let (_ctl, ports) = controllers(2);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let in_dir = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .current_dir(d)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-    };
+    let in_dir = |args: &[&str]| run_in(d, args);
     in_dir(&["keygen", "vendor"]);
     in_dir(&["sim", "create", "esp32.bin", "--key", "vendor.pub"]);
     let sim = d.join("esp32.bin");
