@@ -388,6 +388,20 @@ fn print_figures(dir: &Path, fuzz: &str) -> Result<()> {
             .unwrap_or_default(),
         signed["accepted"]
     );
+    let web = read("web")?;
+    let signed_web = read("web_signed")?;
+    let kb = |v: &serde_json::Value| v.as_u64().unwrap_or(0) / 1000;
+    println!(
+        "web page in headless Chromium (BlueZ stand-in): fast protocol {} kB sent in {:.1} s across {} dropped link(s), seed protocol {} kB, signed {} kB at ATT MTU {}, each confirmed from the page; refused on the page: {}, {}",
+        kb(&web["fast_bytes"]),
+        web["fast_seconds"].as_f64().unwrap_or(f64::NAN),
+        web["fast_reconnects"],
+        kb(&web["legacy_bytes"]),
+        kb(&signed_web["bytes"]),
+        signed_web["mtu"],
+        web["refused"].as_str().unwrap_or("?"),
+        signed_web["refused"].as_str().unwrap_or("?"),
+    );
     println!(
         "{}",
         fuzz.lines()

@@ -1384,6 +1384,16 @@ fn the_web_page_in_headless_chromium_updates_with_both_protocols_resumes_and_ref
         "{l:#}"
     );
     assert!(shot.is_file(), "the screenshot of the page mid-update");
+    record_figures(
+        "web",
+        &serde_json::json!({
+            "fast_bytes": f["report"]["bytes"],
+            "fast_seconds": f["report"]["seconds"],
+            "fast_reconnects": f["report"]["reconnects"],
+            "legacy_bytes": l["report"]["bytes"],
+            "refused": "corrupt",
+        }),
+    );
 }
 
 /// Serves the page with `ble-ota web` and clicks through it in headless Chromium
@@ -1461,5 +1471,9 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
             .unwrap()
             .contains("4.0.0 from ota_0"),
         "{f:#}"
+    );
+    record_figures(
+        "web_signed",
+        &serde_json::json!({"bytes": f["report"]["bytes"], "mtu": 50, "refused": "unsigned"}),
     );
 }
