@@ -100,11 +100,22 @@ def run(args: argparse.Namespace, page: Page, out: dict) -> None:
         # A device that takes signed images only: the image alone is refused on the page, with
         # the image's .sig it goes.
         out["unsigned"] = refused_on_page(page, args.fast)
+        if args.wrong_sig:
+            # Another image's signature: refused on the page too.
+            page.set_input_files("#signature", args.wrong_sig)
+            page.wait_for_function(
+                "() => document.getElementById('error').innerText.includes('does not fit')"
+            )
+            out["wrong_sig"] = {
+                "error": page.inner_text("#error"),
+                "start_disabled": page.is_disabled("#start"),
+            }
         page.set_input_files("#signature", args.sig)
 
-    out["fast"] = update_with(page, args.fast, args.screenshot)
+    if args.fast:
+        out["fast"] = update_with(page, args.fast, args.screenshot)
     if args.legacy:
-        page.click("summary")  # Options
+        page.evaluate("document.getElementById('options').open = true")
         page.check("#legacy")
         page.fill("#mtu", str(args.legacy_mtu))
         out["legacy"] = update_with(page, args.legacy)
@@ -114,8 +125,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="The web updater, clicked through in Chromium.")
     parser.add_argument("--url", required=True)
     parser.add_argument("--corrupt", help="a corrupt image the page must refuse")
-    parser.add_argument("--fast", required=True, help="an image to send with the fast protocol")
+    parser.add_argument("--fast", help="an image to send with the fast protocol")
     parser.add_argument("--sig", help="the fast image's .sig, for a device that requires one")
+    parser.add_argument("--wrong-sig", help="with --sig: another image's .sig, tried first")
     parser.add_argument("--legacy", help="then an image to send with the seed's protocol")
     parser.add_argument("--legacy-mtu", type=int, default=23)
     parser.add_argument("--screenshot")

@@ -1440,12 +1440,18 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
     let mut dev = device(ports[0], &sim, &["--confirm", "strict"]);
     let (app, img) = image(d, "app.bin", "4.0.0", 40_000, 61);
     in_dir(&["sign", "app.bin", "--key", "vendor.key"]);
+    image(d, "other.bin", "4.0.1", 40_000, 62);
+    in_dir(&["sign", "other.bin", "--key", "vendor.key"]);
     // An ATT MTU of 50: INFO (56 bytes here) does not fit a notification, so the page reads OTA Control whole,
     // and Chromium's handling of the value change that follows a read is in the way.
     let (_bus, mut standin, bus) = bluez_standin(d, ports[1], &["--mtu", "50"]);
     let (_web, page) = click_through_the_page(
         &bus,
-        &[("--fast", app.as_path()), ("--sig", &d.join("app.bin.sig"))],
+        &[
+            ("--fast", app.as_path()),
+            ("--sig", &d.join("app.bin.sig")),
+            ("--wrong-sig", &d.join("other.bin.sig")),
+        ],
         &[],
     );
     let device_text = page["device"].as_str().unwrap();
@@ -1459,6 +1465,9 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
     assert_eq!(page["unsigned"]["start_disabled"], true, "{page:#}");
     let refusal = page["unsigned"]["error"].as_str().unwrap();
     assert!(refusal.contains("signed images only"), "{refusal}");
+    assert_eq!(page["wrong_sig"]["start_disabled"], true, "{page:#}");
+    let refusal = page["wrong_sig"]["error"].as_str().unwrap();
+    assert!(refusal.contains("belongs to another image"), "{refusal}");
     let f = &page["fast"];
     assert_eq!(f["state"], "rebooted", "{page:#}");
     assert_eq!(f["report"]["signed"], true, "{f:#}");
@@ -1474,6 +1483,85 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
     );
     record_figures(
         "web_signed",
-        &serde_json::json!({"bytes": f["report"]["bytes"], "mtu": 50, "refused": "unsigned"}),
+        &serde_json::json!({"bytes": f["report"]["bytes"], "mtu": 50, "refused": "unsigned, another image's signature"}),
     );
+}
+
+/// A stand-in for a device running the seed's firmware (`e2e/seed_device.py`) on the
+/// controller at `port`, advertising.
+fn seed_device(port: u16) -> Proc {
+    let mut seed = Proc::spawn(
+        "seed_device.py",
+        Command::new(python())
+            .arg(Path::new(ROOT).join("e2e/seed_device.py"))
+            .args(["--hci", &format!("tcp-client:127.0.0.1:{port}")]),
+    );
+    seed.wait_line(Duration::from_secs(20), |l| l.contains("advertising"));
+    seed
+}
+
+/// Asserts the seed's firmware took `img` whole, in packets of `packet_size`, and said DONE_ACK.
+fn assert_seed_took(seed: &mut Proc, img: &[u8], packet_size: u16) {
+    use sha2::Digest;
+    let done: Value =
+        serde_json::from_str(&seed.wait_line(Duration::from_secs(5), |l| l.contains("done")))
+            .unwrap();
+    let done = &done["done"];
+    assert_eq!(done["reply"], 5, "DONE_ACK: {done}");
+    assert_eq!(done["len"], img.len());
+    assert_eq!(done["packet_size"], packet_size);
+    assert_eq!(done["sha256"], hex::encode(sha2::Sha256::digest(img)));
+}
+
+#[test]
+#[ignore = "needs the Python venv: run via cargo xtask test"]
+fn legacy_flash_updates_a_device_running_the_seeds_firmware_which_restarts_at_once() {
+    let _serial = serial();
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = seed_device(ports[0]);
+    let (app, img) = image(dir.path(), "app.bin", "5.1.0", 30_000, 72);
+    // The seed restarts right after its DONE_ACK. An answer that arrived counts; one that
+    // went with the link (trouble-host 0.8 clears the ATT PDUs it has not handed over when the
+    // link drops) leaves the user told the device probably took it, never "run it again".
+    let out = flash_hci(ports[1], &app, &["--legacy"]);
+    if out.status.success() {
+        assert_eq!(flash_json(&out)["outcome"], "activated");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("probably runs the new one"),
+            "{}",
+            text(&out)
+        );
+    }
+    // trouble-host's central asks for MTU 498; the seed's packets are MTU - 3.
+    assert_seed_took(&mut seed, &img, 495);
+}
+
+#[test]
+#[ignore = "needs the Python venv, Chromium and the built page: run via cargo xtask test"]
+fn the_web_page_updates_a_device_running_the_seeds_firmware_with_the_seeds_protocol() {
+    let _serial = serial();
+    let (_ctl, ports) = controllers(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = seed_device(ports[0]);
+    let (app, img) = image(dir.path(), "app.bin", "5.0.0", 30_000, 71);
+    let (_bus, _standin, bus) = bluez_standin(dir.path(), ports[1], &["--mtu", "247"]);
+    let (_web, page) = click_through_the_page(
+        &bus,
+        &[("--legacy", app.as_path())],
+        &["--legacy-mtu", "247"],
+    );
+    // INFO goes unanswered: the page says what the device runs and picks the seed's protocol.
+    let device_text = page["device"].as_str().unwrap();
+    assert!(device_text.contains("answers no INFO"), "{device_text}");
+    let l = &page["legacy"];
+    assert_eq!(l["state"], "rebooted", "{page:#}");
+    assert!(
+        l["status"].as_str().unwrap().contains("seed's protocol"),
+        "{l:#}"
+    );
+    // The seed's firmware got the image whole, in packets of MTU - 3 as its clients send them.
+    assert_seed_took(&mut seed, &img, 244);
 }

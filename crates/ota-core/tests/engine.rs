@@ -2,11 +2,11 @@
 
 mod support;
 
-use ota_core::client::{ClientError, FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::client::{ClientError, ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
 use ota_core::device::ClientId;
 use ota_core::esp::{Chip, OtaImgState};
 use ota_core::protocol::fast::{Command, Response};
-use ota_core::protocol::{Reason, legacy};
+use ota_core::protocol::{Characteristic, Reason, legacy};
 use ota_core::time::Instant;
 use proptest::prelude::*;
 use support::{Device, Fate, MemFlash, build_image, run};
@@ -1076,4 +1076,46 @@ fn writes_longer_than_the_mtu_and_empty_writes_get_an_att_error() {
         engine.handle_write(&mut flash, c, Characteristic::Control, &[0x10; 244], now),
         Ok(())
     );
+}
+
+/// Drives a legacy sender with every write accepted and the device's answers given by hand,
+/// until it has sent DONE (`to_done`) or a few packets; then the link drops.
+fn legacy_dropped(to_done: bool) -> ClientError {
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 5_000, 3);
+    let mut s = legacy_sender(&img);
+    let mut buf = [0u8; 600];
+    let mut packets = 0;
+    while let Some(t) = s.poll_transmit(Instant(0), &mut buf) {
+        if t.with_response {
+            s.handle_write_result(Instant(0), Ok(()));
+        }
+        if t.characteristic == Characteristic::Control && buf[..t.len] == [legacy::REQUEST] {
+            s.handle_notification(Instant(0), &[legacy::REQUEST_ACK]);
+        }
+        if t.characteristic == Characteristic::Data {
+            packets += 1;
+        }
+        if !to_done && packets == 3 {
+            break;
+        }
+    }
+    s.handle_disconnected();
+    let mut failure = None;
+    while let Some(e) = s.poll_event() {
+        if let ClientEvent::Failed(e) = e {
+            failure = Some(e);
+        }
+    }
+    failure.expect("the sender failed")
+}
+
+#[test]
+fn a_legacy_link_dropped_after_done_says_the_device_probably_took_the_image() {
+    // The seed's firmware restarts as soon as it takes an image: its DONE_ACK may go with
+    // the link. The user is told to check the device, not to send the image again blindly.
+    let e = legacy_dropped(true);
+    assert!(matches!(e, ClientError::DroppedAfterDone), "{e:?}");
+    assert!(e.to_string().contains("probably runs the new one"), "{e}");
+    // Mid-image it is an ordinary drop: run it again.
+    assert!(matches!(legacy_dropped(false), ClientError::Disconnected));
 }

@@ -20,7 +20,7 @@
 
 use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
 use ota_core::esp::{Chip, ImageValidator};
-use ota_core::manifest::{MANIFEST_LEN, SignedManifest};
+use ota_core::manifest::{MANIFEST_LEN, Manifest, SignedManifest};
 use ota_core::protocol::Characteristic;
 use ota_core::protocol::fast::{
     Command, Info, Response, SLOT_FACTORY, SLOT_OTHER, features, is_cut_info,
@@ -63,6 +63,30 @@ pub fn inspect(image: &[u8]) -> String {
         "size": image.len(),
     })
     .to_string()
+}
+
+/// Why `manifest` (an `IMAGE.sig`) cannot go with `image`, or `undefined` when it can: not a
+/// manifest, or one made for another image. Whether its key is trusted only the device knows.
+#[wasm_bindgen(js_name = manifestProblem)]
+pub fn manifest_problem(image: &[u8], manifest: &[u8]) -> Option<String> {
+    manifest_problem_of(image, manifest)
+}
+
+fn manifest_problem_of(image: &[u8], manifest: &[u8]) -> Option<String> {
+    let signed = match SignedManifest::decode(manifest) {
+        Ok(s) => s,
+        Err(e) => {
+            return Some(format!(
+                "this is not a signature file from ble-ota sign: {e}"
+            ));
+        }
+    };
+    if Manifest::for_image(image).ok() != Some(signed.manifest) {
+        return Some(
+            "this .sig belongs to another image (size, SHA-256, chip or versions differ): sign this one (ble-ota sign IMAGE --key NAME.key)".into(),
+        );
+    }
+    None
 }
 
 /// What the updater owns: the image, its compressed stream and its signed manifest.
@@ -145,11 +169,12 @@ impl Updater {
         manifest: Option<Vec<u8>>,
     ) -> Result<Updater, String> {
         let manifest = match manifest {
-            Some(m) => Some(
-                SignedManifest::decode(&m)
-                    .map_err(|e| e.to_string())?
-                    .encode(),
-            ),
+            Some(m) => {
+                if let Some(problem) = manifest_problem_of(&image, &m) {
+                    return Err(problem);
+                }
+                SignedManifest::decode(&m).ok().map(|s| s.encode())
+            }
             None => None,
         };
         let stream = (compress && !legacy).then(|| ota_core::client::compress(&image));

@@ -189,3 +189,24 @@ fn info_and_confirm_answers_read_as_the_cli_shows_them() {
     let not_ours = ota_web::answer_json("confirm", &[0x81, 0, 0, 0, 0]).unwrap();
     assert_eq!(not_ours, r#"{"answers":false}"#);
 }
+
+#[test]
+fn a_signature_of_another_image_or_no_signature_at_all_is_named_before_connecting() {
+    let secret = [9u8; 32];
+    let img = app_image::build(Chip::Esp32c3, "web-app", "2.2.0", 30_000, 11);
+    let other = app_image::build(Chip::Esp32c3, "web-app", "2.2.1", 30_000, 12);
+    let sig = Manifest::for_image(&img)
+        .unwrap()
+        .sign(&secret)
+        .encode()
+        .to_vec();
+    assert_eq!(ota_web::manifest_problem(&img, &sig), None);
+    let wrong = ota_web::manifest_problem(&other, &sig).unwrap();
+    assert!(wrong.contains("another image"), "{wrong}");
+    let garbage = ota_web::manifest_problem(&img, b"not a manifest").unwrap();
+    assert!(garbage.contains("not a signature file"), "{garbage}");
+    let refused = Updater::create(other, true, false, None, Some(sig))
+        .err()
+        .unwrap();
+    assert!(refused.contains("another image"), "{refused}");
+}

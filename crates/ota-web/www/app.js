@@ -4,10 +4,17 @@
 // `document.body.dataset.state` tells where the page is (idle, updating, rebooted, confirmed,
 // failed), for people and for the headless-browser test alike.
 
-import { OtaError, availability, chooseDevice, command, inspectImage, load, update } from "./ble-ota.js";
+import { OtaError, availability, checkSignature, chooseDevice, command, inspectImage, load, update } from "./ble-ota.js";
 
 const $ = (id) => document.getElementById(id);
-const page = { device: undefined, info: undefined, image: undefined, checked: undefined, manifest: undefined };
+const page = {
+  device: undefined,
+  info: undefined,
+  image: undefined,
+  checked: undefined,
+  manifest: undefined,
+  manifestProblem: undefined,
+};
 let stopper;
 
 function setState(state) {
@@ -81,6 +88,8 @@ function whyNot() {
     why = `This image is built for ${c.chip ?? "another chip"}, the device is an ${page.info.chip}: pick the image built for it.`;
   } else if (c && page.info && c.size > page.info.max_image_size) {
     why = `The image (${kb(c.size)}) is larger than the device's update slot (${kb(page.info.max_image_size)}).`;
+  } else if (c && page.manifestProblem) {
+    why = `The signature does not fit: ${page.manifestProblem}.`;
   } else if (c && page.info?.signatures_required && !page.manifest) {
     why = "This device takes signed images only: add the image's .sig (from ble-ota sign).";
   }
@@ -107,12 +116,28 @@ async function refreshDevice() {
   showDevice();
 }
 
+/** A device that answers no INFO: the seed's firmware, which only the seed's protocol updates. */
+function showSeedDevice() {
+  page.info = undefined;
+  list($("device"), [
+    ["Name", page.device.name ?? "(no name)"],
+    ["Firmware", "answers no INFO: the seed's firmware (the C boilerplate), updated with the seed's protocol"],
+  ]);
+  $("legacy").checked = true;
+  $("options").open = true;
+}
+
 $("choose").addEventListener("click", async () => {
   clearError();
   try {
     page.device = await chooseDevice();
     say(`Connecting to ${page.device.name ?? "the device"}…`);
-    await refreshDevice();
+    try {
+      await refreshDevice();
+    } catch (e) {
+      if (e.code !== "no-answer") throw e;
+      showSeedDevice();
+    }
     say("");
     refreshStart();
   } catch (e) {
@@ -127,6 +152,7 @@ $("image").addEventListener("change", async () => {
   if (!file) return refreshStart();
   page.image = new Uint8Array(await file.arrayBuffer());
   page.checked = await inspectImage(page.image);
+  await checkManifest();
   const c = page.checked;
   list($("image-info"), [
     ["File", `${file.name}, ${kb(c.size)}`],
@@ -137,9 +163,16 @@ $("image").addEventListener("change", async () => {
   refreshStart();
 });
 
+/** Checks the chosen signature against the chosen image. */
+async function checkManifest() {
+  page.manifestProblem = page.manifest && page.image ? await checkSignature(page.image, page.manifest) : undefined;
+}
+
 $("signature").addEventListener("change", async () => {
+  clearError();
   const file = $("signature").files[0];
   page.manifest = file ? new Uint8Array(await file.arrayBuffer()) : undefined;
+  await checkManifest();
   refreshStart();
 });
 
@@ -198,6 +231,13 @@ $("start").addEventListener("click", async () => {
     bar.value = bar.max;
     window.bleOtaReport = report;
     const dropped = report.reconnects ? `, the link dropped ${report.reconnects}× and it resumed` : "";
+    if (!page.info) {
+      // The seed's firmware: it verified the image, selected it and restarts; it reports no
+      // version to check, and has nothing to confirm.
+      say(`Sent with the seed's protocol in ${report.seconds.toFixed(1)} s: the device took the image and restarts into it.`, "ok");
+      setState("rebooted");
+      return;
+    }
     say(`Sent in ${report.seconds.toFixed(1)} s${dropped}. Waiting for the device to boot it…`);
     await refreshDevice();
     const i = page.info;

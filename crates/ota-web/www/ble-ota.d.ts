@@ -6,7 +6,10 @@ export const OTA_DATA: string;
 export const MAX_RECONNECTS: number;
 
 /** An error a user can act on: the message says what happened and what to do. */
-export class OtaError extends Error {}
+export class OtaError extends Error {
+  /** "no-answer": the device answered no command (the seed's firmware answers none). */
+  code?: "no-answer";
+}
 
 /** Loads the WebAssembly core once. */
 export function load(wasmUrl?: string | URL): Promise<unknown>;
@@ -26,6 +29,9 @@ export interface ImageCheck {
 
 /** Checks an image as the device will. */
 export function inspectImage(image: Uint8Array): Promise<ImageCheck>;
+
+/** Why the signature file cannot go with the image (not a .sig, or another image's), or undefined. */
+export function checkSignature(image: Uint8Array, signature: Uint8Array): Promise<string | undefined>;
 
 /** The browser's chooser, filtered on the OTA service. Needs a user gesture. */
 export function chooseDevice(): Promise<BluetoothDevice>;

@@ -16,7 +16,7 @@
 // Works in Chrome and Edge (desktop and Android) and in Chromium on Linux with Web
 // Bluetooth enabled. Pages must be served over https or from localhost.
 
-import init, { Updater, answer, encodeCommand, inspect } from "./pkg/ota_web.js";
+import init, { Updater, answer, encodeCommand, inspect, manifestProblem } from "./pkg/ota_web.js";
 
 /** The OTA service and its characteristics (the seed's UUIDs). */
 export const OTA_SERVICE = "d6f1d96d-594c-4c53-b1c6-244a1dfde6d8";
@@ -29,11 +29,15 @@ export const MAX_RECONNECTS = 5;
 /** ATT's "unlikely error": a refused write request, whose code the browser does not tell. */
 const UNLIKELY_ERROR = 0x0e;
 
-/** An error a user can act on: `message` says what happened and what to do. */
+/**
+ * An error a user can act on: `message` says what happened and what to do. `code` is
+ * `"no-answer"` when the device did not answer a command (the seed's firmware answers none).
+ */
 export class OtaError extends Error {
-  constructor(message) {
+  constructor(message, code) {
     super(message);
     this.name = "OtaError";
+    this.code = code;
   }
 }
 
@@ -69,6 +73,16 @@ export async function availability() {
 export async function inspectImage(image) {
   await load();
   return JSON.parse(inspect(image));
+}
+
+/**
+ * Why `signature` (an `IMAGE.sig` from `ble-ota sign`) cannot go with `image`, or `undefined`:
+ * not a signature file, or one for another image. Whether the device trusts its key, the
+ * device says.
+ */
+export async function checkSignature(image, signature) {
+  await load();
+  return manifestProblem(image, signature);
 }
 
 /** Opens the browser's chooser for devices that advertise the OTA service. */
@@ -276,6 +290,11 @@ export async function update(device, image, options = {}) {
         if (!(e instanceof LinkLost)) throw e;
         lost = true;
       }
+      if (lost) {
+        // What arrived before the link went (a device restarting right after its last
+        // answer) still counts.
+        for (let n = link.take(); n; n = link.take()) updater.handleNotification(now(), n);
+      }
       drain();
       if (lost && !updater.isFinished()) {
         updater.handleDisconnected();
@@ -336,7 +355,10 @@ async function commandOnce(device, name, timeoutMs) {
       if (!a.ok) throw new OtaError(a.error);
       return a;
     }
-    throw new OtaError(`No answer to ${name} within ${timeoutMs / 1000} s: does the device's firmware speak the fast protocol?`);
+    throw new OtaError(
+      `No answer to ${name} within ${timeoutMs / 1000} s: does the device's firmware speak the fast protocol? (The seed's firmware does not: update it with the seed's protocol.)`,
+      "no-answer",
+    );
   } finally {
     link.close();
   }

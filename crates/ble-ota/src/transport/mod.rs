@@ -65,6 +65,9 @@ pub trait Progress {
     fn event(&mut self, event: &ClientEvent);
 }
 
+/// How long the driver waits, once the link dropped, for notifications still on their way.
+const TRAILING_NOTIFICATIONS: Duration = Duration::from_millis(200);
+
 /// How often the driver retries a dropped link before giving up.
 pub const MAX_RECONNECTS: u32 = 5;
 
@@ -119,6 +122,13 @@ pub async fn drive<L: Link>(
                     }
                 }
                 Err(_) => link_lost = true,
+            }
+        }
+        if link_lost {
+            // What the device sent before the link went still counts: the seed's firmware
+            // restarts right after notifying DONE_ACK, and its answer may trail the drop.
+            while let Ok(Some(n)) = link.notification(TRAILING_NOTIFICATIONS).await {
+                sender.handle_notification(now(), &n);
             }
         }
         drain(sender, progress);

@@ -110,6 +110,13 @@ pub enum ClientError {
         "link dropped during a legacy update; run it again (the fast protocol resumes instead)"
     )]
     Disconnected,
+    /// Legacy: the link dropped after the whole image and DONE went out, before the device's
+    /// answer. The seed's firmware restarts as soon as it takes an image, so the answer may
+    /// be lost with the link (trouble-host 0.8 drops ATT PDUs it has not handed over yet).
+    #[error(
+        "the link dropped after the whole image and DONE were sent, before the device's answer: the seed's firmware restarts as soon as it takes an image, so it probably runs the new one now; check it, and run again only if it still runs the old one"
+    )]
+    DroppedAfterDone,
     /// BEGIN, END or REBOOT got no answer in time.
     #[error(
         "no answer to command {opcode:#04x}: is the device running firmware with the fast protocol? (`--legacy` speaks the seed's)"
@@ -380,8 +387,10 @@ impl<'a> LegacySender<'a> {
     }
 
     fn handle_disconnected(&mut self) {
-        if !self.is_finished() {
-            self.fail(ClientError::Disconnected);
+        match self.state {
+            LegacyState::Done | LegacyState::Failed => {}
+            LegacyState::AwaitDoneAck => self.fail(ClientError::DroppedAfterDone),
+            _ => self.fail(ClientError::Disconnected),
         }
     }
 
