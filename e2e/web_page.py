@@ -22,22 +22,44 @@ import sys
 from playwright.sync_api import Page, sync_playwright
 
 
-def update_with(page: Page, image: str, screenshot: str | None = None) -> dict:
-    """Picks `image`, presses Update, waits for the reboot, presses Confirm."""
+def wait_for_progress(page: Page, fraction: float) -> None:
+    """Waits until the bar reaches `fraction`, or the update ended."""
+    page.wait_for_function(
+        """(fraction) => {
+            const bar = document.getElementById('bar');
+            return bar.value / bar.max >= fraction || document.body.dataset.state !== 'updating';
+        }""",
+        arg=fraction,
+        timeout=120_000,
+        polling=20,
+    )
+
+
+def update_with(
+    page: Page, image: str, screenshot: str | None = None, stop_at: float | None = None
+) -> dict:
+    """Picks `image`, presses Update (with `stop_at`, Stop at that fraction and Update again),
+    waits for the reboot, presses Confirm."""
     page.set_input_files("#image", image)
     page.wait_for_function("() => !document.getElementById('start').disabled", timeout=10_000)
     page.click("#start")
     step: dict = {}
+    if stop_at is not None:
+        wait_for_progress(page, stop_at)
+        page.click("#stop")
+        page.wait_for_function("() => document.body.dataset.state === 'failed'", timeout=30_000)
+        step["stopped"] = page.inner_text("#error")
+        page.click("#start")
+        page.wait_for_function(
+            """() => document.getElementById('status').innerText.startsWith('Resuming')
+                || document.body.dataset.state !== 'updating'""",
+            timeout=30_000,
+            polling=10,
+        )
+        step["restarted"] = page.inner_text("#status")
     if screenshot:
         # Mid-update, once past 40%: what the README shows.
-        page.wait_for_function(
-            """() => {
-                const bar = document.getElementById('bar');
-                return bar.value / bar.max >= 0.4 || document.body.dataset.state !== 'updating';
-            }""",
-            timeout=120_000,
-            polling=20,
-        )
+        wait_for_progress(page, 0.4)
         page.screenshot(path=screenshot, full_page=True)
         step["screenshot_at"] = page.inner_text("#figures")
     page.wait_for_function(
@@ -113,7 +135,7 @@ def run(args: argparse.Namespace, page: Page, out: dict) -> None:
         page.set_input_files("#signature", args.sig)
 
     if args.fast:
-        out["fast"] = update_with(page, args.fast, args.screenshot)
+        out["fast"] = update_with(page, args.fast, args.screenshot, args.stop_at)
     if args.legacy:
         page.evaluate("document.getElementById('options').open = true")
         page.check("#legacy")
@@ -131,6 +153,9 @@ def main() -> int:
     parser.add_argument("--legacy", help="then an image to send with the seed's protocol")
     parser.add_argument("--legacy-mtu", type=int, default=23)
     parser.add_argument("--screenshot")
+    parser.add_argument(
+        "--stop-at", type=float, help="press Stop at this fraction of the fast update, then Update"
+    )
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     args = parser.parse_args()
     out: dict = {}

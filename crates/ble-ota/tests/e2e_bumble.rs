@@ -1452,7 +1452,7 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
             ("--sig", &d.join("app.bin.sig")),
             ("--wrong-sig", &d.join("other.bin.sig")),
         ],
-        &[],
+        &["--stop-at", "0.3"],
     );
     let device_text = page["device"].as_str().unwrap();
     assert!(device_text.contains("signed images only"), "{device_text}");
@@ -1469,6 +1469,15 @@ fn the_web_page_sends_a_signed_image_over_a_small_mtu_reading_a_cut_info_whole()
     let refusal = page["wrong_sig"]["error"].as_str().unwrap();
     assert!(refusal.contains("belongs to another image"), "{refusal}");
     let f = &page["fast"];
+    // Stop on the page, then Update again: it resumes where the device stopped.
+    assert!(
+        f["stopped"].as_str().unwrap().starts_with("Stopped"),
+        "{f:#}"
+    );
+    assert!(
+        f["restarted"].as_str().unwrap().starts_with("Resuming at"),
+        "{f:#}"
+    );
     assert_eq!(f["state"], "rebooted", "{page:#}");
     assert_eq!(f["report"]["signed"], true, "{f:#}");
     assert!(f["status"].as_str().unwrap().contains("on trial"), "{f:#}");

@@ -63,7 +63,8 @@ export async function availability() {
       why: "This browser has no Web Bluetooth. Use Chrome or Edge on a desktop or Android (on Linux, start Chromium with --enable-features=WebBluetooth), or the ble-ota command line.",
     };
   }
-  if (!(await navigator.bluetooth.getAvailability())) {
+  // Not every Web Bluetooth implementation has getAvailability; without it, try anyway.
+  if (navigator.bluetooth.getAvailability && !(await navigator.bluetooth.getAvailability())) {
     return { ok: false, why: "No Bluetooth adapter is available: turn Bluetooth on and reload." };
   }
   return { ok: true };
@@ -270,12 +271,16 @@ export async function update(device, image, options = {}) {
   };
   try {
     await link.open();
-    while (!updater.isFinished()) {
+    const stopped = () => {
       if (signal?.aborted) throw new OtaError("Stopped. Start again to resume where it stopped.");
+    };
+    while (!updater.isFinished()) {
+      stopped();
       let lost = false;
       try {
         // Write while the updater allows (a window of write commands, or one request).
         for (let w = updater.pollTransmit(now()); w; w = updater.pollTransmit(now())) {
+          stopped();
           const refused = await link.write(w.characteristic, w.bytes, w.withResponse);
           if (w.withResponse) updater.handleWriteResult(now(), refused);
           for (let n = link.take(); n; n = link.take()) updater.handleNotification(now(), n);
