@@ -3,11 +3,12 @@
 //! - `cargo xtask test`: everything CI checks (installs what it needs first): the firmware,
 //!   every test (unit, property, vectors, CLI, end to end on Bumble), the fuzz targets' build,
 //!   fmt and clippy (the firmware's too).
-//! - `cargo xtask setup`: only the installs (Rust targets, the Python venv with Bumble and esptool).
+//! - `cargo xtask setup`: only the installs (Rust targets, rustfmt and clippy, the Python venv
+//!   with Bumble, esptool and Playwright, Debian's dbus-daemon and chromium when missing).
 //! - `cargo xtask bench`: the benchmarks; writes BENCHMARKS.md (see `crates/ota-bench`).
 //! - `cargo xtask fuzz`: long fuzz runs (the bounded one is part of `test`).
-//! - `cargo xtask web`: the browser's client core, built, bound and run in Node.js (also part
-//!   of `test`).
+//! - `cargo xtask web`: the web updater: its wasm core built, bound and run in Node.js, and the
+//!   page put together in target/web/site (also part of `test`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,8 +42,8 @@ enum Task {
         #[arg(long)]
         firmware: Option<PathBuf>,
     },
-    /// Build the browser's client core (crates/ota-web) for wasm, bind it with wasm-bindgen
-    /// (target/web/node) and run it in Node.js.
+    /// Build the web updater: its core (crates/ota-web) for wasm, bound with wasm-bindgen and
+    /// run in Node.js (target/web/node), and the page in target/web/site (`ble-ota web`).
     Web,
     /// Fuzz long: the targets' bodies (crates/ota-fuzz) on seeded random inputs, on stable
     /// Rust; with --libfuzzer, coverage-guided with cargo-fuzz on a nightly toolchain.
@@ -179,8 +180,8 @@ fn setup() -> Result<PathBuf> {
 }
 
 /// Installs Debian's `package` when `tool` is missing (the BlueZ stand-in's private bus needs
-/// dbus-daemon, the browser client's bindings run in Node.js); fails with what to do when it
-/// cannot.
+/// dbus-daemon, the web updater's bindings run in Node.js and its page in Chromium); fails
+/// with what to do when it cannot.
 fn install_debian_tool(tool: &str, package: &str) -> Result<()> {
     if Command::new(tool).arg("--version").output().is_ok() {
         return Ok(());
@@ -265,8 +266,9 @@ fn test() -> Result<()> {
 }
 
 /// Builds `crates/ota-web` for the browser, generates its JavaScript bindings with
-/// wasm-bindgen (the CLI of the version Cargo.lock pins, installed under `target/tools`), and
-/// runs them in Node.js (`crates/ota-web/js/node_smoke.mjs`).
+/// wasm-bindgen (the CLI of the version Cargo.lock pins, installed under `target/tools`),
+/// puts the page together in [`web_site`] (`crates/ota-web/www` beside the bindings for
+/// browsers), and runs the Node.js bindings (`crates/ota-web/js/node_smoke.mjs`).
 fn web_bindings() -> Result<()> {
     run(cargo()
         .args([

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant as WallInstant};
 
 use anyhow::{Context, Result};
-use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::client::{ClientEvent, Sender, SenderConfig};
 use ota_core::device::{ClientId, DeviceConfig, Event, Input, PreErase, Shell, UpdateEngine};
 use ota_core::manifest::MANIFEST_LEN;
 use ota_core::protocol::Characteristic;
@@ -178,20 +178,9 @@ impl<'a> SendPlan<'a> {
     where
         'a: 's,
     {
-        use crate::cmd::flash::cannot_send;
-        if self.legacy {
-            return Ok(Sender::Legacy(
-                LegacySender::new(image, legacy_mtu).map_err(cannot_send)?,
-            ));
-        }
-        let mut fast = FastSender::new(image, config).map_err(cannot_send)?;
-        if let Some(stream) = stream {
-            fast = fast.with_stream(stream).map_err(cannot_send)?;
-        }
-        if let Some(m) = self.manifest {
-            fast = fast.with_manifest(m);
-        }
-        Ok(Sender::Fast(fast))
+        let legacy_mtu = self.legacy.then_some(legacy_mtu);
+        Sender::new(image, legacy_mtu, config, stream, self.manifest)
+            .map_err(crate::cmd::flash::cannot_send)
     }
 }
 

@@ -177,6 +177,12 @@ impl SignedManifest {
         out
     }
 
+    /// Whether it describes `image` (size, SHA-256, chip and versions), so a client can tell a
+    /// stale `.sig` before a device refuses it.
+    pub fn is_for(&self, image: &[u8]) -> bool {
+        Manifest::for_image(image).is_ok_and(|m| m == self.manifest)
+    }
+
     /// Decodes one, without verifying it.
     pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
         let b: &[u8; MANIFEST_LEN] = bytes

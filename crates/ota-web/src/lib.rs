@@ -18,13 +18,11 @@
 //! Built for `wasm32-unknown-unknown` with wasm-bindgen; the same code compiles and is tested
 //! natively.
 
-use ota_core::client::{ClientEvent, FastSender, LegacySender, Sender, SenderConfig};
+use ota_core::client::{ClientEvent, Sender, SenderConfig};
 use ota_core::esp::{Chip, ImageValidator};
-use ota_core::manifest::{MANIFEST_LEN, Manifest, SignedManifest};
+use ota_core::manifest::{MANIFEST_LEN, SignedManifest};
 use ota_core::protocol::Characteristic;
-use ota_core::protocol::fast::{
-    Command, Info, Response, SLOT_FACTORY, SLOT_OTHER, features, is_cut_info,
-};
+use ota_core::protocol::fast::{Command, Info, Response, SlotName, features, is_cut_info};
 use ota_core::time::Instant;
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -81,7 +79,7 @@ fn manifest_problem_of(image: &[u8], manifest: &[u8]) -> Option<String> {
             ));
         }
     };
-    if Manifest::for_image(image).ok() != Some(signed.manifest) {
+    if !signed.is_for(image) {
         return Some(
             "this .sig belongs to another image (size, SHA-256, chip or versions differ): sign this one (ble-ota sign IMAGE --key NAME.key)".into(),
         );
@@ -184,23 +182,19 @@ impl Updater {
             manifest,
         };
         let session = Session::try_new(payload, |p| -> Result<Sender<'_>, String> {
-            let err = |e: ota_core::client::ClientError| e.to_string();
-            if legacy {
-                let sender = LegacySender::new(&p.image, att_mtu.unwrap_or(23)).map_err(err)?;
-                return Ok(Sender::Legacy(sender));
-            }
             let config = SenderConfig {
                 att_mtu,
                 ..SenderConfig::default()
             };
-            let mut fast = FastSender::new(&p.image, config).map_err(err)?;
-            if let Some(stream) = &p.stream {
-                fast = fast.with_stream(stream).map_err(err)?;
-            }
-            if let Some(m) = &p.manifest {
-                fast = fast.with_manifest(m);
-            }
-            Ok(Sender::Fast(fast))
+            let legacy_mtu = legacy.then(|| att_mtu.unwrap_or(23));
+            Sender::new(
+                &p.image,
+                legacy_mtu,
+                config,
+                p.stream.as_deref(),
+                p.manifest.as_ref(),
+            )
+            .map_err(|e| e.to_string())
         })?;
         Ok(Updater { session })
     }
@@ -379,27 +373,19 @@ pub fn answer_json(name: &str, value: &[u8]) -> Result<String, String> {
     Ok(out.to_string())
 }
 
-fn slot_name(n: u8) -> String {
-    match n {
-        SLOT_FACTORY => "factory".into(),
-        SLOT_OTHER => "other".into(),
-        n => format!("ota_{n}"),
-    }
-}
-
 /// INFO with the field names of `ble-ota info --json`.
 fn info_json(i: &Info) -> serde_json::Value {
     let running_state = i.slots.iter().find(|s| s.running).map(|s| s.state.name());
     json!({
         "protocol_version": i.protocol_version,
         "chip": Chip::from_id(i.chip_id).map(|c| c.name()),
-        "running": slot_name(i.running_slot),
+        "running": SlotName(i.running_slot).to_string(),
         "running_state": running_state,
         "app_name": i.app_name.as_str(),
         "app_version": i.app_version.as_str(),
         "max_image_size": i.max_image_size,
         "slots": i.slots.iter().map(|s| json!({
-            "slot": slot_name(s.slot),
+            "slot": SlotName(s.slot).to_string(),
             "state": s.state.name(),
             "running": s.running,
             "boots_next": s.boot,

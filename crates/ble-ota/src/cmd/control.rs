@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ota_core::esp::Chip;
-use ota_core::protocol::fast::{Command, Info, Response, SLOT_FACTORY, SLOT_OTHER, features};
+use ota_core::protocol::fast::{Command, Info, Response, SlotName, features};
 use serde::Serialize;
 
 use crate::cmd::sim::print_boot;
@@ -55,14 +55,6 @@ fn refusal(r: Response) -> anyhow::Error {
     }
 }
 
-fn slot_name(n: u8) -> String {
-    match n {
-        SLOT_FACTORY => "factory".into(),
-        SLOT_OTHER => "other".into(),
-        n => format!("ota_{n}"),
-    }
-}
-
 /// INFO as JSON.
 #[derive(Debug, Serialize)]
 struct InfoView {
@@ -107,7 +99,7 @@ fn view(i: &Info) -> InfoView {
         chip: Chip::from_id(i.chip_id)
             .map(|c| c.name().to_string())
             .unwrap_or_else(|| format!("id {}", i.chip_id)),
-        running: slot_name(i.running_slot),
+        running: SlotName(i.running_slot).to_string(),
         app_name: i.app_name.to_string(),
         app_version: i.app_version.to_string(),
         max_image_size: i.max_image_size,
@@ -117,7 +109,7 @@ fn view(i: &Info) -> InfoView {
             .slots
             .iter()
             .map(|s| SlotView {
-                slot: slot_name(s.slot),
+                slot: SlotName(s.slot).to_string(),
                 state: s.state.name(),
                 running: s.running,
                 boots_next: s.boot,

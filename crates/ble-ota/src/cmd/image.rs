@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use ota_core::esp::Chip;
 use ota_core::esp::image::{ImageInfo, ImageValidator, Rev, Segment};
-use ota_core::manifest::Manifest;
 use serde::Serialize;
 
 use crate::cmd::sign::ManifestView;
@@ -154,7 +153,7 @@ fn check_manifest(
     }
     let signed = crate::keys::read_manifest(&path)?;
     let mut view = ManifestView::new(&signed);
-    let matches = Manifest::for_image(image).ok() == Some(signed.manifest);
+    let matches = signed.is_for(image);
     view.matches_image = Some(matches);
     if !matches {
         report.problems.push(format!(

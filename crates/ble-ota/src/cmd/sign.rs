@@ -156,7 +156,7 @@ pub fn manifest_for(
                 return Ok(None);
             }
             let signed = keys::read_manifest(&path)?;
-            if Manifest::for_image(image).ok() != Some(signed.manifest) {
+            if !signed.is_for(image) {
                 return Err(CliError::new(
                     ExitCode::InvalidImage,
                     format!(

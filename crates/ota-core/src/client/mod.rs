@@ -191,6 +191,29 @@ macro_rules! delegate {
 }
 
 impl<'a> Sender<'a> {
+    /// The sender for `image`: the seed's protocol in packets for `legacy_mtu` when given, else
+    /// the fast protocol with `config`, offering the compressed `stream` and sending the signed
+    /// `manifest` when given (the seed's protocol carries neither).
+    pub fn new(
+        image: &'a [u8],
+        legacy_mtu: Option<u16>,
+        config: SenderConfig,
+        stream: Option<&'a [u8]>,
+        manifest: Option<&'a [u8; MANIFEST_LEN]>,
+    ) -> Result<Self, ClientError> {
+        if let Some(mtu) = legacy_mtu {
+            return Ok(Sender::Legacy(LegacySender::new(image, mtu)?));
+        }
+        let mut fast = FastSender::new(image, config)?;
+        if let Some(stream) = stream {
+            fast = fast.with_stream(stream)?;
+        }
+        if let Some(m) = manifest {
+            fast = fast.with_manifest(m);
+        }
+        Ok(Sender::Fast(fast))
+    }
+
     /// Returns the next write to perform.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         delegate!(self, s => s.poll_transmit(now, buf))

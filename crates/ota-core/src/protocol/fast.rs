@@ -335,6 +335,20 @@ pub const SLOT_FACTORY: u8 = 0xFF;
 /// Slot number INFO uses for an app partition that is neither factory nor OTA.
 pub const SLOT_OTHER: u8 = 0xFE;
 
+/// A slot number of INFO as people name it: `factory`, `other` or `ota_N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotName(pub u8);
+
+impl core::fmt::Display for SlotName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            SLOT_FACTORY => f.write_str("factory"),
+            SLOT_OTHER => f.write_str("other"),
+            n => write!(f, "ota_{n}"),
+        }
+    }
+}
+
 /// A slot's otadata state, compressed to one byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
