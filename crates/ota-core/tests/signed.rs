@@ -422,3 +422,46 @@ fn one_central_cannot_overwrite_another_centrals_manifest() {
         "{answers:?}"
     );
 }
+
+#[test]
+fn begin_after_part_of_a_manifest_is_refused_as_unsigned_before_any_write() {
+    let mut dev = signed_device();
+    let before = dev.flash.to_vec();
+    let img = build_image(Chip::Esp32c3, "app", "2.0.0", 20_000, 9);
+    let manifest = sign(&img, &DEVICE_SECRET);
+    let mut engine = dev.engine();
+    let mut flash = MemFlash::new(&mut dev.flash);
+    let c = ClientId(1);
+    engine.handle_connected(c);
+    engine.handle_mtu(c, MTU);
+    let now = Instant(0);
+    let mut buf = [0u8; 300];
+    let n = fast::encode_manifest_part(0, &manifest[..100], &mut buf).unwrap();
+    engine.handle_control_write(&mut flash, c, &buf[..n], now);
+    let mut note = [0u8; 600];
+    engine.poll_notification(&mut note).unwrap();
+    // BEGIN with the signed flag, the manifest's last 52 bytes never sent.
+    let mut cmd = [0u8; 64];
+    let n = fast::Command::Begin {
+        size: img.len() as u32,
+        sha256: <sha2::Sha256 as sha2::Digest>::digest(&img).into(),
+        flags: fast::begin_flags::SIGNED_MANIFEST,
+        stream: None,
+    }
+    .encode(&mut cmd)
+    .unwrap();
+    engine.handle_control_write(&mut flash, c, &cmd[..n], now);
+    let (_, len) = engine.poll_notification(&mut note).unwrap();
+    assert!(
+        matches!(
+            Response::decode(&note[..len]).unwrap(),
+            Response::Error {
+                reason: Reason::SignatureRequired,
+                ..
+            }
+        ),
+        "a part of a manifest is no manifest"
+    );
+    drop(flash);
+    assert!(dev.flash.to_vec() == before, "no byte of flash changed");
+}

@@ -72,7 +72,8 @@ pub fn wire(data: &[u8]) {
     }
     let _ = decode_chunk(data);
     if let Ok((offset, part)) = decode_manifest_part(data) {
-        let mut out = [0u8; 600];
+        // As long as the input: a part may be any length (libFuzzer's inputs too).
+        let mut out = vec![0u8; data.len()];
         let n = ota_core::protocol::fast::encode_manifest_part(offset, part, &mut out)
             .expect("a decoded part fits");
         assert_eq!(&out[..n], data);

@@ -31,7 +31,9 @@
 //! that overruns the window anyway loses chunks in trouble-host's queue; the engine sees the
 //! gap and asks for the rest again (REWIND). Each of the [`CONNECTIONS`] has its own queue, but
 //! the pool is one: a second central that floods writes while another updates can take its
-//! packets, which costs the updater REWINDs (time), never bytes.
+//! packets. Data chunks lost that way cost the updater REWINDs (time), never bytes; a command
+//! (BEGIN, END) dropped that way goes unanswered: the updater gives up after its answer
+//! timeout, and run again it resumes.
 //!
 //! Every flash command stops the BLE controller (esp-storage masks interrupts around it), so
 //! [`run`] erases the next update slot only while no central is connected, one sector at a time
@@ -222,8 +224,10 @@ pub enum Note {
     Advertising,
     /// A central connected.
     Connected {
-        /// The engine's id of it (the connection handle).
+        /// The engine's id of it, one per connection.
         client: ClientId,
+        /// Its HCI connection handle.
+        handle: u16,
         /// Its address, least significant byte first.
         peer: [u8; 6],
     },
@@ -393,6 +397,9 @@ struct Shared<'a, F, H: Sha256Hasher> {
     trial_wake: Signal<NoopRawMutex, ()>,
     /// Centrals connected: no idle pre-erase while any is.
     connected: Cell<u8>,
+    /// The next connection's [`ClientId`]: one per connection, never its HCI handle, which a
+    /// controller may hand a new central while the last one's slot still drains its queue.
+    next_client: Cell<u16>,
     /// What each connection must send or do: the engine may answer one client while serving
     /// another's input (a tick's ACK for the session owner, an idle client to drop).
     mailboxes: [Mailbox; CONNECTIONS],
@@ -475,6 +482,17 @@ impl<F: NorFlash, H: Sha256Hasher> Shell for GattShell<'_, '_, F, H> {
 }
 
 impl<F: NorFlash, H: Sha256Hasher> Shared<'_, F, H> {
+    /// A [`ClientId`] no slot holds (0 is the engine's own, for INFO at start).
+    fn new_client(&self) -> ClientId {
+        loop {
+            let id = self.next_client.get();
+            self.next_client.set(id.checked_add(1).unwrap_or(1));
+            if self.mailbox(ClientId(id)).is_none() {
+                return ClientId(id);
+            }
+        }
+    }
+
     /// Returns the mailbox of `client`'s connection.
     fn mailbox(&self, client: ClientId) -> Option<&Mailbox> {
         self.mailboxes
@@ -556,6 +574,7 @@ where
         busy: [const { Signal::new() }; CONNECTIONS],
         trial_wake: Signal::new(),
         connected: Cell::new(0),
+        next_client: Cell::new(1),
         mailboxes: [const { Mailbox::new() }; CONNECTIONS],
         slot_free: Signal::new(),
         idle_wake: Signal::new(),
@@ -713,11 +732,12 @@ where
             let mailbox = &shared.mailboxes[index];
             loop {
                 let conn = incoming.receive().await;
-                let client = ClientId(conn.raw().handle().raw());
+                let client = shared.new_client();
                 mailbox.client.set(Some(client));
                 let served = serve(
                     stack,
                     &conn,
+                    client,
                     server,
                     control,
                     data_handle,
@@ -910,6 +930,7 @@ async fn supervise_trial<F: NorFlash, H: Sha256Hasher>(
 async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
     stack: &Stack<'_, C, OtaPacketPool>,
     conn: &GattConnection<'s, 'v, OtaPacketPool>,
+    client: ClientId,
     server: &AttributeServer<'_, NoopRawMutex, OtaPacketPool, ATT_TABLE_SIZE, CONNECTIONS>,
     control: &Characteristic<heapless09::Vec<u8, MAX_VALUE_LEN>>,
     data_handle: u16,
@@ -920,12 +941,12 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
     let mailbox = &shared.mailboxes[index];
     let busy = &shared.busy[index];
     let observer = &shared.observer;
-    let client = ClientId(conn.raw().handle().raw());
     let peer = conn.raw().peer_address();
     note(
         observer,
         Note::Connected {
             client,
+            handle: conn.raw().handle().raw(),
             peer: peer.addr.into_inner(),
         },
     );
@@ -1192,8 +1213,8 @@ async fn serve<'s, 'v, C: OtaController, F: NorFlash, H: Sha256Hasher>(
             }
             if mailbox.drop_link.replace(false) {
                 // An idle central holds one of the device's connections; with every one
-                // held, nobody else can get in: drop it.
-                // while it does: drop it (its session, if any, stays resumable).
+                // held, nobody else can get in: drop it (its session, if any, stays
+                // resumable).
                 note(observer, Note::DroppedIdle);
                 conn.raw().disconnect();
             }

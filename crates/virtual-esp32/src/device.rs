@@ -444,14 +444,18 @@ impl VirtualEsp32 {
                 t => Some(parse_chip_revision(t).ok_or_else(bad)?),
             };
         }
-        if let Some(path) = dev.trusted_keys_path()
-            && let Ok(text) = std::fs::read_to_string(&path)
-        {
-            dev.trusted_keys =
-                parse_trusted_keys(&text).map_err(|why| DeviceError::BadTrustedKeysFile {
-                    path: path.display().to_string(),
-                    why,
-                })?;
+        if let Some(path) = dev.trusted_keys_path() {
+            let bad = |why: String| DeviceError::BadTrustedKeysFile {
+                path: path.display().to_string(),
+                why,
+            };
+            // No file: the device trusts no key. One that cannot be read is an error, never a
+            // device that quietly takes unsigned images.
+            match std::fs::read_to_string(&path) {
+                Ok(text) => dev.trusted_keys = parse_trusted_keys(&text).map_err(bad)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(bad(format!("cannot read it: {e}"))),
+            }
         }
         Ok(dev)
     }

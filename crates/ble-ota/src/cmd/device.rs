@@ -105,14 +105,18 @@ fn phy_name(p: Phy) -> &'static str {
 fn report(json_out: bool, n: Note) {
     let (v, t) = match n {
         Note::Advertising => (json!({"event": "advertising"}), "advertising".into()),
-        Note::Connected { client, peer } => {
+        Note::Connected {
+            client,
+            handle,
+            peer,
+        } => {
             let addr = format!(
                 "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}",
                 peer[5], peer[4], peer[3], peer[2], peer[1], peer[0]
             );
             (
-                json!({"event": "connected", "handle": client.0, "peer": addr}),
-                format!("connected: {addr} (handle {})", client.0),
+                json!({"event": "connected", "client": client.0, "handle": handle, "peer": addr}),
+                format!("connected: {addr} (handle {handle}, client {})", client.0),
             )
         }
         Note::Mtu(m) => (json!({"event": "mtu", "mtu": m}), format!("ATT MTU {m}")),

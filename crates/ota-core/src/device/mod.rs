@@ -1338,7 +1338,10 @@ impl<H: Sha256Hasher> UpdateEngine<H> {
         }
         let upload = self.manifests.iter().find(|m| m.client == Some(client));
         let bytes = match upload {
-            Some(m) if flags & begin_flags::SIGNED_MANIFEST != 0 => &m.bytes[..m.len],
+            // Only a whole manifest counts: a part of one is no manifest (as the docs say).
+            Some(m) if flags & begin_flags::SIGNED_MANIFEST != 0 && m.len == MANIFEST_LEN => {
+                &m.bytes[..]
+            }
             _ => return Err(Reason::SignatureRequired),
         };
         let signed = SignedManifest::decode(bytes).map_err(|_| Reason::BadSignature)?;
