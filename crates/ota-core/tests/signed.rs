@@ -462,6 +462,5 @@ fn begin_after_part_of_a_manifest_is_refused_as_unsigned_before_any_write() {
         ),
         "a part of a manifest is no manifest"
     );
-    drop(flash);
     assert!(dev.flash.to_vec() == before, "no byte of flash changed");
 }
