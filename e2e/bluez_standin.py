@@ -8,26 +8,37 @@ by `ble-ota device`, the bytes crossing ota-gatt and trouble-host as they would 
     DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/bus python e2e/bluez_standin.py --hci tcp-client:127.0.0.1:PORT
     DBUS_SYSTEM_BUS_ADDRESS=unix:path=/tmp/bus ble-ota flash app.bin
 
-It implements what btleplug 0.13 (bluez-async 0.9) calls, the way BlueZ answers (a read of a
-characteristic also signals a change of its Value, as BlueZ does): ObjectManager on "/", one adapter
-`/org/bluez/hci0` (Adapter1: Powered, SetDiscoveryFilter with UUIDs, Start/StopDiscovery),
-devices (Device1: Connect, Disconnect, the properties it parses), and for a connected device
-its GATT services, characteristics and descriptors (GattCharacteristic1: ReadValue,
-WriteValue with type request or command, StartNotify/StopNotify, notifications as
-PropertiesChanged of Value; GattDescriptor1: ReadValue). A refused write request is
-org.bluez.Error.Failed "Operation failed with ATT error: 0xNN", as BlueZ words it.
+It implements what btleplug 0.13 (bluez-async 0.9) and Chromium's Web Bluetooth call, the way
+BlueZ answers: ObjectManager on "/" (GetManagedObjects, InterfacesAdded, InterfacesRemoved),
+one adapter `/org/bluez/hci0` (Adapter1: Powered, SetDiscoveryFilter with UUIDs,
+Start/StopDiscovery), devices (Device1: Connect, signalling Connected first and
+ServicesResolved once the GATT objects are announced; Disconnect; the properties they parse),
+and for a connected device its GATT services, characteristics and descriptors
+(GattCharacteristic1: ReadValue, which also signals a change of Value as BlueZ does;
+WriteValue with type request or command, a command answered once queued; StartNotify, refused
+with NotSupported without notify or indicate, and StopNotify; notifications as
+PropertiesChanged of Value; a second read or write request while one is under way refused
+with InProgress; GattDescriptor1: ReadValue). A refused request is org.bluez.Error.Failed
+"Operation failed with ATT error: 0xNN", and one the link's end cancelled "Not connected".
 
-Chromium's Web Bluetooth needs the GATT objects announced (InterfacesAdded) and removed with
-the link (InterfacesRemoved, as BlueZ does for a device it has not bonded with); it fires a
-value change for its own reads, which a page must tell from notifications. `--drop-at N,M`
-drops the link at the Nth write command, as a radio losing it would; `--mtu` asks for a smaller
-ATT MTU than BlueZ's 517. Prints a JSON line for each characteristic read.
+Chromium needs the GATT objects announced (InterfacesAdded), and fires a value change for
+its own reads, which a page must tell from notifications. `--drop-at N,M` ends the link at the
+Nth write command (counted over the run), taking the write and never sending it; it ends as a
+clean disconnect (0x13), not the supervision timeout (0x08) of a radio that lost it. `--mtu`
+asks for a smaller ATT MTU than BlueZ's 517. Prints a JSON line for each characteristic read.
 
-Left out: pairing and agents (Chromium's UnregisterAgent at exit gets UnknownMethod), bonding
-and the GATT cache, LE privacy, connection parameters, AcquireWrite and AcquireNotify
-(file-descriptor based writes and notifications), several adapters, and BR/EDR. ATT errors are
-all org.bluez.Error.Failed with the code in the message (BlueZ maps a few codes to NotPermitted
-or NotAuthorized). Prints {"ready": true} once it owns the name.
+Where it differs from BlueZ, or leaves out:
+- The GATT objects go with the link and are discovered afresh at each connection, as with
+  BlueZ's `Cache = no`. BlueZ's default (`Cache = always`) keeps them across connections, so a
+  client may meet a device whose table changed (new firmware) with the old handles; that case
+  is not modelled.
+- Pairing and agents (Chromium's UnregisterAgent at exit gets UnknownMethod), bonding, LE
+  privacy, connection parameters, AcquireWrite and AcquireNotify (file-descriptor based writes
+  and notifications), several adapters, and BR/EDR.
+- Every ATT error is org.bluez.Error.Failed; BlueZ names a few otherwise (NotPermitted,
+  NotAuthorized, InvalidArguments, NotSupported).
+
+Prints {"ready": true} once it owns the name, and fails if something else owns it.
 """
 
 from __future__ import annotations
@@ -44,10 +55,11 @@ from bumble.core import AdvertisingData
 from bumble.device import Advertisement, Device, Peer
 from bumble.gatt import Characteristic
 from bumble.transport import open_transport
-from dbus_fast import BusType, PropertyAccess, Variant
+from dbus_fast import BusType, PropertyAccess, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+from ota_scan import host
 
 ADAPTER = "/org/bluez/hci0"
 ADAPTER_ADDRESS = "00:1B:DC:F0:0D:01"
@@ -247,12 +259,7 @@ class Device1(ServiceInterface):
 
     @method()
     async def Disconnect(self):
-        if self.connection is not None:
-            try:
-                await asyncio.wait_for(self.connection.disconnect(), 5)
-            except Exception:  # already gone
-                pass
-        self.standin.disconnected(self)
+        await self.standin.drop(self)
 
 
 class GattService1(ServiceInterface):
@@ -294,6 +301,8 @@ class GattCharacteristic1(ServiceInterface):
         super().__init__("org.bluez.GattCharacteristic1")
         self.characteristic = characteristic
         self.device = device
+        # A read or a write request under way (BlueZ's read_op and write_op).
+        self.reading = self.writing = False
         p = characteristic.properties
         flags = []
         for bit, name in (
@@ -339,10 +348,16 @@ class GattCharacteristic1(ServiceInterface):
 
     @method()
     async def ReadValue(self, options: "a{sv}") -> "ay":
+        # As BlueZ: one read at a time per characteristic, a second one is refused.
+        if self.reading:
+            raise DBusError("org.bluez.Error.InProgress", "In Progress")
+        self.reading = True
         try:
             value = bytes(await self.characteristic.read_value())
         except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
+        finally:
+            self.reading = False
         print(json.dumps({"read": self._UUID, "len": len(value)}), flush=True)
         # BlueZ caches what it read in Value and signals the change, as it does for a
         # notification: a client sees its read come back as a value change too.
@@ -359,31 +374,48 @@ class GattCharacteristic1(ServiceInterface):
             # command (it answers those once queued), but it never leaves.
             if await self.device.standin.count_data_write(self.device):
                 return
+        if not with_response:
+            try:
+                await self.characteristic.write_value(bytes(value), with_response=False)
+            except (Exception, asyncio.CancelledError) as error:
+                raise att_failure(error)
+            return
+        # As BlueZ: one write request at a time per characteristic, a second one is refused.
+        if self.writing:
+            raise DBusError("org.bluez.Error.InProgress", "In Progress")
+        self.writing = True
         try:
-            await self.characteristic.write_value(bytes(value), with_response=with_response)
+            await self.characteristic.write_value(bytes(value), with_response=True)
         except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
+        finally:
+            self.writing = False
 
     @method()
     async def StartNotify(self):
         if self._Notifying:
             return
-
-        def on_value(value) -> None:
-            self._Value = bytes(value)
-            self.emit_properties_changed({"Value": self._Value})
-
+        if "notify" not in self._Flags and "indicate" not in self._Flags:
+            raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
         try:
-            await self.characteristic.subscribe(on_value)
+            await self.characteristic.subscribe(self.on_value)
         except (Exception, asyncio.CancelledError) as error:
             raise att_failure(error)
         self._Notifying = True
         self.emit_properties_changed({"Notifying": True})
 
+    def on_value(self, value) -> None:
+        self._Value = bytes(value)
+        self.emit_properties_changed({"Value": self._Value})
+
     @method()
     async def StopNotify(self):
         if not self._Notifying:
             raise DBusError("org.bluez.Error.Failed", "No notify session started")
+        try:
+            await self.characteristic.unsubscribe(self.on_value)
+        except (Exception, asyncio.CancelledError) as error:
+            raise att_failure(error)
         self._Notifying = False
         self.emit_properties_changed({"Notifying": False})
 
@@ -503,15 +535,30 @@ class Standin:
     async def connect(self, dev: Device1) -> None:
         try:
             connection = await asyncio.wait_for(self.host.connect(dev.address), 20)
-        except Exception as error:
-            raise DBusError("org.bluez.Error.Failed", f"connection failed: {error}")
+        except asyncio.TimeoutError:
+            raise DBusError(
+                "org.bluez.Error.Failed", "no connection within 20 s: is the device advertising?"
+            )
+        except (Exception, asyncio.CancelledError) as error:
+            raise DBusError("org.bluez.Error.Failed", f"connection failed: {error!r}")
         dev.connection = connection
-        connection.on("disconnection", lambda _reason: self.disconnected(dev))
-        peer = Peer(connection)
-        # BlueZ asks for the largest MTU at once (`--mtu` stands in for a stack that asks for
-        # less); the device grants what it takes.
-        mtu = await peer.request_mtu(self.mtu)
-        await peer.discover_all()
+        # Only this connection's end counts (a late event of an older one must not end it).
+        connection.on(
+            "disconnection",
+            lambda _reason: dev.connection is connection and self.disconnected(dev),
+        )
+        # As BlueZ: Connected first, the GATT objects as discovered, then ServicesResolved.
+        dev._Connected = True
+        dev.emit_properties_changed({"Connected": True})
+        try:
+            peer = Peer(connection)
+            # BlueZ asks for the largest MTU at once (`--mtu` stands in for a stack that asks
+            # for less); the device grants what it takes.
+            mtu = await peer.request_mtu(self.mtu)
+            await peer.discover_all()
+        except (Exception, asyncio.CancelledError) as error:
+            await self.drop(dev)
+            raise att_failure(error)
         for path in dev.gatt_paths:
             self.remove(path)
         dev.gatt_paths = []
@@ -529,8 +576,17 @@ class Standin:
                     d_path = f"{c_path}/desc{d_index:04x}"
                     self.add(d_path, [GattDescriptor1(descriptor, c_path)], announce=True)
                     dev.gatt_paths.append(d_path)
-        dev._Connected = dev._ServicesResolved = True
-        dev.emit_properties_changed({"Connected": True, "ServicesResolved": True})
+        dev._ServicesResolved = True
+        dev.emit_properties_changed({"ServicesResolved": True})
+
+    async def drop(self, dev: Device1) -> None:
+        """Ends `dev`'s link from this side and reports it gone."""
+        if dev.connection is not None:
+            try:
+                await asyncio.wait_for(dev.connection.disconnect(), 5)
+            except (Exception, asyncio.CancelledError):  # already gone
+                pass
+        self.disconnected(dev)
 
     async def count_data_write(self, dev: Device1) -> bool:
         """Counts a write command; at a count in `--drop-at`, drops the link and returns True."""
@@ -538,18 +594,14 @@ class Standin:
         if self.data_writes not in self.drop_at or dev.connection is None:
             return False
         print(json.dumps({"dropped_at": self.data_writes}), flush=True)
-        try:
-            await asyncio.wait_for(dev.connection.disconnect(), 5)
-        except Exception:  # already gone
-            pass
-        self.disconnected(dev)
+        await self.drop(dev)
         return True
 
     def disconnected(self, dev: Device1) -> None:
         if not dev._Connected:
             return
         dev.connection = None
-        # As BlueZ for a device it has not bonded with: its GATT objects go with the link.
+        # The GATT objects go with the link (BlueZ with `Cache = no`; see the module's notes).
         for path in dev.gatt_paths:
             self.remove(path)
         dev.gatt_paths = []
@@ -563,15 +615,16 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     async with await open_transport(args.hci) as transport:
-        host = Device.with_hci(
-            "bluez-standin",
-            hci.Address.generate_static_address(),
-            transport.source,
-            transport.sink,
-        )
-        await host.power_on()
-        Standin(bus, host, args.drop_at, args.mtu)
-        await bus.request_name("org.bluez")
+        central = await host(transport, "bluez-standin")
+        Standin(bus, central, args.drop_at, args.mtu)
+        if await bus.request_name("org.bluez") != RequestNameReply.PRIMARY_OWNER:
+            print(
+                "error: org.bluez is owned already on this bus (a real bluetoothd?): point "
+                "DBUS_SYSTEM_BUS_ADDRESS at a private bus (dbus-daemon --config-file "
+                "e2e/dbus-private.conf)",
+                file=sys.stderr,
+            )
+            return 1
         print(json.dumps({"ready": True}), flush=True)
         await asyncio.get_running_loop().create_future()
     return 0
@@ -587,7 +640,7 @@ def main() -> int:
         "--drop-at",
         type=lambda v: [int(n) for n in v.split(",")],
         default=[],
-        help="drop the link at these write commands (counted over the run, from 1), as a radio would",
+        help="end the link at these write commands (counted over the run, from 1)",
     )
     return asyncio.run(run(parser.parse_args()))
 
