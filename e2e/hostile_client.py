@@ -264,7 +264,9 @@ async def drop_during_end(link: Link, image: bytes, cases: list[dict]) -> None:
             await asyncio.sleep(0.05)
     await link.command(link.control.handle, bytes([END]))
     await link.connection.disconnect()
-    cases.append({"case": "disconnect during END", "ok": True, "saw": "link dropped"})
+    # No answer to wait for: what counts is that the device stays up and its running slot
+    # unchanged, which the test checks after every case.
+    cases.append({"case": "disconnect during END", "ok": True, "saw": "link dropped at END"})
 
 
 async def run(args: argparse.Namespace) -> int:

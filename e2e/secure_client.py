@@ -38,9 +38,13 @@ class TypesPasskey(PairingDelegate):
 
 
 async def write(peer: Peer, handle: int, value: bytes) -> dict:
-    response = await peer.gatt_client.send_request(
-        att.ATT_Write_Request(attribute_handle=handle, attribute_value=value)
-    )
+    try:
+        response = await peer.gatt_client.send_request(
+            att.ATT_Write_Request(attribute_handle=handle, attribute_value=value)
+        )
+    except asyncio.CancelledError:
+        # The device may drop the link after a failed pairing: the request ends with it.
+        return {"error": "disconnected"}
     if response is None:
         raise RuntimeError("a write request went unanswered")
     if response.op_code == att.Opcode.ATT_ERROR_RESPONSE:

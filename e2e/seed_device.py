@@ -7,8 +7,9 @@ waits in vain, as it would with the real seed. No flash: the image is kept in me
 
     python e2e/seed_device.py --hci tcp-client:127.0.0.1:PORT --name seed-esp32
 
-Prints {"advertising": true}, then {"done": {...}} for the image taken (one per run): its
-length, SHA-256 and the packet size the client announced.
+Prints {"advertising": true} whenever it advertises (at start, and again after the restart),
+and {"done": {...}} for the image taken (one per run): DONE's answer, the image's length and
+SHA-256, and the packet size the client announced.
 """
 
 from __future__ import annotations

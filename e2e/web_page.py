@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """The web updater in headless Chromium, as a user clicks through it: choose the device (the
-browser's chooser, answered through the DevTools protocol), refuse a corrupt image, update with
-the fast protocol (the link drops on the way: it resumes), confirm, then update again with the
-seed's protocol and confirm (the corrupt, signed and seed's-protocol steps when given). Chromium reaches the device through BlueZ's D-Bus API, here the
-BlueZ stand-in (e2e/bluez_standin.py) on the bus in DBUS_SYSTEM_BUS_ADDRESS.
+browser's chooser, answered through the DevTools protocol), then each step given: refuse a
+corrupt image (`--corrupt`); on a device that takes signed images only, refuse the image alone
+and another image's signature, then add its own (`--sig`, `--wrong-sig`); update with the
+fast protocol (`--fast`; `--stop-at F` presses Stop at that fraction and Update again, to
+resume; `--screenshot` takes the page past 40%), confirm; then update with the seed's
+protocol (`--legacy`, `--legacy-mtu`) and confirm. Chromium (`--chromium`, or $CHROMIUM)
+reaches the device through BlueZ's D-Bus API, here the BlueZ stand-in (e2e/bluez_standin.py)
+on the bus in DBUS_SYSTEM_BUS_ADDRESS; a dropped link is the stand-in's (`--drop-at`).
 
     python e2e/web_page.py --url http://localhost:PORT/ --corrupt bad.bin \\
         --fast app2.bin --legacy app3.bin --legacy-mtu 247 --screenshot page.png
 
 Driven by Playwright (its Python package carries its own driver; the browser is the system's
-Chromium). Prints one JSON object: what the page showed at each step.
+Chromium). Prints one JSON object, what the page showed at each step, with `exception` and
+`page_at_exception` when a step failed (then it exits 1).
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ def update_with(
 
 def refused_on_page(page: Page, image: str) -> dict:
     """Picks `image`, which the page must refuse: its error, and whether Update stays off."""
+    # Wait for this refusal, not an earlier one still shown.
+    page.evaluate("document.getElementById('error').hidden = true")
     page.set_input_files("#image", image)
     page.wait_for_selector("#error", state="visible")
     return {"error": page.inner_text("#error"), "start_disabled": page.is_disabled("#start")}
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace, page: Page, out: dict) -> None:
     cdp.on("DeviceAccess.deviceRequestPrompted", prompted)
 
     page.goto(args.url)
+    page.wait_for_function("() => document.body.dataset.ready === 'yes'", timeout=30_000)
     out["unavailable"] = page.is_visible("#unavailable")
     page.click("#choose")
     page.wait_for_selector("#device", state="visible", timeout=60_000)
@@ -185,7 +193,7 @@ def main() -> int:
         finally:
             browser.close()
     print(json.dumps(out))
-    return 0
+    return 1 if "exception" in out else 0
 
 
 if __name__ == "__main__":

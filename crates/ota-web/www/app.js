@@ -2,7 +2,8 @@
 // ble-ota.js and the WebAssembly core; this file only shows it.
 //
 // `document.body.dataset.state` tells where the page is (idle, updating, rebooted, confirmed,
-// failed), for people and for the headless-browser test alike.
+// failed), and `dataset.ready` that it checked the browser and loaded its core, for people and
+// for the headless-browser test alike.
 
 import { OtaError, availability, checkSignature, chooseDevice, command, inspectImage, load, update } from "./ble-ota.js";
 
@@ -280,3 +281,5 @@ if (!why.ok) {
   $("choose").disabled = true;
 }
 await load();
+// The page has checked the browser and loaded its core.
+document.body.dataset.ready = "yes";
